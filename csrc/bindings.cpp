@@ -1,0 +1,149 @@
+// pybind11 module feature3dgs._C: checks the tensors it is handed and
+// dispatches on their device. The user-facing validation (with messages that
+// name the argument) is in feature3dgs/rasterize.py; the checks here only keep
+// a wrong internal call from reading out of bounds.
+#include <omp.h>
+#include <torch/extension.h>
+
+#include "ops.h"
+
+#define F3D_STRINGIFY(...) #__VA_ARGS__
+#define F3D_EXPAND_STRINGIFY(...) F3D_STRINGIFY(__VA_ARGS__)
+
+namespace f3d {
+namespace {
+
+void check_tensor(const torch::Tensor& t, const char* name, torch::ScalarType dtype,
+                  const torch::Device& device) {
+  TORCH_CHECK_VALUE(t.scalar_type() == dtype, name, " must be ", dtype, ", got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == device, name, " must be on ", device, ", got ", t.device());
+  TORCH_CHECK_VALUE(t.is_contiguous(), name, " must be contiguous");
+}
+
+bool on_cuda(const torch::Tensor& t) { return t.device().is_cuda(); }
+
+[[noreturn]] void no_cuda() {
+  TORCH_CHECK(false,
+              "feature3dgs._C was built without CUDA kernels; rebuild with a CUDA toolkit and a "
+              "CUDA build of torch, or render on CPU tensors");
+}
+
+PreprocessOut preprocess_forward(const torch::Tensor& means, const torch::Tensor& quats,
+                                 const torch::Tensor& scales, const torch::Tensor& sh,
+                                 int sh_degree, const torch::Tensor& viewmat,
+                                 const torch::Tensor& K, int width, int height, float near) {
+  const auto dev = means.device();
+  for (auto [t, n] : {std::pair{&means, "means"}, {&quats, "quats"}, {&scales, "scales"},
+                      {&sh, "sh"}, {&viewmat, "viewmat"}, {&K, "K"}})
+    check_tensor(*t, n, torch::kFloat32, dev);
+  TORCH_CHECK_VALUE(sh_degree >= 0 && sh_degree <= kMaxShDegree, "sh_degree out of range");
+  if (on_cuda(means)) {
+#ifdef F3D_WITH_CUDA
+    return preprocess_forward_cuda(means, quats, scales, sh, sh_degree, viewmat, K, width, height, near);
+#else
+    no_cuda();
+#endif
+  }
+  return preprocess_forward_cpu(means, quats, scales, sh, sh_degree, viewmat, K, width, height, near);
+}
+
+PreprocessGrads preprocess_backward(const torch::Tensor& means, const torch::Tensor& quats,
+                                    const torch::Tensor& scales, const torch::Tensor& sh,
+                                    int sh_degree, const torch::Tensor& viewmat,
+                                    const torch::Tensor& K, int width, int height, float near,
+                                    const torch::Tensor& radii, const torch::Tensor& colors_raw,
+                                    const torch::Tensor& d_means2d, const torch::Tensor& d_conics,
+                                    const torch::Tensor& d_depths, const torch::Tensor& d_colors) {
+  const auto dev = means.device();
+  check_tensor(radii, "radii", torch::kInt32, dev);
+  for (auto [t, n] : {std::pair{&colors_raw, "colors_raw"}, {&d_means2d, "d_means2d"},
+                      {&d_conics, "d_conics"}, {&d_depths, "d_depths"}, {&d_colors, "d_colors"}})
+    check_tensor(*t, n, torch::kFloat32, dev);
+  if (on_cuda(means)) {
+#ifdef F3D_WITH_CUDA
+    return preprocess_backward_cuda(means, quats, scales, sh, sh_degree, viewmat, K, width, height,
+                                    near, radii, colors_raw, d_means2d, d_conics, d_depths, d_colors);
+#else
+    no_cuda();
+#endif
+  }
+  return preprocess_backward_cpu(means, quats, scales, sh, sh_degree, viewmat, K, width, height,
+                                 near, radii, colors_raw, d_means2d, d_conics, d_depths, d_colors);
+}
+
+RasterizeOut rasterize_forward(const torch::Tensor& means2d, const torch::Tensor& conics,
+                               const torch::Tensor& colors, const torch::Tensor& opacities,
+                               const torch::Tensor& depths, const torch::Tensor& features,
+                               const torch::Tensor& radii, int width, int height) {
+  const auto dev = means2d.device();
+  for (auto [t, n] : {std::pair{&means2d, "means2d"}, {&conics, "conics"}, {&colors, "colors"},
+                      {&opacities, "opacities"}, {&depths, "depths"}, {&features, "features"}})
+    check_tensor(*t, n, torch::kFloat32, dev);
+  check_tensor(radii, "radii", torch::kInt32, dev);
+  TORCH_CHECK_VALUE(width > 0 && height > 0, "width and height must be positive");
+  if (on_cuda(means2d)) {
+#ifdef F3D_WITH_CUDA
+    return rasterize_forward_cuda(means2d, conics, colors, opacities, depths, features, radii, width, height);
+#else
+    no_cuda();
+#endif
+  }
+  return rasterize_forward_cpu(means2d, conics, colors, opacities, depths, features, radii, width, height);
+}
+
+RasterizeGrads rasterize_backward(
+    const torch::Tensor& means2d, const torch::Tensor& conics, const torch::Tensor& colors,
+    const torch::Tensor& opacities, const torch::Tensor& depths, const torch::Tensor& features,
+    int width, int height, const torch::Tensor& final_T, const torch::Tensor& last_contrib,
+    const torch::Tensor& tile_offsets, const torch::Tensor& gaussian_ids,
+    const torch::Tensor& d_rgb, const torch::Tensor& d_features, const torch::Tensor& d_depth,
+    const torch::Tensor& d_alpha) {
+  const auto dev = means2d.device();
+  for (auto [t, n] : {std::pair{&final_T, "final_T"}, {&d_rgb, "d_rgb"}, {&d_features, "d_features"},
+                      {&d_depth, "d_depth"}, {&d_alpha, "d_alpha"}})
+    check_tensor(*t, n, torch::kFloat32, dev);
+  for (auto [t, n] : {std::pair{&last_contrib, "last_contrib"}, {&tile_offsets, "tile_offsets"},
+                      {&gaussian_ids, "gaussian_ids"}})
+    check_tensor(*t, n, torch::kInt32, dev);
+  if (on_cuda(means2d)) {
+#ifdef F3D_WITH_CUDA
+    return rasterize_backward_cuda(means2d, conics, colors, opacities, depths, features, width,
+                                   height, final_T, last_contrib, tile_offsets, gaussian_ids, d_rgb,
+                                   d_features, d_depth, d_alpha);
+#else
+    no_cuda();
+#endif
+  }
+  return rasterize_backward_cpu(means2d, conics, colors, opacities, depths, features, width, height,
+                                final_T, last_contrib, tile_offsets, gaussian_ids, d_rgb, d_features,
+                                d_depth, d_alpha);
+}
+
+pybind11::dict build_info() {
+  pybind11::dict info;
+#ifdef F3D_WITH_CUDA
+  info["cuda"] = true;
+#else
+  info["cuda"] = false;
+#endif
+#ifdef F3D_CUDA_ARCHS
+  info["cuda_archs"] = std::string(F3D_EXPAND_STRINGIFY(F3D_CUDA_ARCHS));
+#else
+  info["cuda_archs"] = std::string();
+#endif
+  info["openmp_threads"] = omp_get_max_threads();
+  info["tile_size"] = kTileSize;
+  return info;
+}
+
+}  // namespace
+}  // namespace f3d
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "feature3dgs compiled kernels (CPU always, CUDA when built with it)";
+  m.def("preprocess_forward", &f3d::preprocess_forward);
+  m.def("preprocess_backward", &f3d::preprocess_backward);
+  m.def("rasterize_forward", &f3d::rasterize_forward);
+  m.def("rasterize_backward", &f3d::rasterize_backward);
+  m.def("build_info", &f3d::build_info);
+}

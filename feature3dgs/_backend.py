@@ -1,0 +1,66 @@
+"""Loads the compiled kernels feature3dgs._C.
+
+A build with `pip install --no-build-isolation .` ships the extension prebuilt.
+Otherwise (an isolated `pip install .`, or a source checkout without a build)
+the same sources are compiled just-in-time on first use and cached by torch in
+TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions); one line says so.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from feature3dgs import _build_config as cfg
+
+_module: ModuleType | None = None
+
+
+def _source_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_csrc", here.parent / "csrc"):
+        if (candidate / "bindings.cpp").exists():
+            return candidate
+    raise ImportError("feature3dgs: the compiled extension is missing and no kernel sources were "
+                      f"found to compile it (looked in {here / '_csrc'} and {here.parent / 'csrc'}); "
+                      "reinstall with `pip install --no-build-isolation .`")
+
+
+def _jit_compile() -> ModuleType:
+    from torch.utils.cpp_extension import load
+
+    csrc = _source_dir()
+    with_cuda, why = cfg.cuda_available()
+    sources = [str(p) for p in cfg.cpu_sources(csrc)]
+    if with_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", cfg.default_cuda_archs())
+        sources += [str(p) for p in cfg.cuda_sources(csrc)]
+    macros = cfg.define_macros(with_cuda)
+    defines = [f"-D{k}" if v is None else f"-D{k}={v}" for k, v in macros]
+    print(f"feature3dgs: compiling the {'CPU+CUDA' if with_cuda else 'CPU'} kernels just-in-time "
+          "(once; cached in TORCH_EXTENSIONS_DIR)" + ("" if with_cuda else f" [{why}]"),
+          file=sys.stderr, flush=True)
+    return load(
+        name="feature3dgs_C",
+        sources=sources,
+        extra_include_paths=[str(csrc), str(csrc / "include")],
+        extra_cflags=cfg.CXX_FLAGS + defines,
+        extra_cuda_cflags=cfg.NVCC_FLAGS + defines,
+        extra_ldflags=cfg.LINK_FLAGS,
+        with_cuda=with_cuda,
+        verbose=False,
+    )
+
+
+def kernels() -> ModuleType:
+    """The compiled module (imported, or compiled on first call)."""
+    global _module
+    if _module is None:
+        try:
+            _module = importlib.import_module("feature3dgs._C")
+        except ImportError:
+            _module = _jit_compile()
+    return _module

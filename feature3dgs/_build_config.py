@@ -1,0 +1,60 @@
+"""Build settings shared by setup.py (ahead of time) and the just-in-time loader.
+
+This module imports nothing from torch at import time, so setup.py can read it
+in any build environment.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+INCLUDE_DIRS = ["csrc", "csrc/include"]
+CXX_FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off"]
+NVCC_FLAGS = ["-O3", "--use_fast_math", "-lineinfo", "-fmad=true"]
+LINK_FLAGS = ["-fopenmp"]
+# Without a visible GPU: SASS for Ampere (runs on every 8.x card) and Hopper,
+# plus PTX so that newer GPUs JIT it.
+FALLBACK_CUDA_ARCHS = "8.0;9.0+PTX"
+
+
+def cpu_sources(csrc: Path) -> list[Path]:
+    return sorted(csrc.glob("cpu/*.cpp")) + [csrc / "bindings.cpp"]
+
+
+def cuda_sources(csrc: Path) -> list[Path]:
+    return sorted(csrc.glob("cuda/*.cu"))
+
+
+def cuda_available() -> tuple[bool, str]:
+    """Whether the CUDA kernels can be built here, and why not if they cannot."""
+    if os.environ.get("FEATURE3DGS_CPU_ONLY"):
+        return False, "FEATURE3DGS_CPU_ONLY is set"
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    if torch.version.cuda is None:
+        return False, "this torch build has no CUDA support"
+    if CUDA_HOME is None or shutil.which("nvcc", path=str(Path(CUDA_HOME) / "bin")) is None:
+        return False, "no CUDA toolkit (nvcc) found; set CUDA_HOME"
+    return True, ""
+
+
+def default_cuda_archs() -> str:
+    """The GPUs' own architectures when one is visible, else FALLBACK_CUDA_ARCHS."""
+    import torch
+
+    if torch.cuda.is_available():
+        caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+        return ";".join(f"{major}.{minor}" for major, minor in caps)
+    return FALLBACK_CUDA_ARCHS
+
+
+def define_macros(with_cuda: bool) -> list[tuple[str, str | None]]:
+    macros: list[tuple[str, str | None]] = []
+    if with_cuda:
+        archs = os.environ.get("TORCH_CUDA_ARCH_LIST", default_cuda_archs())
+        # Commas, not semicolons: the value travels unquoted through the shell.
+        macros += [("F3D_WITH_CUDA", None), ("F3D_CUDA_ARCHS", archs.replace(";", ",").replace(" ", ","))]
+    return macros

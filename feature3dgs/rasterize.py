@@ -1,0 +1,133 @@
+"""The public render() call over the compiled kernels.
+
+Two autograd Functions mirror the kernel stages: _Project (3D Gaussians to 2D
+means, conics, depths and colours) and _Rasterize (tile binning, sort and
+blending). Keeping means2d as the tensor between them is what makes
+`means2d.grad` the screen-space gradient used for densification.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from feature3dgs._backend import kernels
+from feature3dgs.render_types import RenderOutput
+from feature3dgs.validation import RenderInputs, validate_render_inputs
+
+
+def _empty_like(t: Tensor) -> Tensor:
+    return torch.empty(0, dtype=t.dtype, device=t.device)
+
+
+def _grad_or_zeros(g: Tensor | None, like: Tensor) -> Tensor:
+    return torch.zeros_like(like) if g is None else g.contiguous()
+
+
+class _Project(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means, quats, scales, sh, sh_degree, viewmat, K, width, height, near):
+        means2d, conics, depths, radii, colors, colors_raw = kernels().preprocess_forward(
+            means, quats, scales, sh, sh_degree, viewmat, K, width, height, near)
+        ctx.save_for_backward(means, quats, scales, sh, viewmat, K, radii, colors_raw)
+        ctx.config = (sh_degree, width, height, near)
+        ctx.mark_non_differentiable(radii)
+        return means2d, conics, depths, radii, colors
+
+    @staticmethod
+    def backward(ctx, d_means2d, d_conics, d_depths, _d_radii, d_colors):
+        means, quats, scales, sh, viewmat, K, radii, colors_raw = ctx.saved_tensors
+        sh_degree, width, height, near = ctx.config
+        d_colors = _empty_like(means) if sh.numel() == 0 else _grad_or_zeros(d_colors, colors_raw)
+        d_means, d_quats, d_scales, d_sh = kernels().preprocess_backward(
+            means, quats, scales, sh, sh_degree, viewmat, K, width, height, near, radii, colors_raw,
+            _grad_or_zeros(d_means2d, means[:, :2]), _grad_or_zeros(d_conics, means),
+            _grad_or_zeros(d_depths, means[:, 0]), d_colors)
+        return (d_means, d_quats, d_scales, d_sh if sh.numel() else None,
+                None, None, None, None, None, None)
+
+
+class _Rasterize(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means2d, conics, colors, opacities, depths, features, radii, width, height):
+        rgb, feats, depth, alpha, final_T, last, offsets, ids = kernels().rasterize_forward(
+            means2d, conics, colors, opacities, depths, features, radii, width, height)
+        ctx.save_for_backward(means2d, conics, colors, opacities, depths, features, final_T, last,
+                              offsets, ids)
+        ctx.size = (width, height)
+        return rgb, feats, depth, alpha
+
+    @staticmethod
+    def backward(ctx, d_rgb, d_feats, d_depth, d_alpha):
+        means2d, conics, colors, opacities, depths, features, final_T, last, offsets, ids = ctx.saved_tensors
+        width, height = ctx.size
+        C = features.shape[1] if features.numel() else 0
+        like = torch.empty((height, width), dtype=means2d.dtype, device=means2d.device)
+        d_feats = (_grad_or_zeros(d_feats, like.expand(C, height, width)) if C
+                   else _empty_like(means2d))
+        grads = kernels().rasterize_backward(
+            means2d, conics, colors, opacities, depths, features, width, height, final_T, last,
+            offsets, ids, _grad_or_zeros(d_rgb, like.expand(3, height, width)), d_feats,
+            _grad_or_zeros(d_depth, like[None]), _grad_or_zeros(d_alpha, like[None]))
+        d_means2d, d_conics, d_colors, d_opacities, d_depths, d_features = grads
+        return (d_means2d, d_conics, d_colors, d_opacities, d_depths,
+                d_features if C else None, None, None, None)
+
+
+def _render_inputs(inp: RenderInputs) -> RenderOutput:
+    sh = inp.sh if inp.sh is not None else _empty_like(inp.means)
+    means2d, conics, depths, radii, sh_colors = _Project.apply(
+        inp.means, inp.quats, inp.scales, sh, inp.sh_degree, inp.viewmat, inp.K, inp.width,
+        inp.height, inp.near)
+    if means2d.requires_grad:
+        means2d.retain_grad()
+    colors = inp.colors if inp.sh is None else sh_colors
+    features = inp.features if inp.features is not None else _empty_like(inp.means)
+    rgb, feats, depth, alpha = _Rasterize.apply(means2d, conics, colors, inp.opacities, depths,
+                                                features, radii, inp.width, inp.height)
+    transmittance = 1 - alpha
+    rgb = rgb + transmittance * inp.background[:, None, None]
+    if inp.features is None:
+        feats = None
+    elif inp.feature_background is not None:
+        feats = feats + transmittance * inp.feature_background[:, None, None]
+    return RenderOutput(rgb=rgb, features=feats, depth=depth, alpha=alpha, radii=radii,
+                        means2d=means2d)
+
+
+def render(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
+           viewmat: Tensor, K: Tensor, width: int, height: int, *, features: Tensor | None = None,
+           sh_degree: int | None = None, near: float = 0.01, background: Tensor | None = None,
+           feature_background: Tensor | None = None) -> RenderOutput:
+    """Renders N 3D Gaussians with colour and optional C-channel features.
+
+    Args (activated values; N Gaussians, all float32 on one device, CPU or CUDA):
+        means: (N,3) centres, world space.
+        quats: (N,4) rotations (w,x,y,z), normalised here.
+        scales: (N,3) standard deviations along the rotated axes, > 0.
+        opacities: (N,) or (N,1) in [0,1].
+        colors: (N,3) plain RGB, or (N,K,3) SH coefficients, K = (degree+1)^2 <= 16.
+        viewmat: (4,4) world-to-camera, OpenCV axes (x right, y down, z forward).
+        K: (3,3) intrinsics in pixels; pixel (i, j) has its centre at (i+0.5, j+0.5).
+        width, height: image size in pixels (1..16384).
+        features: (N,C) per-Gaussian features, any C >= 1, or None.
+        sh_degree: SH degree to evaluate (default: the one K implies).
+        near: Gaussians with camera-space z < near are culled.
+        background: (3,) colour behind the Gaussians (default black).
+        feature_background: (C,) feature behind the Gaussians (default 0).
+
+    Returns a RenderOutput: rgb (3,H,W), features (C,H,W) or None, depth (1,H,W),
+    alpha (1,H,W), radii (N,) int32, means2d (N,2) whose .grad after backward is
+    the screen-space gradient. Differentiable with respect to means, quats,
+    scales, opacities, colors and features (and the backgrounds).
+
+    Non-finite values: a Gaussian whose mean, quaternion or scale holds NaN/Inf,
+    or whose quaternion is zero, is culled (radius 0); a NaN opacity makes it
+    invisible; NaN colours or features propagate to the pixels the Gaussian
+    covers. A viewmat or K holding NaN/Inf raises ValueError when on the CPU
+    (checking a CUDA one would cost a device sync; there every Gaussian is culled).
+    """
+    inp = validate_render_inputs(means, quats, scales, opacities, colors, viewmat, K, width, height,
+                                 features=features, sh_degree=sh_degree, near=near,
+                                 background=background, feature_background=feature_background)
+    return _render_inputs(inp)
