@@ -38,12 +38,12 @@ class _Project(torch.autograd.Function):
     def backward(ctx, d_means2d, d_conics, d_depths, _d_radii, d_colors):
         means, quats, scales, sh, viewmat, K, radii, colors_raw = ctx.saved_tensors
         sh_degree, width, height, near = ctx.config
-        d_colors = _empty_like(means) if sh.numel() == 0 else _grad_or_zeros(d_colors, colors_raw)
+        d_colors = _empty_like(means) if sh.dim() != 3 else _grad_or_zeros(d_colors, colors_raw)
         d_means, d_quats, d_scales, d_sh = kernels().preprocess_backward(
             means, quats, scales, sh, sh_degree, viewmat, K, width, height, near, radii, colors_raw,
             _grad_or_zeros(d_means2d, means[:, :2]), _grad_or_zeros(d_conics, means),
             _grad_or_zeros(d_depths, means[:, 0]), d_colors)
-        return (d_means, d_quats, d_scales, d_sh if sh.numel() else None,
+        return (d_means, d_quats, d_scales, d_sh if sh.dim() == 3 else None,
                 None, None, None, None, None, None)
 
 
@@ -61,9 +61,9 @@ class _Rasterize(torch.autograd.Function):
     def backward(ctx, d_rgb, d_feats, d_depth, d_alpha):
         means2d, conics, colors, opacities, depths, features, final_T, last, offsets, ids = ctx.saved_tensors
         width, height = ctx.size
-        C = features.shape[1] if features.numel() else 0
+        C = features.shape[1] if features.dim() == 2 else 0
         like = torch.empty((height, width), dtype=means2d.dtype, device=means2d.device)
-        d_feats = (_grad_or_zeros(d_feats, like.expand(C, height, width)) if C
+        d_feats = (_grad_or_zeros(d_feats, like.expand(C, height, width)) if features.dim() == 2
                    else _empty_like(means2d))
         grads = kernels().rasterize_backward(
             means2d, conics, colors, opacities, depths, features, width, height, final_T, last,
@@ -71,7 +71,7 @@ class _Rasterize(torch.autograd.Function):
             _grad_or_zeros(d_depth, like[None]), _grad_or_zeros(d_alpha, like[None]))
         d_means2d, d_conics, d_colors, d_opacities, d_depths, d_features = grads
         return (d_means2d, d_conics, d_colors, d_opacities, d_depths,
-                d_features if C else None, None, None, None)
+                d_features if features.dim() == 2 else None, None, None, None)
 
 
 def _render_inputs(inp: RenderInputs) -> RenderOutput:

@@ -55,7 +55,8 @@ def _check_tensor(name: str, value: object, shape: tuple[int | str | None, ...],
 
 
 def _fmt(shape: tuple) -> str:
-    return "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
+    inner = ", ".join("?" if s is None else str(s) for s in shape)
+    return f"({inner},)" if len(shape) == 1 else f"({inner})"
 
 
 def _check_size(name: str, value: object) -> int:

@@ -32,7 +32,7 @@ PreprocessOut preprocess_forward_cpu(const torch::Tensor& means, const torch::Te
   auto conics = torch::zeros({N, 3}, f32);
   auto depths = torch::zeros({N}, f32);
   auto radii = torch::zeros({N}, f32.dtype(torch::kInt32));
-  const bool has_sh = sh.numel() > 0;
+  const bool has_sh = sh.dim() == 3;
   auto colors = has_sh ? torch::zeros({N, 3}, f32) : torch::empty({0}, f32);
   auto colors_raw = has_sh ? torch::zeros({N, 3}, f32) : torch::empty({0}, f32);
   const int64_t K_sh = has_sh ? sh.size(1) : 0;
@@ -91,7 +91,7 @@ PreprocessGrads preprocess_backward_cpu(const torch::Tensor& means, const torch:
   auto d_means = torch::zeros_like(means);
   auto d_quats = torch::zeros_like(quats);
   auto d_scales = torch::zeros_like(scales);
-  const bool has_sh = sh.numel() > 0;
+  const bool has_sh = sh.dim() == 3;
   auto d_sh = has_sh ? torch::zeros_like(sh) : torch::empty({0}, means.options());
   const int64_t K_sh = has_sh ? sh.size(1) : 0;
 

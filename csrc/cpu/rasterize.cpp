@@ -96,7 +96,7 @@ RasterizeOut rasterize_forward_cpu(const torch::Tensor& means2d, const torch::Te
                                    const torch::Tensor& depths, const torch::Tensor& features,
                                    const torch::Tensor& radii, int width, int height) {
   const int64_t N = means2d.size(0);
-  const int64_t C = features.numel() > 0 ? features.size(1) : 0;
+  const int64_t C = features.dim() == 2 ? features.size(1) : 0;
   const TileGrid grid(width, height);
   const auto f32 = means2d.options();
   const int64_t HW = (int64_t)width * height;
@@ -184,7 +184,7 @@ RasterizeGrads rasterize_backward_cpu(
     const torch::Tensor& tile_offsets, const torch::Tensor& gaussian_ids,
     const torch::Tensor& d_rgb, const torch::Tensor& d_features, const torch::Tensor& d_depth,
     const torch::Tensor& d_alpha) {
-  const int64_t C = features.numel() > 0 ? features.size(1) : 0;
+  const int64_t C = features.dim() == 2 ? features.size(1) : 0;
   const TileGrid grid(width, height);
   const int64_t HW = (int64_t)width * height;
   auto g_means2d = torch::zeros_like(means2d);
