@@ -41,6 +41,8 @@ def extension_modules() -> tuple[list, dict]:
         return [], {}
     try:
         import torch  # noqa: F401
+
+        cfg.configure_cuda_home()
         from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
     except ImportError:
         print("feature3dgs: torch is not importable at build time; the kernels will be "
@@ -57,7 +59,7 @@ def extension_modules() -> tuple[list, dict]:
             sources,
             include_dirs=[str(ROOT / d) for d in cfg.INCLUDE_DIRS],
             define_macros=cfg.define_macros(with_cuda=True),
-            extra_compile_args={"cxx": cfg.CXX_FLAGS, "nvcc": cfg.NVCC_FLAGS},
+            extra_compile_args={"cxx": cfg.CXX_FLAGS + cfg.cxx_only_flags(True), "nvcc": cfg.NVCC_FLAGS},
             extra_link_args=cfg.LINK_FLAGS,
         )
     else:

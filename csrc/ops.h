@@ -3,7 +3,7 @@
 // their signatures. All tensors are float32 (radii, ids: int32) and contiguous.
 #pragma once
 
-#include <torch/extension.h>
+#include <torch/types.h>
 
 #include <tuple>
 

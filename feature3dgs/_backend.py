@@ -30,6 +30,7 @@ def _source_dir() -> Path:
 
 
 def _jit_compile() -> ModuleType:
+    cfg.configure_cuda_home()
     from torch.utils.cpp_extension import load
 
     csrc = _source_dir()
@@ -47,7 +48,7 @@ def _jit_compile() -> ModuleType:
         name="feature3dgs_C",
         sources=sources,
         extra_include_paths=[str(csrc), str(csrc / "include")],
-        extra_cflags=cfg.CXX_FLAGS + defines,
+        extra_cflags=cfg.CXX_FLAGS + defines + cfg.cxx_only_flags(with_cuda),
         extra_cuda_cflags=cfg.NVCC_FLAGS + defines,
         extra_ldflags=cfg.LINK_FLAGS,
         with_cuda=with_cuda,

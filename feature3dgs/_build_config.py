@@ -27,10 +27,30 @@ def cuda_sources(csrc: Path) -> list[Path]:
     return sorted(csrc.glob("cuda/*.cu"))
 
 
+def configure_cuda_home() -> None:
+    """Sets CUDA_HOME when unset, before torch.utils.cpp_extension reads it.
+
+    torch guesses the toolkit from `which nvcc`; a wrapper script such as
+    /usr/local/bin/nvcc makes it guess /usr/local, which has no CUDA headers. Take
+    the first candidate holding both bin/nvcc and include/cuda_runtime.h."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    candidates = []
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(Path(os.path.realpath(nvcc)).parent.parent)
+    candidates.append(Path("/usr/local/cuda"))
+    for home in candidates:
+        if (home / "bin" / "nvcc").exists() and (home / "include" / "cuda_runtime.h").exists():
+            os.environ["CUDA_HOME"] = str(home)
+            return
+
+
 def cuda_available() -> tuple[bool, str]:
     """Whether the CUDA kernels can be built here, and why not if they cannot."""
     if os.environ.get("FEATURE3DGS_CPU_ONLY"):
         return False, "FEATURE3DGS_CPU_ONLY is set"
+    configure_cuda_home()
     import torch
     from torch.utils.cpp_extension import CUDA_HOME
 
@@ -52,9 +72,15 @@ def default_cuda_archs() -> str:
 
 
 def define_macros(with_cuda: bool) -> list[tuple[str, str | None]]:
-    macros: list[tuple[str, str | None]] = []
-    if with_cuda:
-        archs = os.environ.get("TORCH_CUDA_ARCH_LIST", default_cuda_archs())
-        # Commas, not semicolons: the value travels unquoted through the shell.
-        macros += [("F3D_WITH_CUDA", None), ("F3D_CUDA_ARCHS", archs.replace(";", ",").replace(" ", ","))]
-    return macros
+    """Macros for every source, C++ and CUDA."""
+    return [("F3D_WITH_CUDA", None)] if with_cuda else []
+
+
+def cxx_only_flags(with_cuda: bool) -> list[str]:
+    """Flags for the C++ sources only: the CUDA architectures for backend_info().
+    Commas, not semicolons, so the value travels unquoted through the shell (nvcc
+    would split it at the commas, hence C++ only)."""
+    if not with_cuda:
+        return []
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST", default_cuda_archs())
+    return ["-DF3D_CUDA_ARCHS=" + archs.replace(";", ",").replace(" ", ",")]
