@@ -1,0 +1,7 @@
+"""``python -m feature3dgs``: the same as the ``feature3dgs`` command."""
+
+import sys
+
+from feature3dgs.cli import main
+
+sys.exit(main())
