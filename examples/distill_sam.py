@@ -1,96 +1,35 @@
-"""Main example. Until feature distillation lands (issue 5) it renders the
-built-in synthetic scene: Gaussians placed on the scene's sampled surface points,
-each with a 64-channel feature, rendered from the held-out test cameras to PNG
-(colour, depth, and the features shown through a 3-component PCA), with timings.
+"""Distil Segment Anything features into a Gaussian scene.
 
-    python examples/distill_sam.py [--out outputs/distill_sam] [--channels 64]
+    python examples/distill_sam.py                          # built-in scene
+    python examples/distill_sam.py --data SCENE --sam-checkpoint sam_vit_h_4b8939.pth
+
+Without a SAM checkpoint (here or in ~/.cache/feature3dgs/weights) it uses a tiny
+randomly initialised SAM and says so loudly: the run then only exercises the
+pipeline. Each Gaussian carries a 64-d feature; the 1x1-conv decoder lifts the
+rendered map to SAM's 256 channels.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
-
-import feature3dgs
-from feature3dgs.data import builtin_scene, load_scene
-
-
-def gaussians_on_points(points: torch.Tensor, colors: torch.Tensor, channels: int, seed: int = 0) -> dict:
-    """Isotropic Gaussians on the points, sized by the distance to the 3rd-nearest neighbour."""
-    g = torch.Generator().manual_seed(seed)
-    dist = torch.cdist(points, points).topk(4, largest=False).values[:, 1:].mean(1)
-    n = points.shape[0]
-    return dict(means=points, quats=torch.tensor([1.0, 0, 0, 0]).repeat(n, 1),
-                scales=dist[:, None].repeat(1, 3) * 0.7, opacities=torch.full((n,), 0.9),
-                colors=colors, features=torch.randn(n, channels, generator=g))
-
-
-def pca_image(features: torch.Tensor, basis: torch.Tensor, mean: torch.Tensor, lo, hi) -> np.ndarray:
-    """(C,H,W) features -> (H,W,3) uint8 through a fixed 3-component projection."""
-    C, H, W = features.shape
-    proj = (features.reshape(C, -1).T - mean) @ basis
-    proj = ((proj - lo) / (hi - lo)).clamp(0, 1)
-    return (proj.reshape(H, W, 3).numpy() * 255).astype(np.uint8)
-
-
-def to_png(path: Path, image: np.ndarray) -> None:
-    Image.fromarray(image).save(path)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_common_args, build_teacher_or_tiny, run  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("outputs/distill_sam"))
-    parser.add_argument("--channels", type=int, default=64)
+    add_common_args(parser, "outputs/distill_sam", default_dim=64)
+    parser.add_argument("--sam-checkpoint", default=None, help="SAM .pth file")
+    parser.add_argument("--sam-model", default="vit_h", choices=["vit_h", "vit_l", "vit_b"])
+    parser.add_argument("--weights-dir", default=None, help="folder holding SAM checkpoints")
     args = parser.parse_args(argv)
-
-    info = feature3dgs.backend_info()
-    print(f"feature3dgs {info['version']}: CPU kernels ({info['openmp_threads']} threads), "
-          f"CUDA kernels {'compiled for ' + info['cuda_archs'] if info['cuda'] else 'not built'}")
-    scene = load_scene(builtin_scene())
-    device = "cuda" if torch.cuda.is_available() and info["cuda"] else "cpu"
-    gs = {k: v.to(device) for k, v in gaussians_on_points(scene.points, scene.colors, args.channels).items()}
-    print(f"built-in scene: {len(scene.train_views)} train / {len(scene.test_views)} test views, "
-          f"{gs['means'].shape[0]} Gaussians with {args.channels}-d features, rendering on {device}")
-    print("NOTE: no training yet (scene optimisation and distillation land with later issues): "
-          "the features are random and the colours come from the sampled points.")
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    basis = mean = lo = hi = None
-    for view in scene.test_views:
-        cam = view.camera
-        kwargs = dict(viewmat=cam.viewmat.to(device), K=cam.K.to(device), width=cam.width, height=cam.height,
-                      background=scene.background.to(device))
-        feature3dgs.render(**gs, **kwargs)  # warm-up
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            out = feature3dgs.render(**gs, **kwargs)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        ms = (time.perf_counter() - t0) * 1e3
-        feats = out.features.cpu()
-        if basis is None:  # one PCA for all views so that colours agree
-            flat = feats.reshape(args.channels, -1).T
-            mean = flat.mean(0)
-            basis = torch.linalg.svd(flat - mean, full_matrices=False).Vh[:3].T
-            p = (flat - mean) @ basis
-            lo, hi = p.quantile(0.01, dim=0), p.quantile(0.99, dim=0)
-        rgb = (out.rgb.cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-        gt = (scene.load_image(view).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-        depth = out.depth[0].cpu() / out.alpha[0].cpu().clamp(min=1e-6)
-        depth = ((depth - depth.min()) / (depth.max() - depth.min() + 1e-9)).numpy()
-        depth_u8 = (np.stack([depth] * 3, -1) * 255).astype(np.uint8)
-        panel = np.concatenate([gt, rgb, depth_u8, pca_image(feats, basis, mean, lo, hi)], axis=1)
-        path = args.out / f"{Path(cam.name).stem or 'view'}.png"
-        to_png(path, panel)
-        print(f"  {cam.name}: {cam.width}x{cam.height} rendered in {ms:.1f} ms -> {path} "
-              "(ground truth | render | depth | feature PCA)")
-    print(f"outputs in {args.out.resolve()}")
+    teacher = build_teacher_or_tiny("sam", allow_random=args.sam_checkpoint is None,
+                                    checkpoint=args.sam_checkpoint, model=args.sam_model,
+                                    weights_dir=args.weights_dir)
+    run(args, teacher)
     return 0
 
 

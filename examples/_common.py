@@ -1,0 +1,68 @@
+"""Shared plumbing of the distillation examples: arguments, teacher fallback, reporting."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from feature3dgs.data import builtin_scene, load_scene
+from feature3dgs.distill import DistillConfig, distill
+from feature3dgs.train import TrainConfig
+
+
+def add_common_args(parser: argparse.ArgumentParser, default_out: str, default_dim: int) -> None:
+    parser.add_argument("--data", type=Path, default=None,
+                        help="scene folder (COLMAP, Blender or transforms.json); default: the built-in synthetic scene")
+    parser.add_argument("--out", type=Path, default=Path(default_out))
+    parser.add_argument("--iterations", type=int, default=1000)
+    parser.add_argument("--render-dim", type=int, default=default_dim,
+                        help="per-Gaussian feature size; the 1x1-conv decoder lifts it to the teacher's")
+    parser.add_argument("--background", default="black")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--quick", action="store_true", help="a tiny run (CI smoke test)")
+
+
+def build_teacher_or_tiny(kind: str, allow_random: bool, **kwargs):
+    """The real teacher when its weights are found, else (when allowed) a tiny random one."""
+    from feature3dgs.teachers import build_teacher
+
+    try:
+        return build_teacher(kind, allow_download=False, **kwargs)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        if not allow_random:
+            raise
+        print(f"{kind} weights not available ({exc}).\nFalling back to a tiny randomly initialised "
+              f"{kind} model: the run only exercises the pipeline.", file=sys.stderr)
+        return build_teacher(kind, random_weights=True)
+
+
+def run(args: argparse.Namespace, teacher) -> dict:
+    scene = load_scene(args.data or builtin_scene(), background=args.background)
+    iterations = 30 if args.quick else args.iterations
+    tc = TrainConfig(iterations=iterations, device=args.device, lpips="none", tensorboard=False,
+                     progress=not args.quick, max_gaussians=4000 if args.quick else None,
+                     init_random_points=2000 if args.quick else 100_000)
+    dc = DistillConfig(render_dim=args.render_dim)
+    print(f"scene: {scene.source_path} ({len(scene.train_views)} train / {len(scene.test_views)} test views); "
+          f"teacher {teacher.name} ({teacher.dim}-d); {args.render_dim}-d features per Gaussian; "
+          f"{iterations} steps")
+    metrics = distill(scene, args.out, tc, dc, teacher=teacher)
+    report(metrics, args.out)
+    return metrics
+
+
+def report(metrics: dict, out: Path) -> None:
+    curve = metrics["feature_loss_curve"]
+    marks = sorted({0, len(curve) // 4, len(curve) // 2, 3 * len(curve) // 4, len(curve) - 1})
+    print("feature loss (L1 to the teacher):")
+    for i in marks:
+        step, value = curve[i]
+        print(f"  step {step:6d}: {value:.4f}  " + "#" * max(1, int(40 * value / max(curve[0][1], 1e-9))))
+    f = metrics["features"]
+    print(f"held-out views: RGB PSNR {metrics.get('test', {}).get('psnr', float('nan')):.2f} dB; features vs teacher: "
+          f"PSNR {f['feature_psnr']:.2f} dB, cosine {f['cosine']:.3f}")
+    if metrics["teacher"]["random_weights"]:
+        print("(teacher with RANDOM weights: these figures say nothing about feature quality)")
+    print(f"outputs in {out.resolve()}: point_cloud.ply (with features), decoder.pt, "
+          "renders/features/*.png (render | student | teacher, one PCA), metrics")
