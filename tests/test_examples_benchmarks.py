@@ -62,3 +62,13 @@ def test_cuda_kernels_are_compiled_when_toolkit_present():
     info = feature3dgs.backend_info()
     assert info["cuda"], "nvcc and a CUDA torch are present, but the CUDA kernels were not built"
     assert info["cuda_archs"]
+
+
+def test_distill_speed_benchmark_writes_json(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATURE3DGS_CACHE", str(tmp_path / "cache"))
+    bench = load_script("benchmarks/distill_speed.py")
+    out = tmp_path / "distill.json"
+    assert bench.main(["--steps", "3", "--teacher-dim", "16", "--render-dim", "4", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["decoder"] for r in rows] == [False, True] and [r["render_dim"] for r in rows] == [16, 4]
+    assert all(r["ms_per_step"] > 0 and -1 <= r["cosine"] <= 1 for r in rows)
