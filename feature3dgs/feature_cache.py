@@ -30,15 +30,16 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence, Union
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
+
+from feature3dgs.atomic import atomic_open
 
 __all__ = ["FeatureCache", "extract_features", "ExtractResult", "extract_main", "view_source", "FORMAT_VERSION"]
 
@@ -57,24 +58,9 @@ def _digest(text: str, n: int) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:n]
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], binary: bool) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def _write_json(path: Path, obj: Any) -> None:
-    _atomic_write(path, lambda f: json.dump(obj, f, indent=1, sort_keys=True), binary=False)
+    with atomic_open(path, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
 
 
 class FeatureCache:
@@ -187,7 +173,8 @@ class FeatureCache:
         record = self._record(name)
         record.unlink(missing_ok=True)  # the entry is incomplete until the new record is written
         npy = self.file(name)
-        _atomic_write(npy, lambda f: np.lib.format.write_array(f, arr, allow_pickle=False), binary=True)
+        with atomic_open(npy, "wb") as f:
+            np.lib.format.write_array(f, arr, allow_pickle=False)
         _write_json(record, {"name": name, "shape": list(arr.shape), "source": source, "info": info or {}})
         return npy
 

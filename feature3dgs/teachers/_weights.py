@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Optional, Union
@@ -42,26 +41,18 @@ def download(url: str, dest: Path, timeout: float = 30.0, progress: bool = True)
     """Stream ``url`` to ``dest`` (written beside it, then renamed: never a partial file)."""
     from tqdm.auto import tqdm
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:
-            total = int(r.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}",
-                      disable=not progress) as bar:
-                while True:
-                    chunk = r.read(1 << 20)
-                    if not chunk:
-                        break
-                    f.write(chunk)
-                    bar.update(len(chunk))
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    from feature3dgs.atomic import atomic_open
+
+    with atomic_open(dest, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:
+        total = int(r.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}",
+                  disable=not progress) as bar:
+            while True:
+                chunk = r.read(1 << 20)
+                if not chunk:
+                    break
+                f.write(chunk)
+                bar.update(len(chunk))
     return dest
 
 
