@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
 
     sub.add_parser("info", help="print the compiled backend information")
+    from feature3dgs.cli_distill import add_parsers
+
+    add_parsers(sub)
     return parser
 
 
@@ -279,12 +282,20 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``feature3dgs`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["extract"]:  # its own parser (feature3dgs.feature_cache)
+        from feature3dgs.feature_cache import extract_main
+
+        return extract_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    handler = {"train": _cmd_train, "render": _cmd_render, "eval": _cmd_eval, "info": _cmd_info}[args.command]
+    from feature3dgs.cli_distill import cmd_distill
+
+    handler = {"train": _cmd_train, "render": _cmd_render, "eval": _cmd_eval, "info": _cmd_info,
+               "distill": cmd_distill}[args.command]
     try:
         return handler(args)
     except CLIError as e:

@@ -1,0 +1,41 @@
+"""`feature3dgs extract` and `feature3dgs distill` end to end on a tiny scene."""
+
+from __future__ import annotations
+
+import json
+
+from feature3dgs.cli import main
+from feature3dgs.data import load_scene, make_synthetic_scene
+from feature3dgs.feature_cache import FeatureCache
+from feature3dgs.ply import load_ply
+
+
+def test_extract_then_distill_reuses_the_cache(tmp_path, capsys):
+    data = make_synthetic_scene(tmp_path / "scene", n_views=4, n_test=1, width=32, height=32)
+    cache_dir = tmp_path / "cache"
+    assert main(["extract", "--data", str(data), "--teacher", "clip", "--random-weights-for-testing",
+                 "--cache-dir", str(cache_dir), "--no-progress"]) == 0
+    caches = FeatureCache.find(cache_dir)
+    assert len(caches) == 1
+    names = {v.name for v in load_scene(data).views}
+    assert set(caches[0].names()) == names
+    out = tmp_path / "out"
+    code = main(["distill", "--data", str(data), "--out", str(out), "--teacher", "clip",
+                 "--random-weights-for-testing", "--render-dim", "8", "--iterations", "10",
+                 "--cache-dir", str(cache_dir), "--no-progress"])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "RANDOM weights" in captured.err and "cosine" in captured.out
+    assert load_ply(out / "point_cloud.ply").feature_dim == 8
+    cfg = json.loads((out / "distill_config.json").read_text())
+    assert cfg["teacher"] == "clip" and cfg["render_dim"] == 8 and cfg["teacher_dim"] == 512
+    assert len(FeatureCache.find(cache_dir)) == 1  # same key: nothing extracted anew
+
+
+def test_distill_errors_name_the_problem(tmp_path, capsys):
+    assert main(["distill", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "missing" in capsys.readouterr().err
+    data = make_synthetic_scene(tmp_path / "scene", n_views=2, n_test=1, width=16, height=16)
+    assert main(["distill", "--data", str(data), "--out", str(tmp_path / "o"),
+                 "--init-model", str(tmp_path / "nope.ply"), "--random-weights-for-testing"]) == 2
+    assert "--init-model" in capsys.readouterr().err
