@@ -90,6 +90,17 @@ def fill_feature_cache(scene, teacher, cache_dir: Union[str, Path, None] = None,
     return cache
 
 
+def label_embeddings(n_classes: int, dim: int, seed: int = 0) -> Tensor:
+    """(n_classes, dim) fixed random unit vectors: the label teacher's class features."""
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(n_classes, dim, generator=g), dim=1)
+
+
+def label_class_count(scene) -> int:
+    """Classes the label teacher embeds: the scene's named classes plus one spare id."""
+    return max(len(scene.class_names or []), 1) + 1
+
+
 def label_feature_cache(scene, root: Union[str, Path], dim: int = 16, size: Optional[tuple[int, int]] = None,
                         noise: float = 0.0, seed: int = 0) -> FeatureCache:
     """A synthetic, multi-view consistent teacher made from the scene's class labels.
@@ -101,9 +112,9 @@ def label_feature_cache(scene, root: Union[str, Path], dim: int = 16, size: Opti
     """
     if not scene.has_labels:
         raise ValueError(f"scene {scene.source_path} has no class labels for a label teacher")
-    g = torch.Generator().manual_seed(seed)
-    n_classes = max(len(scene.class_names or []), 1) + 1
-    embed = F.normalize(torch.randn(n_classes, dim, generator=g), dim=1)
+    n_classes = label_class_count(scene)
+    embed = label_embeddings(n_classes, dim, seed)
+    g = torch.Generator().manual_seed(seed + 1)
     key = f"labels|dim={dim}|size={size}|noise={noise}|seed={seed}|classes={n_classes}"
     cache = FeatureCache(Path(root), key)
     for view in list(scene.train_views) + list(scene.test_views):

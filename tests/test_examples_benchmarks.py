@@ -72,3 +72,15 @@ def test_distill_speed_benchmark_writes_json(tmp_path, monkeypatch):
     rows = json.loads(out.read_text())["rows"]
     assert [r["decoder"] for r in rows] == [False, True] and [r["render_dim"] for r in rows] == [16, 4]
     assert all(r["ms_per_step"] > 0 and -1 <= r["cosine"] <= 1 for r in rows)
+
+
+def test_student_vs_teacher_benchmark_writes_both_figures(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATURE3DGS_CACHE", str(tmp_path / "cache"))
+    bench = load_script("benchmarks/student_vs_teacher.py")
+    out = tmp_path / "svt.json"
+    assert bench.main(["--steps", "5", "--teacher-size", "16", "--noise", "0.5", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    for who in ("teacher", "student"):
+        assert 0 <= result[who]["miou"] <= 1 and 0 <= result[who]["pixel_accuracy"] <= 1
+    # A 16x16 teacher with heavy noise is far from the labels but better than chance.
+    assert 0.2 < result["teacher"]["pixel_accuracy"] < 0.95
