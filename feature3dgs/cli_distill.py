@@ -25,7 +25,8 @@ def add_parsers(sub) -> None:
     d.add_argument("--no-feature-to-geometry", action="store_true",
                    help="keep the feature loss from moving means, rotations, scales and opacities")
     d.add_argument("--init-model", default=None,
-                   help="start from a trained RGB scene: a Gaussian .ply or a training output folder")
+                   help="start from a trained RGB scene: a Gaussian .ply, a checkpoint .pt, "
+                        "or a training output folder")
     d.add_argument("--cache-dir", default=None, help="teacher feature cache (default ~/.cache/feature3dgs/features)")
     d.add_argument("--iterations", type=int, default=30_000)
     d.add_argument("--background", default="black")
@@ -36,21 +37,31 @@ def add_parsers(sub) -> None:
                                    "(see `feature3dgs extract --help`)", add_help=False)
 
 
+def load_init_model(path: Path):
+    """A trained scene from a .ply, a checkpoint .pt, or a training folder (its point_cloud.ply)."""
+    from feature3dgs.checkpoint import load_checkpoint
+    from feature3dgs.gaussians import GaussianModel
+    from feature3dgs.ply import load_ply
+
+    if path.is_dir():
+        path = path / "point_cloud.ply"
+    if not path.exists():
+        raise FileNotFoundError(f"--init-model: {path} not found (give a .ply, a checkpoint .pt "
+                                "or a training output folder)")
+    if path.suffix == ".pt":
+        return GaussianModel.from_raw_state(load_checkpoint(path)["model"])
+    return load_ply(path)
+
+
 def cmd_distill(args: argparse.Namespace) -> int:
     from feature3dgs.data import load_scene
     from feature3dgs.distill import DistillConfig, distill
-    from feature3dgs.ply import load_ply
     from feature3dgs.train import TrainConfig
 
     scene = load_scene(args.data, resolution_scale=args.resolution_scale, background=args.background)
     model = None
     if args.init_model:
-        path = Path(args.init_model)
-        if path.is_dir():
-            path = path / "point_cloud.ply"
-        if not path.exists():
-            raise FileNotFoundError(f"--init-model: {path} not found (give a .ply or a training output folder)")
-        model = load_ply(path)
+        model = load_init_model(Path(args.init_model))
     tc = TrainConfig(data=str(args.data), iterations=args.iterations, device=args.device,
                      background=args.background, progress=not args.no_progress)
     dc = DistillConfig(teacher=args.teacher, checkpoint=args.checkpoint, model=args.teacher_model,

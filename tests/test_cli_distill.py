@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from feature3dgs.cli import main
 from feature3dgs.data import load_scene, make_synthetic_scene
 from feature3dgs.feature_cache import FeatureCache
@@ -39,3 +41,17 @@ def test_distill_errors_name_the_problem(tmp_path, capsys):
     assert main(["distill", "--data", str(data), "--out", str(tmp_path / "o"),
                  "--init-model", str(tmp_path / "nope.ply"), "--random-weights-for-testing"]) == 2
     assert "--init-model" in capsys.readouterr().err
+
+
+def test_init_model_from_ply_checkpoint_or_folder(tmp_path):
+    from feature3dgs.checkpoint import save_checkpoint
+    from feature3dgs.cli_distill import load_init_model
+    from feature3dgs.gaussians import GaussianModel
+    from feature3dgs.ply import save_ply
+
+    model = GaussianModel.from_points(torch.rand(20, 3), torch.rand(20, 3), sh_degree=1)
+    save_ply(model, tmp_path / "run" / "point_cloud.ply")
+    save_checkpoint({"model": model.raw_state()}, tmp_path / "ckpt.pt")
+    for path in (tmp_path / "run", tmp_path / "run" / "point_cloud.ply", tmp_path / "ckpt.pt"):
+        loaded = load_init_model(path)
+        assert torch.allclose(loaded.means, model.means) and loaded.num_gaussians == 20
