@@ -38,9 +38,10 @@ def build_teacher_or_tiny(kind: str, allow_random: bool, **kwargs):
 
 
 def run(args: argparse.Namespace, teacher) -> dict:
-    scene = load_scene(args.data or builtin_scene(), background=args.background)
+    data = args.data or builtin_scene()
+    scene = load_scene(data, background=args.background)
     iterations = 30 if args.quick else args.iterations
-    tc = TrainConfig(iterations=iterations, device=args.device, lpips="none", tensorboard=False,
+    tc = TrainConfig(data=str(data), background=args.background, iterations=iterations, device=args.device, lpips="none", tensorboard=False,
                      progress=not args.quick, max_gaussians=4000 if args.quick else None,
                      init_random_points=2000 if args.quick else 100_000)
     dc = DistillConfig(render_dim=args.render_dim)

@@ -127,9 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
 
     sub.add_parser("info", help="print the compiled backend information")
-    from feature3dgs.cli_distill import add_parsers
+    from feature3dgs import cli_apps, cli_distill, cli_view
 
-    add_parsers(sub)
+    cli_distill.add_parsers(sub)
+    cli_apps.add_parsers(sub)
+    cli_view.add_parsers(sub)
     return parser
 
 
@@ -292,10 +294,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from feature3dgs import cli_apps
     from feature3dgs.cli_distill import cmd_distill
+    from feature3dgs.cli_view import cmd_view
 
     handler = {"train": _cmd_train, "render": _cmd_render, "eval": _cmd_eval, "info": _cmd_info,
-               "distill": cmd_distill}[args.command]
+               "distill": cmd_distill, "view": cmd_view, **cli_apps.HANDLERS}[args.command]
     try:
         return handler(args)
     except CLIError as e:

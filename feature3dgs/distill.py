@@ -210,6 +210,16 @@ def evaluate_features(model: GaussianModel, scene, cache: FeatureCache, decoder:
     return result
 
 
+def _teacher_record(teacher, dc: DistillConfig) -> dict[str, Any]:
+    """What rebuilds the teacher later (feature3dgs.feature_scene): its kind and whether it had
+    random weights, taken from the teacher actually used (None when features came from a cache)."""
+    if teacher is None:
+        return {"teacher": None, "random_weights": False}
+    kind = teacher.name.split("-", 1)[0]
+    return {"teacher": kind if kind in ("sam", "clip", "lseg") else dc.teacher,
+            "random_weights": bool(teacher.is_random)}
+
+
 def distill(scene, out_dir: Union[str, Path, None], train_config: Optional[TrainConfig] = None,
             distill_config: Optional[DistillConfig] = None, model: Optional[GaussianModel] = None,
             teacher=None, cache: Optional[FeatureCache] = None) -> dict[str, Any]:
@@ -271,7 +281,8 @@ def distill(scene, out_dir: Union[str, Path, None], train_config: Optional[Train
             with atomic_open(out / "decoder.pt", "wb") as f:
                 torch.save(loss.decoder.to_dict(), f)
         atomic_write_text(out / "distill_config.json", json.dumps(
-            {**dc.to_dict(), "render_dim": render_dim, "teacher_dim": teacher_dim}, indent=2))
+            {**dc.to_dict(), **_teacher_record(teacher, dc), "render_dim": render_dim, "teacher_dim": teacher_dim},
+            indent=2))
         atomic_write_text(out / "feature_metrics.json", json.dumps(
             {k: v for k, v in metrics.items() if k != "feature_loss_curve"} | {"per_view": fm["per_view"]},
             indent=2, default=str))
