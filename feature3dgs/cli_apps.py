@@ -1,9 +1,361 @@
-"""The application sub-commands of `feature3dgs` (segment, query, edit, select, mask, semantic)."""
+"""The application sub-commands of ``feature3dgs``, on a distillation output folder RUN.
+
+    feature3dgs segment  RUN --view V --point X,Y [--negative X,Y] [--box X0,Y0,X1,Y1] --out DIR
+    feature3dgs query    RUN --labels "chair,table,floor" [--query chair] --view V --out DIR
+    feature3dgs edit     RUN --query "chair" (--threshold T | --top-k K) --action delete --out NEWRUN
+    feature3dgs select   RUN --view V --click X,Y [--stroke "X,Y;X,Y;..."] --out DIR [--action ...]
+    feature3dgs mask     RUN --view V --point X,Y [--views 8] [--method vote|optimize] [--refine] --out DIR
+    feature3dgs semantic RUN --out NEWRUN [--steps 300]
+
+Views (``--view``) are a view name or an index into ``--split`` (default: test, i.e. views the
+Gaussians were not fitted to). Pixels are (x, y) = (column, row) at the scene's resolution.
+Every command writes PNGs and a JSON summary into ``--out``; ``edit``, ``select --action`` and
+``semantic`` write a new run folder that ``feature3dgs view`` and these commands read, never
+overwriting RUN.
+"""
 
 from __future__ import annotations
 
-HANDLERS: dict = {}
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parsers", "HANDLERS"]
+
+
+# ---------------------------------------------------------------------- argument types
+def _floats(n: int, what: str):
+    def parse(s: str) -> tuple[float, ...]:
+        try:
+            vals = tuple(float(x) for x in s.split(","))
+        except ValueError:
+            vals = ()
+        if len(vals) != n:
+            raise argparse.ArgumentTypeError(f"{what}: expected {n} comma-separated numbers, got {s!r}")
+        return vals
+    return parse
+
+
+_point = _floats(2, "point X,Y")
+_box = _floats(4, "box X0,Y0,X1,Y1")
+_color = _floats(3, "colour R,G,B in [0,1]")
+
+
+def _stroke(s: str) -> list[tuple[float, ...]]:
+    return [_point(p) for p in s.split(";") if p.strip()]
+
+
+def _csv_list(s: str) -> list[str]:
+    items = [x.strip() for x in s.split(",") if x.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {s!r}")
+    return items
+
+
+def _common(p: argparse.ArgumentParser, view: bool = True) -> None:
+    p.add_argument("scene", help="a distillation output folder (point_cloud.ply, decoder.pt, distill_config.json)")
+    if view:
+        p.add_argument("--view", default="0", help="view name, or index into --split (default 0)")
+        p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--data", default=None, help="the scene's images/cameras (default: the one the run recorded)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--weights-dir", default=None, help="folder holding the teacher's weights")
 
 
 def add_parsers(sub) -> None:
-    pass
+    s = sub.add_parser("segment", help="SAM masks from point/box prompts on a novel view (rendered features)")
+    _common(s)
+    s.add_argument("--point", type=_point, action="append", default=[], help="positive point X,Y (repeatable)")
+    s.add_argument("--negative", type=_point, action="append", default=[], help="negative point X,Y (repeatable)")
+    s.add_argument("--box", type=_box, default=None, help="box X0,Y0,X1,Y1 in pixels")
+    s.add_argument("--multimask", action="store_true", help="SAM's three masks instead of one")
+    s.add_argument("--out", required=True)
+
+    q = sub.add_parser("query", help="text queries: per-pixel relevancy and semantic segmentation of a view")
+    _common(q)
+    q.add_argument("--labels", type=_csv_list, required=True, help="comma-separated label prompts")
+    q.add_argument("--query", default=None, help="the label whose relevancy heat map is saved (default: first)")
+    q.add_argument("--negatives", type=_csv_list, default=["object", "things", "stuff", "texture"],
+                   help="canonical phrases of the relevancy score (LERF); 'none' for plain cosine")
+    q.add_argument("--out", required=True)
+
+    e = sub.add_parser("edit", help="select Gaussians by a text query; extract, delete or recolour them")
+    _common(e, view=False)
+    e.add_argument("--query", required=True, help="text naming what to select")
+    e.add_argument("--threshold", type=float, default=None, help="select cosine similarity > this")
+    e.add_argument("--top-k", type=int, default=None, help="select the k most similar Gaussians")
+    e.add_argument("--action", choices=["extract", "delete", "recolor"], required=True)
+    e.add_argument("--color", type=_color, default=(1.0, 0.0, 0.0), help="recolour: R,G,B in [0,1]")
+    e.add_argument("--max-views", type=int, default=4, help="before/after renders of this many test views")
+    e.add_argument("--out", required=True, help="new run folder for the edited scene")
+
+    c = sub.add_parser("select", help="click/stroke selection: the clicked object in every view and in 3D")
+    _common(c)
+    c.add_argument("--click", type=_point, action="append", default=[], help="positive click X,Y (repeatable)")
+    c.add_argument("--stroke", type=_stroke, action="append", default=[], help="positive stroke 'X,Y;X,Y;...'")
+    c.add_argument("--negative", type=_point, action="append", default=[], help="negative click X,Y")
+    c.add_argument("--threshold", type=float, default=0.9, help="cosine threshold without negative clicks")
+    c.add_argument("--action", choices=["none", "extract", "delete", "recolor"], default="none",
+                   help="edit the selected Gaussians and save the scene to OUT/scene")
+    c.add_argument("--color", type=_color, default=(1.0, 0.0, 0.0))
+    c.add_argument("--out", required=True)
+
+    m = sub.add_parser("mask", help="multi-view consistent object mask (SANeRF-HQ): SAM in several views, fused")
+    _common(m)
+    m.add_argument("--point", type=_point, action="append", default=[], help="positive point X,Y on --view")
+    m.add_argument("--negative", type=_point, action="append", default=[], help="negative point X,Y on --view")
+    m.add_argument("--views", type=int, default=8, help="training views the prompt is carried into")
+    m.add_argument("--method", choices=["vote", "optimize"], default="vote")
+    m.add_argument("--refine", action="store_true", help="ray-pair refinement: similar-colour neighbours agree")
+    m.add_argument("--out", required=True)
+
+    t = sub.add_parser("semantic", help="closed-set semantics (GSNeRF): per-Gaussian class logits from label maps")
+    _common(t, view=False)
+    t.add_argument("--steps", type=int, default=300)
+    t.add_argument("--lr", type=float, default=0.05)
+    t.add_argument("--out", required=True, help="new run folder with the class logits")
+
+
+# ---------------------------------------------------------------------- shared plumbing
+def _load(args: argparse.Namespace):
+    from feature3dgs.feature_scene import load_feature_scene
+    from feature3dgs.train import _resolve_device
+
+    fs = load_feature_scene(args.scene, device=_resolve_device(args.device))
+    data = fs.load_data(data=args.data)
+    return fs, data
+
+
+def _pick_view(data, split: str, key: str):
+    views = data.test_views if split == "test" else data.train_views
+    if not views:
+        raise ValueError(f"the scene has no {split} views")
+    for v in views:
+        if v.name == key:
+            return v
+    try:
+        i = int(key)
+    except ValueError:
+        raise ValueError(f"--view {key!r}: no {split} view has that name "
+                         f"(names: {', '.join(v.name for v in views[:6])}{', ...' if len(views) > 6 else ''})") from None
+    if not -len(views) <= i < len(views):
+        raise ValueError(f"--view {i}: the {split} split has {len(views)} views")
+    return views[i]
+
+
+def _check_points(points, camera, what: str) -> None:
+    for x, y in points:
+        if not (0 <= x < camera.width and 0 <= y < camera.height):
+            raise ValueError(f"{what} ({x:g},{y:g}) is outside the {camera.width}x{camera.height} view")
+
+
+def _render_rgb(fs, camera):
+    import torch
+
+    with torch.no_grad():
+        return fs.model.render(camera.to(fs.device)).rgb.clamp(0, 1).cpu()
+
+
+def _write_json(path: Path, data: dict) -> None:
+    from feature3dgs.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=2, default=float))
+
+
+def _save(img, path: Path) -> None:
+    from feature3dgs.train import save_png
+
+    save_png(img, path)
+
+
+def _safe(name: str) -> str:
+    from feature3dgs.train import _safe_name
+
+    return _safe_name(name)
+
+
+# ---------------------------------------------------------------------- segment
+def cmd_segment(args: argparse.Namespace) -> int:
+    import torch
+
+    from feature3dgs.segment import sam_masks_on_view
+    from feature3dgs.visualize import overlay_mask
+
+    if not args.point and args.box is None:
+        raise ValueError("give at least one --point or a --box")
+    fs, data = _load(args)
+    if fs.teacher_name != "sam":
+        raise ValueError(f"segment needs a scene distilled from SAM; {args.scene} was distilled from {fs.teacher_name}")
+    view = _pick_view(data, args.split, args.view)
+    cam = view.camera.to(fs.device)
+    _check_points(args.point + args.negative, cam, "point")
+    points = labels = None
+    if args.point or args.negative:
+        points = torch.tensor(args.point + args.negative, dtype=torch.float32)
+        labels = torch.tensor([1] * len(args.point) + [0] * len(args.negative))
+    boxes = torch.tensor([args.box], dtype=torch.float32) if args.box is not None else None
+    teacher = fs.teacher(args.weights_dir)
+    sam_masks_on_view(fs.model, cam, fs.decoder, teacher, points, labels, boxes)  # warm-up (first call allocates)
+    res = sam_masks_on_view(fs.model, cam, fs.decoder, teacher, points, labels, boxes,
+                            multimask_output=args.multimask)
+    out = Path(args.out)
+    rgb = _render_rgb(fs, cam)
+    summary: dict[str, Any] = {"view": view.name, "points": args.point, "negatives": args.negative,
+                               "box": args.box, "timings_ms": res["timings"], "masks": []}
+    for k, (mask, score) in enumerate(zip(res["masks"].cpu(), res["scores"].cpu())):
+        _save(mask[None].float().expand(3, -1, -1), out / f"mask_{k}.png")
+        _save(overlay_mask(rgb, mask), out / f"overlay_{k}.png")
+        summary["masks"].append({"index": k, "score": float(score), "area_px": int(mask.sum())})
+    _write_json(out / "segment.json", summary)
+    t = res["timings"]
+    print(f"{view.name}: {len(summary['masks'])} mask(s), areas {[m['area_px'] for m in summary['masks']]} px; "
+          f"render {t['render_ms']:.1f} ms + decode {t['decode_ms']:.1f} ms + mask {t['mask_ms']:.1f} ms "
+          f"= {sum(t.values()):.1f} ms on {fs.device}")
+    if teacher.is_random:
+        print("(the SAM teacher has RANDOM weights: the masks mean nothing)")
+    print(f"wrote {out}/mask_*.png, overlay_*.png, segment.json")
+    return 0
+
+
+# ---------------------------------------------------------------------- query
+def cmd_query(args: argparse.Namespace) -> int:
+    from feature3dgs.segment import relevancy_map, text_relevancy
+    from feature3dgs.semantic import class_palette, colorize_labels
+    from feature3dgs.visualize import heatmap
+
+    fs, data = _load(args)
+    view = _pick_view(data, args.split, args.view)
+    query = args.query or args.labels[0]
+    text = fs.encode_text(args.labels + ([] if query in args.labels else [query]))
+    feats = fs.render_features(view.camera)
+    rel = text_relevancy(feats, text[:len(args.labels)])
+    seg = rel.argmax(0).cpu()
+    q_emb = text[args.labels.index(query)] if query in args.labels else text[-1]
+    negatives = None if args.negatives == ["none"] else fs.encode_text(args.negatives)
+    heat = relevancy_map(feats, q_emb, negatives).cpu()
+    out = Path(args.out)
+    rgb = _render_rgb(fs, view.camera)
+    _save(colorize_labels(seg, class_palette(len(args.labels))), out / "semantic.png")
+    _save(heatmap(heat), out / f"relevancy_{_safe(query)}.png")
+    _save(0.5 * rgb + 0.5 * heatmap(heat), out / f"relevancy_{_safe(query)}_overlay.png")
+    fractions = {lab: float((seg == i).float().mean()) for i, lab in enumerate(args.labels)}
+    _write_json(out / "query.json", {"view": view.name, "labels": args.labels, "query": query,
+                                     "negatives": args.negatives, "pixel_fraction": fractions,
+                                     "relevancy_mean": float(heat.mean()), "relevancy_max": float(heat.max())})
+    print(f"{view.name}: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in fractions.items())
+          + f"; relevancy of {query!r}: max {float(heat.max()):.3f}")
+    print(f"wrote {out}/semantic.png, relevancy_{_safe(query)}.png, query.json")
+    return 0
+
+
+# ---------------------------------------------------------------------- edits
+def _apply_edit(model, mask, action: str, color):
+    from feature3dgs import edit
+
+    if action == "extract":
+        return edit.extract(model, mask)
+    if action == "delete":
+        return edit.delete(model, mask)
+    return edit.recolor(model, mask, color)
+
+
+def _before_after(fs_before, fs_after, views, out: Path) -> list[str]:
+    import torch
+
+    names = []
+    for view in views:
+        cam = view.camera
+        panel = torch.cat([_render_rgb(fs_before, cam), _render_rgb(fs_after, cam)], dim=2)
+        _save(panel, out / f"{_safe(view.name)}.png")
+        names.append(view.name)
+    return names
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from feature3dgs.edit import gaussian_scores, select_gaussians
+
+    if args.threshold is None and args.top_k is None:
+        raise ValueError("give --threshold and/or --top-k")
+    fs, data = _load(args)
+    text = fs.encode_text([args.query])[0]
+    scores = gaussian_scores(fs.model, fs.decoder, text)
+    mask = select_gaussians(scores, args.threshold, args.top_k)
+    n_sel = int(mask.sum())
+    if n_sel == 0:
+        raise ValueError(f"no Gaussian matches {args.query!r} (scores range {float(scores.min()):.3f} .. "
+                         f"{float(scores.max()):.3f}); lower --threshold or use --top-k")
+    edited = fs.with_model(_apply_edit(fs.model, mask, args.action, args.color))
+    out = Path(args.out)
+    ply = edited.save(out)
+    views = data.test_views[: max(0, args.max_views)] or data.train_views[: max(0, args.max_views)]
+    names = _before_after(fs, edited, views, out / "before_after")
+    _write_json(out / "edit.json", {"source": str(args.scene), "query": args.query, "threshold": args.threshold,
+                                    "top_k": args.top_k, "action": args.action, "color": args.color,
+                                    "n_selected": n_sel, "n_before": fs.model.num_gaussians,
+                                    "n_after": edited.model.num_gaussians, "views": names})
+    print(f"{args.action}: {n_sel} of {fs.model.num_gaussians} Gaussians match {args.query!r}; "
+          f"the edited scene has {edited.model.num_gaussians}")
+    print(f"wrote {ply}, {out / 'before_after'}/*.png (left before, right after), {out / 'edit.json'}")
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    import torch
+
+    from feature3dgs.atomic import atomic_open
+    from feature3dgs.edit import select_gaussians_by_clicks
+    from feature3dgs.segment import click_features, stroke_pixels
+    from feature3dgs.visualize import overlay_mask
+
+    clicks = list(args.click) + [p for s in args.stroke for p in stroke_pixels(s)]
+    if not clicks:
+        raise ValueError("give at least one --click or --stroke")
+    fs, data = _load(args)
+    src = _pick_view(data, args.split, args.view)
+    _check_points(clicks + args.negative, src.camera, "click")
+    src_feats = fs.render_features(src.camera, decoded=False)
+    pos = click_features(src_feats, clicks)
+    neg = click_features(src_feats, args.negative) if args.negative else None
+    out = Path(args.out)
+    per_view = {}
+    for view in data.train_views + data.test_views:
+        feats = fs.render_features(view.camera, decoded=False)
+        sims = torch.einsum("kd,dhw->khw", pos, torch.nn.functional.normalize(feats, dim=0)).max(0).values
+        if neg is not None:
+            mask = sims > torch.einsum("kd,dhw->khw", neg, torch.nn.functional.normalize(feats, dim=0)).max(0).values
+        else:
+            mask = sims > args.threshold
+        _save(overlay_mask(_render_rgb(fs, view.camera), mask.cpu()), out / "views" / f"{_safe(view.name)}.png")
+        per_view[view.name] = int(mask.sum())
+    gsel = select_gaussians_by_clicks(fs.model, pos, neg, args.threshold)
+    with atomic_open(out / "selection.pt", "wb") as f:
+        torch.save({"mask": gsel.cpu(), "clicks": clicks, "negatives": args.negative, "view": src.name}, f)
+    summary = {"view": src.name, "n_clicks": len(clicks), "n_negatives": len(args.negative),
+               "threshold": None if neg is not None else args.threshold, "pixels_per_view": per_view,
+               "n_selected_gaussians": int(gsel.sum()), "n_gaussians": fs.model.num_gaussians}
+    if args.action != "none":
+        if not bool(gsel.any()):
+            raise ValueError("no Gaussian is selected; lower --threshold or add clicks")
+        edited = fs.with_model(_apply_edit(fs.model, gsel, args.action, args.color))
+        summary["scene"] = str(edited.save(out / "scene"))
+        summary["n_after"] = edited.model.num_gaussians
+        _before_after(fs, edited, data.test_views[:4], out / "before_after")
+    _write_json(out / "select.json", summary)
+    print(f"selected {int(gsel.sum())} of {fs.model.num_gaussians} Gaussians; pixels per view: "
+          + ", ".join(f"{k} {v}" for k, v in list(per_view.items())[:6]) + (" ..." if len(per_view) > 6 else ""))
+    print(f"wrote {out}/views/*.png, selection.pt, select.json" + (f", {summary['scene']}" if "scene" in summary else ""))
+    return 0
+
+
+# ---------------------------------------------------------------------- multi-view mask, semantics
+def cmd_mask(args: argparse.Namespace) -> int:
+    raise NotImplementedError
+
+
+def cmd_semantic(args: argparse.Namespace) -> int:
+    raise NotImplementedError
+
+
+HANDLERS = {"segment": cmd_segment, "query": cmd_query, "edit": cmd_edit, "select": cmd_select,
+            "mask": cmd_mask, "semantic": cmd_semantic}

@@ -16,7 +16,8 @@ from torch import Tensor
 from feature3dgs.decoder import FeatureDecoder
 from feature3dgs.gaussians import GaussianModel, rgb_to_sh
 
-__all__ = ["gaussian_scores", "select_gaussians", "extract", "delete", "recolor"]
+__all__ = ["gaussian_scores", "gaussian_click_scores", "select_gaussians", "select_gaussians_by_clicks",
+           "extract", "delete", "recolor"]
 
 
 def gaussian_scores(model: GaussianModel, decoder: Optional[FeatureDecoder], text_embedding: Tensor) -> Tensor:
@@ -34,6 +35,40 @@ def gaussian_scores(model: GaussianModel, decoder: Optional[FeatureDecoder], tex
         if q.shape[0] != feats.shape[1]:
             raise ValueError(f"query has {q.shape[0]} channels, the (decoded) features {feats.shape[1]}")
         return F.normalize(feats, dim=1) @ F.normalize(q, dim=0)
+
+
+def gaussian_click_scores(model: GaussianModel, prototypes: Tensor) -> Tensor:
+    """(N,) best cosine similarity of each Gaussian's own feature with k prototype features.
+
+    ``prototypes`` (k, D_render) are rendered-feature vectors, e.g. the features at clicked
+    pixels (:func:`feature3dgs.segment.click_features` of the *undecoded* render): a pixel's
+    feature is a blend of Gaussian features in the same space, so Gaussians of the clicked
+    object score close to 1.
+    """
+    feats = model.features
+    if feats is None:
+        raise ValueError("the model has no features to score")
+    protos = torch.as_tensor(prototypes).to(feats)
+    if protos.dim() == 1:
+        protos = protos[None]
+    if protos.dim() != 2 or protos.shape[1] != feats.shape[1] or protos.shape[0] == 0:
+        raise ValueError(f"prototypes must be (k >= 1, {feats.shape[1]}), got {tuple(protos.shape)}")
+    with torch.no_grad():
+        return (F.normalize(feats.detach(), dim=1) @ F.normalize(protos, dim=1).T).max(1).values
+
+
+def select_gaussians_by_clicks(model: GaussianModel, positives: Tensor, negatives: Optional[Tensor] = None,
+                               threshold: float = 0.9) -> Tensor:
+    """(N,) bool: the Gaussians of the clicked object, by nearest-neighbour feature matching.
+
+    With only ``positives`` (k, D_render) a Gaussian is selected when its best cosine similarity
+    exceeds ``threshold``; with ``negatives`` (m, D_render) too, when it is closer to a positive
+    than to every negative (the same rule as :func:`feature3dgs.segment.select_by_clicks` in 2D).
+    """
+    pos = gaussian_click_scores(model, positives)
+    if negatives is not None and len(negatives) > 0:
+        return pos > gaussian_click_scores(model, negatives)
+    return pos > threshold
 
 
 def select_gaussians(scores: Tensor, threshold: Optional[float] = None, top_k: Optional[int] = None) -> Tensor:

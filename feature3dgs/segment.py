@@ -26,6 +26,8 @@ __all__ = [
     "relevancy_map",
     "sam_masks_on_view",
     "select_by_clicks",
+    "stroke_pixels",
+    "click_features",
 ]
 
 
@@ -141,6 +143,28 @@ def sam_masks_on_view(model: GaussianModel, camera: Camera, decoder: Optional[Fe
         t3 = time.perf_counter()
     return {"masks": masks, "scores": scores,
             "timings": {"render_ms": 1e3 * (t1 - t0), "decode_ms": 1e3 * (t2 - t1), "mask_ms": 1e3 * (t3 - t2)}}
+
+
+def stroke_pixels(stroke: Sequence[Sequence[float]], spacing: float = 1.0) -> list[tuple[float, float]]:
+    """The pixels (x, y) along a stroke: the polyline through ``stroke``'s points sampled every
+    ``spacing`` pixels (a single point is a click). Feed the result to :func:`select_by_clicks`
+    or :func:`click_features` as the clicks."""
+    pts = [(float(p[0]), float(p[1])) for p in stroke]
+    if not pts:
+        raise ValueError("stroke must have at least one point")
+    if spacing <= 0:
+        raise ValueError(f"spacing must be positive, got {spacing}")
+    out = [pts[0]]
+    for (x0, y0), (x1, y1) in zip(pts[:-1], pts[1:]):
+        n = max(1, int(((x1 - x0) ** 2 + (y1 - y0) ** 2) ** 0.5 / spacing))
+        out += [(x0 + (x1 - x0) * i / n, y0 + (y1 - y0) * i / n) for i in range(1, n + 1)]
+    return out
+
+
+def click_features(features: Tensor, clicks: Sequence[Sequence[float]]) -> Tensor:
+    """(k, D) L2-normalised features of a (D, H, W) map at the clicked pixels (x, y)."""
+    _check_map(features)
+    return _click_features(features, clicks)
 
 
 def _click_features(features: Tensor, clicks: Sequence[Sequence[float]]) -> Tensor:

@@ -79,3 +79,37 @@ def depth_to_image(depth: Tensor, alpha: Tensor | None = None) -> Tensor:
     lo, hi = valid.quantile(0.01), valid.quantile(0.99)
     out = 1 - ((d - lo) / (hi - lo + 1e-9)).clamp(0, 1)
     return torch.where(d > 0, out, torch.zeros_like(out))
+
+
+def overlay_mask(image: Tensor, mask: Tensor, color=(1.0, 0.2, 0.2), opacity: float = 0.5) -> Tensor:
+    """(3,H,W) image in [0,1] with the (H,W) mask tinted by ``color``; the mask's outline is
+    drawn at full colour so that small or faint masks stay visible. Returns (3,H,W) float."""
+    if image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(f"image must be (3,H,W), got {tuple(image.shape)}")
+    m = torch.as_tensor(mask).to(image.device)
+    if m.shape != image.shape[1:]:
+        raise ValueError(f"mask must be {tuple(image.shape[1:])}, got {tuple(m.shape)}")
+    m = m.bool()
+    c = torch.as_tensor(color, dtype=image.dtype, device=image.device).reshape(3, 1, 1)
+    out = image.detach().clamp(0, 1).clone()
+    out = torch.where(m[None], (1 - opacity) * out + opacity * c, out)
+    # outline: mask pixels with a 4-neighbour outside the mask
+    padded = torch.nn.functional.pad(m[None, None].float(), (1, 1, 1, 1))
+    inner = -torch.nn.functional.max_pool2d(-padded, 3, stride=1)[0, 0] > 0.5
+    edge = m & ~inner
+    return torch.where(edge[None], c.expand_as(out), out)
+
+
+_HEAT_STOPS = torch.tensor([[0.0, 0.0, 0.2], [0.3, 0.0, 0.6], [0.85, 0.2, 0.3], [1.0, 0.65, 0.0], [1.0, 1.0, 0.8]])
+
+
+def heatmap(values: Tensor, low: float = 0.0, high: float = 1.0) -> Tensor:
+    """(H,W) values -> (3,H,W) colours from dark blue (``low``) through red to pale yellow
+    (``high``), piecewise linear between five stops."""
+    if values.dim() != 2:
+        raise ValueError(f"values must be (H,W), got {tuple(values.shape)}")
+    t = ((values.detach().float().cpu() - low) / max(high - low, 1e-12)).clamp(0, 1) * (len(_HEAT_STOPS) - 1)
+    i = t.floor().long().clamp(max=len(_HEAT_STOPS) - 2)
+    f = (t - i)[..., None]
+    rgb = _HEAT_STOPS[i] * (1 - f) + _HEAT_STOPS[i + 1] * f
+    return rgb.permute(2, 0, 1)
