@@ -67,3 +67,30 @@ def report(metrics: dict, out: Path) -> None:
         print("(teacher with RANDOM weights: these figures say nothing about feature quality)")
     print(f"outputs in {out.resolve()}: point_cloud.ply (with features), decoder.pt, "
           "renders/features/*.png (render | student | teacher, one PCA), metrics")
+
+
+def add_scene_args(parser: argparse.ArgumentParser, default_out: str) -> None:
+    """Arguments of the application examples: an existing run, or a quick one made here."""
+    parser.add_argument("--run", type=Path, default=None,
+                        help="a distillation output folder; default: distil one on the built-in scene first")
+    parser.add_argument("--out", type=Path, default=Path(default_out))
+    parser.add_argument("--iterations", type=int, default=1000, help="steps of the distillation made here")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--quick", action="store_true", help="a tiny run (CI smoke test)")
+
+
+def load_or_distill(args: argparse.Namespace, kind: str, render_dim: int):
+    """The FeatureScene of ``args.run``, or of a distillation (teacher ``kind``, tiny random
+    weights when the real ones are missing) of the built-in scene written to ``args.out/run``."""
+    from feature3dgs.feature_scene import load_feature_scene
+    from feature3dgs.train import _resolve_device
+
+    run_dir = args.run
+    if run_dir is None:
+        teacher = build_teacher_or_tiny(kind, allow_random=True)
+        ns = argparse.Namespace(data=None, out=args.out / "run", iterations=args.iterations, render_dim=render_dim,
+                                background="black", device=args.device, quick=args.quick)
+        run(ns, teacher)
+        run_dir = ns.out
+    fs = load_feature_scene(run_dir, device=_resolve_device(args.device))
+    return fs, fs.load_data()

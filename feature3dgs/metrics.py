@@ -1,4 +1,6 @@
-"""Image quality metrics: PSNR, SSIM and (when its backbone weights are on disk) LPIPS.
+"""Image quality metrics: PSNR, SSIM and (when its backbone weights are on disk) LPIPS; and,
+re-exported from :mod:`feature3dgs.seg_metrics`, the segmentation metrics (confusion matrix,
+mIoU, pixel accuracy, mean class accuracy).
 
 LPIPS needs the ImageNet weights of its backbone (AlexNet or VGG16) in the torch hub cache
 (``<torch.hub.get_dir()>/checkpoints/``); nothing is downloaded here. When they are missing,
@@ -16,8 +18,10 @@ import torch
 from torch import Tensor
 
 from feature3dgs.losses import ssim as _ssim
+from feature3dgs.seg_metrics import confusion_matrix, segmentation_metrics
 
-__all__ = ["psnr", "ssim", "lpips_metric", "lpips_unavailable_reason", "LPIPS_BACKBONE_FILES"]
+__all__ = ["psnr", "ssim", "lpips_metric", "lpips_unavailable_reason", "LPIPS_BACKBONE_FILES",
+           "confusion_matrix", "segmentation_metrics"]
 
 LPIPS_BACKBONE_FILES = {
     "alex": "alexnet-owt-7be5be79.pth",

@@ -84,3 +84,36 @@ def test_student_vs_teacher_benchmark_writes_both_figures(tmp_path, monkeypatch)
         assert 0 <= result[who]["miou"] <= 1 and 0 <= result[who]["pixel_accuracy"] <= 1
     # A 16x16 teacher with heavy noise is far from the labels but better than chance.
     assert 0.2 < result["teacher"]["pixel_accuracy"] < 0.95
+
+
+def test_segment_prompts_example(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FEATURE3DGS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FEATURE3DGS_WEIGHTS", str(tmp_path / "no_weights"))
+    out = tmp_path / "out"
+    assert load_script("examples/segment_prompts.py").main(["--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("render") >= 3 and "RANDOM" in printed
+    assert sorted(p.name for p in (out / "masks").glob("*.png")) == ["box.png", "point.png", "point_negative.png"]
+
+
+def test_click_select_example_finds_the_box(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FEATURE3DGS_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    assert load_script("examples/click_select.py").main(["--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    ious = [float(line.rsplit(" ", 1)[1]) for line in printed.splitlines() if "IoU with the true box" in line]
+    assert len(ious) == 28 and sum(ious) / len(ious) > 0.6, ious  # 0.85 measured after 60 steps
+    from feature3dgs.ply import load_ply
+
+    assert 0 < load_ply(out / "box" / "point_cloud.ply").num_gaussians < load_ply(out / "run" / "point_cloud.ply").num_gaussians
+
+
+def test_sam_prompt_speed_benchmark_writes_json(tmp_path):
+    bench = load_script("benchmarks/sam_prompt_speed.py")
+    out = tmp_path / "sam.json"
+    assert bench.main(["--gaussians", "500", "--sizes", "32", "--repeats", "1", "--encoder", "none",
+                       "--out", str(out)]) == 0
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["size"] == 32 and row["feature_path_ms"] == pytest.approx(
+        row["render_ms"] + row["decode_ms"] + row["mask_ms"])
+    assert min(row["render_ms"], row["decode_ms"], row["mask_ms"]) > 0
