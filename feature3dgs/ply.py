@@ -14,6 +14,8 @@ One ``vertex`` element, binary little endian, every property float32, in this or
     semantic_0 ... semantic_{D-1}
                                per-Gaussian features, only when the model has them (the
                                property names Feature 3DGS uses; 3DGS viewers ignore them)
+    sem_0 ... sem_{K-1}        per-Gaussian class logits (``params["semantics"]``, see
+                               feature3dgs.semantic), only when the model has them
 
 The SH degree follows from the number of f_rest properties (0, 9, 24 or 45). A header comment
 ``feature3dgs active_sh_degree <d>`` keeps the active degree; files without it (e.g. from 3DGS)
@@ -33,19 +35,25 @@ import torch
 from feature3dgs.atomic import atomic_open
 from feature3dgs.gaussians import GaussianModel
 
-__all__ = ["save_ply", "load_ply", "ply_property_names", "FEATURE_PREFIX"]
+__all__ = ["save_ply", "load_ply", "ply_property_names", "FEATURE_PREFIX", "SEMANTIC_PREFIX"]
 
 FEATURE_PREFIX = "semantic_"
+#: property prefix of the class logits; the parameter name equals
+#: feature3dgs.feature_scene.SEMANTIC_PARAM (spelled out here: ply sits below the applications)
+SEMANTIC_PREFIX = "sem_"
+_SEMANTIC_PARAM = "semantics"
 _ACTIVE_COMMENT = "feature3dgs active_sh_degree"
 
 
-def ply_property_names(max_sh_degree: int, feature_dim: int = 0) -> list[str]:
-    """The vertex property names, in file order, for a model of this SH degree and feature size."""
+def ply_property_names(max_sh_degree: int, feature_dim: int = 0, num_classes: int = 0) -> list[str]:
+    """The vertex property names, in file order, for a model of this SH degree, feature size and
+    number of class logits."""
     k = (max_sh_degree + 1) ** 2
     names = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
     names += [f"f_rest_{i}" for i in range(3 * (k - 1))]
     names += ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
     names += [f"{FEATURE_PREFIX}{i}" for i in range(feature_dim)]
+    names += [f"{SEMANTIC_PREFIX}{i}" for i in range(num_classes)]
     return names
 
 
@@ -67,8 +75,15 @@ def save_ply(model: GaussianModel, path: Union[str, Path]) -> Path:
     ]
     if model.feature_dim:
         cols.append(p["features"])
+    num_classes = 0
+    if _SEMANTIC_PARAM in p:
+        sem = p[_SEMANTIC_PARAM]
+        if sem.dim() != 2:
+            raise ValueError(f"parameter {_SEMANTIC_PARAM!r} must be (N, K) to be saved, got {tuple(sem.shape)}")
+        num_classes = int(sem.shape[1])
+        cols.append(sem)
     data = torch.cat(cols, dim=1).numpy()
-    names = ply_property_names(model.max_sh_degree, model.feature_dim)
+    names = ply_property_names(model.max_sh_degree, model.feature_dim, num_classes)
     assert data.shape[1] == len(names)
     arr = np.empty(n, dtype=[(name, "<f4") for name in names])
     for i, name in enumerate(names):
@@ -144,4 +159,7 @@ def load_ply(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -
     feats = _indexed(names, FEATURE_PREFIX)
     if feats:
         params["features"] = cols(feats)
+    sem = _indexed(names, SEMANTIC_PREFIX)
+    if sem:
+        params[_SEMANTIC_PARAM] = cols(sem)
     return GaussianModel(params, active_sh_degree=active).to(device)

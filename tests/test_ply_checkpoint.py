@@ -161,3 +161,55 @@ def test_checkpoint_loading_is_weights_only(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         load_checkpoint(tmp_path / "empty")
+
+
+# ---------------------------------------------------------------------- class logits (feature3dgs.semantic)
+def _semantic_model(n=30, sh_degree=1, feature_dim=0, num_classes=5, seed=1) -> GaussianModel:
+    m = _model(n=n, sh_degree=sh_degree, feature_dim=feature_dim, seed=seed)
+    params = {k: v.detach() for k, v in m.params.items()}
+    params["semantics"] = torch.randn(n, num_classes, generator=torch.Generator().manual_seed(seed + 7)) * 3
+    return GaussianModel(params, active_sh_degree=m.active_sh_degree)
+
+
+@pytest.mark.parametrize("feature_dim,num_classes", [(0, 5), (4, 3), (16, 1)])
+def test_ply_round_trip_of_class_logits_is_exact(tmp_path, feature_dim, num_classes):
+    from feature3dgs.feature_scene import SEMANTIC_PARAM
+
+    m = _semantic_model(feature_dim=feature_dim, num_classes=num_classes)
+    assert SEMANTIC_PARAM == "semantics"
+    back = load_ply(save_ply(m, tmp_path / "pc.ply"))
+    assert list(back.params.keys()) == list(m.params.keys())
+    assert back.feature_dim == feature_dim and back.params[SEMANTIC_PARAM].shape == (30, num_classes)
+    for k in m.params.keys():
+        assert torch.equal(back.params[k], m.params[k].detach()), k
+
+
+def test_class_logits_are_appended_after_the_3dgs_and_feature_properties(tmp_path):
+    m = _semantic_model(n=6, sh_degree=3, feature_dim=2, num_classes=3)
+    save_ply(m, tmp_path / "pc.ply")
+    v = PlyData.read(str(tmp_path / "pc.ply"))["vertex"]
+    names = [p.name for p in v.properties]
+    assert names == THREE_DGS_HEADER + ["semantic_0", "semantic_1", "sem_0", "sem_1", "sem_2"]
+    assert names == ply_property_names(3, 2, 3)
+    assert np.array_equal(v.data["sem_2"], m.params["semantics"][:, 2].detach().numpy())
+    # a reader that knows only the 3DGS properties (a standard viewer) finds them unchanged
+    assert np.array_equal(v.data["opacity"], m.params["opacities"][:, 0].detach().numpy())
+    # a file without sem_* loads without the parameter
+    assert "semantics" not in load_ply(save_ply(_model(n=6), tmp_path / "plain.ply")).params
+
+
+def test_checkpoint_round_trip_of_class_logits(tmp_path):
+    """raw_state carries every entry of model.params, so checkpoints need nothing special."""
+    m = _semantic_model(feature_dim=4)
+    opt = torch.optim.Adam(m.param_groups({k: 0.1 for k in m.params.keys()}), eps=1e-15)
+    sum(p.square().sum() for p in m.params.values()).backward()
+    opt.step()
+    path = save_checkpoint({"step": 3, "model": m.raw_state(), "optimizer": opt.state_dict()},
+                           checkpoint_path(tmp_path, 3))
+    back = load_checkpoint(path)
+    m2 = GaussianModel.from_raw_state(back["model"])
+    assert list(m2.params.keys()) == list(m.params.keys())
+    assert torch.equal(m2.params["semantics"], m.params["semantics"].detach())
+    opt2 = torch.optim.Adam(m2.param_groups({k: 0.1 for k in m2.params.keys()}), eps=1e-15)
+    opt2.load_state_dict(back["optimizer"])
+    assert torch.equal(opt2.state[m2.params["semantics"]]["exp_avg"], opt.state[m.params["semantics"]]["exp_avg"])

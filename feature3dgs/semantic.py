@@ -1,0 +1,441 @@
+"""Closed-set semantic rendering (as in GSNeRF / Semantic-NeRF) with per-Gaussian class logits.
+
+Every Gaussian carries K class logits in ``model.params["semantics"]`` (N, K) (the name is
+:data:`feature3dgs.feature_scene.SEMANTIC_PARAM`; densification, the edit functions, the PLY
+file (``sem_*`` properties) and checkpoints carry it like any other parameter). The logits are
+alpha blended by the rasterizer as a K-channel feature map and trained with per-pixel
+cross-entropy against label maps: jointly with the RGB loss (:class:`SemanticLoss` on the
+Trainer, or :class:`SemanticTrainer`) or afterwards on frozen geometry (:func:`fit_semantics`).
+
+Empty space. The rendered logits of pixel p are::
+
+    L(p) = sum_i w_i(p) l_i + T(p) b,        w_i = alpha_i T_i,  T(p) = 1 - alpha(p)
+
+with the background logits b (the rasterizer's feature background). By default b is
+:func:`empty_logits`: ``EMPTY_LOGIT`` (5) for class 0 and 0 for the other classes, so a pixel
+that sees nothing is predicted as class 0 ("background", the label id 0 of the package's
+label maps) with probability ~0.98 whatever K, partly covered pixels lean towards class 0 in
+proportion to their transparency, and the sky of a scene needs no Gaussians to be labelled
+background. Pass ``background=torch.zeros(K)`` for the plain alpha-weighted sum (empty pixels
+then have uniform class probabilities; argmax breaks the tie towards class 0), or any (K,)
+vector; pixels can also be left out of the loss with ``ignore_index``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from feature3dgs.camera import Camera
+from feature3dgs.feature_scene import SEMANTIC_FILE, SEMANTIC_PARAM
+from feature3dgs.gaussians import GaussianModel
+from feature3dgs.rasterize import render
+from feature3dgs.train import Trainer
+
+__all__ = [
+    "EMPTY_LOGIT",
+    "add_semantic_logits",
+    "semantic_logits",
+    "empty_logits",
+    "render_semantic_logits",
+    "semantic_loss",
+    "SemanticLoss",
+    "SemanticTrainer",
+    "fit_semantics",
+    "predict_semantic_map",
+    "class_palette",
+    "colorize_labels",
+    "save_semantic",
+]
+
+#: background logit of class 0 in the default :func:`empty_logits` (softmax ~0.98 for K <= 20)
+EMPTY_LOGIT = 5.0
+
+
+# ---------------------------------------------------------------------------------- the parameter
+def add_semantic_logits(model: GaussianModel, num_classes: int, init: Union[float, Tensor] = 0.0) -> GaussianModel:
+    """A copy of ``model`` with (N, num_classes) class logits (replacing any it has).
+
+    Args:
+        num_classes: K >= 1.
+        init: a number (every logit), a (K,) vector (every Gaussian) or an (N, K) tensor.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    n, k = model.num_gaussians, int(num_classes)
+    t = torch.as_tensor(init, dtype=torch.float32)
+    if t.dim() == 0:
+        logits = torch.full((n, k), float(t))
+    elif t.dim() == 1 and t.shape[0] == k:
+        logits = t[None].repeat(n, 1)
+    elif t.dim() == 2 and tuple(t.shape) == (n, k):
+        logits = t.detach().clone()
+    else:
+        raise ValueError(f"init must be a number, a ({k},) vector or an ({n}, {k}) tensor, got {tuple(t.shape)}")
+    if not bool(torch.isfinite(logits).all()):
+        raise ValueError("init holds NaN or Inf")
+    params = {name: v.detach() for name, v in model.params.items() if name != SEMANTIC_PARAM}
+    params[SEMANTIC_PARAM] = logits
+    return GaussianModel.from_params(params, model.active_sh_degree).to(model.device)
+
+
+def semantic_logits(model: GaussianModel) -> Tensor:
+    """The model's (N, K) class-logit parameter; ValueError naming ``model`` when it has none."""
+    if not isinstance(model, GaussianModel):
+        raise ValueError(f"model must be a GaussianModel, got {type(model).__name__}")
+    if SEMANTIC_PARAM not in model.params:
+        raise ValueError(f"model has no class logits (no {SEMANTIC_PARAM!r} parameter); add them with "
+                         "add_semantic_logits or fit_semantics")
+    t = model.params[SEMANTIC_PARAM]
+    if t.dim() != 2 or t.shape[1] < 1:
+        raise ValueError(f"model's {SEMANTIC_PARAM!r} parameter must be (N, K), got {tuple(t.shape)}")
+    return t
+
+
+def empty_logits(num_classes: int, empty_class: int = 0, value: float = EMPTY_LOGIT,
+                 device: Union[str, torch.device, None] = None) -> Tensor:
+    """(K,) logits of empty space: ``value`` for ``empty_class``, 0 for the others."""
+    if not 0 <= empty_class < num_classes:
+        raise ValueError(f"empty_class must be in [0, {num_classes}), got {empty_class}")
+    b = torch.zeros(int(num_classes), device=device)
+    b[empty_class] = float(value)
+    return b
+
+
+def _background(background: Optional[Tensor], k: int, device: torch.device) -> Tensor:
+    if background is None:
+        return empty_logits(k, device=device)
+    b = torch.as_tensor(background)
+    if b.dim() != 1 or b.shape[0] != k:
+        raise ValueError(f"background must be ({k},) logits, one per class, got {tuple(b.shape)}")
+    return b.to(device, torch.float32)
+
+
+def render_semantic_logits(model: GaussianModel, camera: Camera, background: Optional[Tensor] = None, *,
+                           detach_geometry: bool = False) -> Tensor:
+    """(K, H, W) rendered class logits sum_i w_i l_i + T b (see the module docstring).
+
+    Differentiable with respect to the logits, the background and (unless
+    ``detach_geometry``) the geometry: means, rotations, scales, opacities.
+
+    Args:
+        model: Gaussians with class logits.
+        camera: the view.
+        background: (K,) logits of empty space (default :func:`empty_logits`: class 0).
+        detach_geometry: only the logits (and background) get gradients.
+    """
+    logits = semantic_logits(model)
+    if not isinstance(camera, Camera):
+        raise ValueError(f"camera must be a Camera, got {type(camera).__name__}")
+    dev = model.device
+    cam = camera if camera.viewmat.device == dev else camera.to(dev)
+    bg = _background(background, logits.shape[1], dev)
+    geo = [model.means, model.params["quats"], model.scales, model.opacities]
+    if detach_geometry:
+        geo = [t.detach() for t in geo]
+    out = render(*geo, model.colors_dc.detach(), cam.viewmat, cam.K, cam.width, cam.height,
+                 features=logits, feature_background=bg)
+    return out.features
+
+
+def _labels(labels, k: Optional[int], h: int, w: int, ignore_index: Optional[int], name: str = "labels") -> Tensor:
+    t = torch.as_tensor(labels)
+    if t.dim() == 3 and t.shape[0] == 1:
+        t = t[0]
+    if t.dim() != 2 or tuple(t.shape) != (h, w):
+        raise ValueError(f"{name} must be (H, W) = ({h}, {w}), got {tuple(t.shape)}")
+    if t.is_floating_point() or t.dtype == torch.bool or t.is_complex():
+        raise ValueError(f"{name} must hold integer class ids, got dtype {t.dtype}")
+    t = t.to(torch.int64)
+    if k is not None and t.numel():
+        counted = t if ignore_index is None else t[t != ignore_index]
+        if counted.numel() and (int(counted.min()) < 0 or int(counted.max()) >= k):
+            raise ValueError(f"{name} holds class ids outside [0, {k}): min {int(counted.min())}, "
+                             f"max {int(counted.max())}" + ("" if ignore_index is None else
+                                                           f" (ignore_index {ignore_index} excluded)"))
+    return t
+
+
+def semantic_loss(logits: Tensor, labels: Tensor, ignore_index: Optional[int] = None) -> Tensor:
+    """Mean per-pixel cross-entropy between (K, H, W) logits and (H, W) integer labels.
+
+    Pixels labelled ``ignore_index`` are left out (0 when every pixel is). Raises ValueError
+    naming the argument for a wrong shape, a non-integer label map or class ids outside [0, K).
+    """
+    if not isinstance(logits, Tensor) or logits.dim() != 3 or not logits.is_floating_point():
+        raise ValueError(f"logits must be a (K, H, W) float tensor, got "
+                         f"{tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__}")
+    k, h, w = logits.shape
+    lab = _labels(labels, k, h, w, ignore_index).to(logits.device)
+    if ignore_index is not None and not bool((lab != ignore_index).any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[None], lab[None], ignore_index=-100 if ignore_index is None else int(ignore_index))
+
+
+# ---------------------------------------------------------------------------------- training
+class SemanticLoss:
+    """The semantic term of the Trainer (a ``loss_fns`` entry), GSNeRF-style joint training.
+
+    Reads the view's label map with ``trainer.scene.load_labels(batch.view, kind)``, renders the
+    class logits at ``batch.camera`` and returns ``{name: weight * cross-entropy}``. With
+    ``to_geometry`` the loss also moves the Gaussians (means, rotations, scales, opacities).
+    The model needs the ``semantics`` parameter and the trainer a learning rate for it (see
+    :class:`SemanticTrainer`, which does both).
+    """
+
+    def __init__(self, weight: float = 1.0, kind: str = "class", ignore_index: Optional[int] = None,
+                 background: Optional[Tensor] = None, to_geometry: bool = True, name: str = "semantic"):
+        if kind not in ("class", "instance"):
+            raise ValueError(f"kind must be 'class' or 'instance', got {kind!r}")
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"weight must be a finite number >= 0, got {weight}")
+        self.weight = float(weight)
+        self.kind = kind
+        self.ignore_index = ignore_index
+        self.background = background
+        self.to_geometry = bool(to_geometry)
+        self.name = name
+
+    def __call__(self, trainer, batch, out) -> dict[str, Tensor]:
+        labels = trainer.scene.load_labels(batch.view, self.kind)
+        if labels is None:
+            raise ValueError(f"view {batch.view.name!r} has no {self.kind} labels for the semantic loss")
+        logits = render_semantic_logits(trainer.model, batch.camera, self.background,
+                                        detach_geometry=not self.to_geometry)
+        return {self.name: self.weight * semantic_loss(logits, labels.to(logits.device), self.ignore_index)}
+
+
+def _num_classes_of_scene(scene) -> Optional[int]:
+    names = getattr(scene, "class_names", None)
+    return len(names) if names else None
+
+
+class SemanticTrainer(Trainer):
+    """A :class:`~feature3dgs.train.Trainer` that also trains class logits with :class:`SemanticLoss`.
+
+    The model gets zero logits for ``num_classes`` classes when it has none (default K: the
+    scene's ``class_names``); they are optimised with Adam at ``lr_semantics`` and carried by
+    densification, checkpoints (``Trainer.from_checkpoint`` works on this class) and the PLY.
+
+    Extra keyword arguments (after the Trainer's): num_classes, lr_semantics, semantic_weight,
+    ignore_index, semantic_to_geometry, kind.
+    """
+
+    def __init__(self, scene, config=None, out_dir=None, model: Optional[GaussianModel] = None, loss_fns=(),
+                 callbacks=(), *, num_classes: Optional[int] = None, lr_semantics: float = 0.05,
+                 semantic_weight: float = 0.1, ignore_index: Optional[int] = None,
+                 semantic_to_geometry: bool = True, kind: str = "class"):
+        k = num_classes
+        if k is None and model is not None and SEMANTIC_PARAM in model.params:
+            k = int(model.params[SEMANTIC_PARAM].shape[1])
+        if k is None:
+            k = _num_classes_of_scene(scene)
+        if k is None:
+            raise ValueError("num_classes: the scene names no classes and the model has no logits; give num_classes")
+        self.num_classes = int(k)
+        self.lr_semantics = float(lr_semantics)
+        if model is not None and (SEMANTIC_PARAM not in model.params
+                                  or model.params[SEMANTIC_PARAM].shape[1] != self.num_classes):
+            model = add_semantic_logits(model, self.num_classes)
+        super().__init__(scene, config, out_dir=out_dir, model=model, loss_fns=loss_fns, callbacks=callbacks)
+        self.semantic_loss = SemanticLoss(semantic_weight, kind, ignore_index, to_geometry=semantic_to_geometry)
+        self.loss_fns.append(self.semantic_loss)
+
+    def learning_rates(self) -> dict[str, float]:
+        return {**super().learning_rates(), SEMANTIC_PARAM: self.lr_semantics}
+
+    def state_dict(self) -> dict:
+        """The Trainer's state plus the semantic options (restored by :meth:`load_state_dict`,
+        so ``SemanticTrainer.from_checkpoint`` resumes with the same loss)."""
+        sl = self.semantic_loss
+        return {**super().state_dict(),
+                "semantic": {"num_classes": self.num_classes, "lr_semantics": self.lr_semantics,
+                             "weight": sl.weight, "kind": sl.kind, "ignore_index": sl.ignore_index,
+                             "to_geometry": sl.to_geometry}}
+
+    def load_state_dict(self, state) -> None:
+        sem = state.get("semantic")
+        if sem:
+            self.num_classes = int(sem["num_classes"])
+            self.lr_semantics = float(sem["lr_semantics"])
+            sl = self.semantic_loss
+            sl.weight, sl.kind, sl.ignore_index = float(sem["weight"]), sem["kind"], sem["ignore_index"]
+            sl.to_geometry = bool(sem["to_geometry"])
+        super().load_state_dict(state)
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        if SEMANTIC_PARAM not in self.model.params:  # a model initialised by the Trainer
+            self.model.params[SEMANTIC_PARAM] = nn.Parameter(
+                torch.zeros(self.model.num_gaussians, self.num_classes, device=self.model.device))
+        return super().build_optimizer()
+
+
+def _label_views(scene, kind: str, views) -> list[tuple[Camera, Tensor]]:
+    """(camera, labels) pairs from a Scene's train views (or ``views`` of it), or as given."""
+    if hasattr(scene, "train_views") and hasattr(scene, "load_labels"):
+        chosen = scene.train_views if views is None else [scene.view(v) for v in views]
+        pairs = []
+        for v in chosen:
+            lab = scene.load_labels(v, kind)
+            if lab is None:
+                raise ValueError(f"scene: view {v.name!r} has no {kind} labels")
+            pairs.append((v.camera, lab))
+    else:
+        try:
+            pairs = [(c, l) for c, l in scene]
+        except (TypeError, ValueError):
+            raise ValueError("scene must be a Scene with labels or a sequence of (Camera, labels) pairs") from None
+    if not pairs:
+        raise ValueError("scene: no views with labels to fit")
+    for i, (c, _) in enumerate(pairs):
+        if not isinstance(c, Camera):
+            raise ValueError(f"scene: item {i} must be a (Camera, labels) pair, got {type(c).__name__}")
+    return pairs
+
+
+def fit_semantics(model: GaussianModel, scene, steps: int = 300, lr: float = 0.1, *,
+                  num_classes: Optional[int] = None, kind: str = "class", views: Optional[Sequence] = None,
+                  background: Optional[Tensor] = None, ignore_index: Optional[int] = None,
+                  init: Union[float, Tensor] = 0.0, seed: int = 0) -> tuple[GaussianModel, list[float]]:
+    """Fit class logits on frozen geometry (post-hoc semantics; only the logits get gradients).
+
+    Each step renders one training view (a fresh random order each epoch), takes the
+    cross-entropy against its labels and updates the logits with Adam (``lr``).
+
+    Args:
+        model: trained Gaussians; not modified. Its logits are the starting point when it has
+            K of them, else ``init`` (see :func:`add_semantic_logits`).
+        scene: a :class:`feature3dgs.data.Scene` (its train views, or ``views`` of it, with
+            ``scene.load_labels(view, kind)``) or a sequence of (Camera, (H, W) labels) pairs.
+        steps: optimisation steps (one view each).
+        num_classes: K (default: the model's logits, the scene's class names, or the largest
+            label + 1).
+        background, ignore_index: as in :func:`render_semantic_logits` / :func:`semantic_loss`.
+
+    Returns:
+        (a copy of the model with the fitted logits, the loss of every step).
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr}")
+    pairs = _label_views(scene, kind, views)
+    k = num_classes
+    if k is None and SEMANTIC_PARAM in model.params:
+        k = int(model.params[SEMANTIC_PARAM].shape[1])
+    if k is None:
+        k = _num_classes_of_scene(scene) if hasattr(scene, "train_views") else None
+    if k is None:
+        valid = [l[l != ignore_index] if ignore_index is not None else l for _, l in pairs]
+        k = max(int(torch.as_tensor(l).max()) for l in valid if torch.as_tensor(l).numel()) + 1
+    dev = model.device
+    data = []
+    for i, (cam, lab) in enumerate(pairs):
+        data.append((cam.to(dev), _labels(lab, k, cam.height, cam.width, ignore_index, f"labels of view {i}").to(dev)))
+    if SEMANTIC_PARAM in model.params and model.params[SEMANTIC_PARAM].shape[1] == k:
+        fitted = add_semantic_logits(model, k, model.params[SEMANTIC_PARAM].detach())
+    else:
+        fitted = add_semantic_logits(model, k, init)
+    logits = fitted.params[SEMANTIC_PARAM]
+    bg = _background(background, k, dev)
+    geo = [t.detach() for t in (fitted.means, fitted.params["quats"], fitted.scales, fitted.opacities,
+                                fitted.colors_dc)]
+    opt = torch.optim.Adam([logits], lr=float(lr))
+    gen = torch.Generator().manual_seed(int(seed))
+    order: list[int] = []
+    curve: list[float] = []
+    with torch.enable_grad():
+        for _ in range(int(steps)):
+            if not order:
+                order = torch.randperm(len(data), generator=gen).tolist()
+            cam, lab = data[order.pop()]
+            out = render(*geo, cam.viewmat, cam.K, cam.width, cam.height, features=logits, feature_background=bg)
+            loss = semantic_loss(out.features, lab, ignore_index)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            curve.append(float(loss.detach()))
+    return fitted, curve
+
+
+# ---------------------------------------------------------------------------------- inference
+@torch.no_grad()
+def predict_semantic_map(model: GaussianModel, camera: Camera, background: Optional[Tensor] = None) -> Tensor:
+    """(H, W) int64 predicted class per pixel (argmax of the rendered logits; empty pixels get
+    class 0 with the default background)."""
+    return render_semantic_logits(model, camera, background, detach_geometry=True).argmax(0)
+
+
+_BASE_COLORS = [
+    (0.0, 0.0, 0.0), (0.90, 0.10, 0.15), (0.20, 0.70, 0.25), (0.15, 0.35, 0.95), (1.00, 0.85, 0.10),
+    (0.60, 0.20, 0.80), (0.10, 0.85, 0.90), (1.00, 0.50, 0.05), (0.95, 0.40, 0.80), (0.55, 0.85, 0.20),
+    (0.50, 0.30, 0.10), (0.55, 0.55, 0.55), (0.00, 0.45, 0.45), (0.95, 0.95, 0.95), (0.50, 0.00, 0.15),
+    (0.65, 0.75, 1.00), (0.45, 0.45, 0.00), (1.00, 0.75, 0.60), (0.00, 0.20, 0.50), (0.75, 1.00, 0.70),
+]
+
+
+def class_palette(k: int) -> Tensor:
+    """(K, 3) float32 colours in [0, 1], one per class; class 0 (background) is black.
+
+    The first 20 are hand-picked distinct colours; beyond them the hues follow the golden
+    ratio with alternating brightness.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    cols = list(_BASE_COLORS[:k])
+    import colorsys
+
+    i = 0
+    while len(cols) < k:
+        h = (i * 0.6180339887498949 + 0.1) % 1.0
+        s = 0.55 + 0.4 * ((i // 2) % 2)
+        v = 0.95 if i % 2 == 0 else 0.6
+        cols.append(colorsys.hsv_to_rgb(h, s, v))
+        i += 1
+    return torch.tensor(cols, dtype=torch.float32)
+
+
+def colorize_labels(labels: Tensor, palette: Optional[Tensor] = None, ignore_index: Optional[int] = None,
+                    ignore_color: Sequence[float] = (1.0, 1.0, 1.0)) -> Tensor:
+    """(3, H, W) float image of an (H, W) integer label map (default palette:
+    :func:`class_palette` of max label + 1); ``ignore_index`` pixels get ``ignore_color``."""
+    t = torch.as_tensor(labels)
+    if t.dim() != 2:
+        raise ValueError(f"labels must be (H, W), got {tuple(t.shape)}")
+    if palette is None:
+        counted = t if ignore_index is None else t[t != ignore_index]
+        palette = class_palette(int(counted.max()) + 1 if counted.numel() else 1)
+    pal = torch.as_tensor(palette, dtype=torch.float32)
+    if pal.dim() != 2 or pal.shape[1] != 3:
+        raise ValueError(f"palette must be (K, 3), got {tuple(pal.shape)}")
+    lab = _labels(t, pal.shape[0], t.shape[0], t.shape[1], ignore_index)
+    ign = lab == ignore_index if ignore_index is not None else torch.zeros_like(lab, dtype=torch.bool)
+    pal = pal.to(lab.device)
+    img = pal[torch.where(ign, torch.zeros_like(lab), lab)]
+    if ignore_index is not None:
+        img[ign] = torch.tensor(ignore_color, dtype=torch.float32, device=img.device)
+    return img.permute(2, 0, 1).contiguous()
+
+
+# ---------------------------------------------------------------------------------- files
+def save_semantic(scene_dir: Union[str, Path], class_names: Sequence[str]) -> Path:
+    """Write ``scene_dir/semantic.json`` ({"class_names": [...]}) atomically; returns its path.
+
+    :func:`feature3dgs.feature_scene.load_feature_scene` reads it back (and checks the count
+    against the Gaussians' logits)."""
+    from feature3dgs.atomic import atomic_write_text
+
+    if isinstance(class_names, str):
+        raise ValueError("class_names must be a list of names, not a single string")
+    names = list(class_names)
+    if not names or any(not isinstance(n, str) or not n.strip() for n in names):
+        raise ValueError(f"class_names must be a non-empty list of non-empty strings, got {names!r}")
+    path = Path(scene_dir) / SEMANTIC_FILE
+    atomic_write_text(path, json.dumps({"class_names": names}, indent=2))
+    return path
