@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -349,12 +350,108 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- multi-view mask, semantics
+def _spread(views, k: int):
+    """k views spread evenly over the list (all of them when k >= len)."""
+    if k >= len(views):
+        return list(views)
+    step = len(views) / max(k, 1)
+    return [views[int(i * step)] for i in range(k)]
+
+
 def cmd_mask(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    import torch
+
+    from feature3dgs.atomic import atomic_open
+    from feature3dgs.mask_fusion import fuse_object, multiview_sam_masks
+    from feature3dgs.visualize import overlay_mask
+
+    if not args.point:
+        raise ValueError("give at least one --point on --view")
+    if args.views < 1:
+        raise ValueError(f"--views must be >= 1, got {args.views}")
+    fs, data = _load(args)
+    if fs.teacher_name != "sam":
+        raise ValueError(f"mask needs a scene distilled from SAM; {args.scene} was distilled from {fs.teacher_name}")
+    src = _pick_view(data, args.split, args.view)
+    _check_points(args.point + args.negative, src.camera, "point")
+    targets = [src] + [v for v in _spread(data.train_views, args.views) if v.name != src.name]
+    cams = [v.camera.to(fs.device) for v in targets]
+    points = torch.tensor(args.point + args.negative, dtype=torch.float32)
+    labels = torch.tensor([1] * len(args.point) + [0] * len(args.negative))
+    mv = multiview_sam_masks(fs.model, fs.decoder, fs.teacher(args.weights_dir), cams[0], points, labels, cams)
+    used = [(v, c, m) for v, c, m in zip(targets, cams, mv["masks"]) if m is not None]
+    if not used:
+        raise ValueError("the prompt is visible in no view (does it lie on the rendered scene?)")
+    refine = [_render_rgb(fs, c).to(fs.device) for _, c, _ in used] if args.refine else None
+    fused = fuse_object(fs.model, [c for _, c, _ in used], [m for *_, m in used], args.method, refine_images=refine)
+    out = Path(args.out)
+    for (view, cam, m) in used:
+        _save(overlay_mask(_render_rgb(fs, cam), m.cpu(), color=(0.2, 0.6, 1.0)), out / "sam" / f"{_safe(view.name)}.png")
+    rendered = {}
+    for view in data.test_views + [src]:
+        mask = fused.binary_mask(view.camera.to(fs.device)).cpu()
+        _save(overlay_mask(_render_rgb(fs, view.camera), mask), out / "fused" / f"{_safe(view.name)}.png")
+        rendered[view.name] = int(mask.sum())
+    with atomic_open(out / "object_weights.pt", "wb") as f:
+        torch.save({"weights": fused.weights.detach().cpu(), "method": args.method, "view": src.name,
+                    "points": args.point, "negatives": args.negative}, f)
+    summary = {"view": src.name, "method": args.method, "refine": args.refine,
+               "sam_views": {v.name: int(m.sum()) for v, _, m in used},
+               "skipped_views": [v.name for v, m in zip(targets, mv["masks"]) if m is None],
+               "n_selected_gaussians": int(fused.selection.sum()), "n_gaussians": fs.model.num_gaussians,
+               "fused_mask_px": rendered}
+    _write_json(out / "mask.json", summary)
+    print(f"SAM in {len(used)} views ({len(summary['skipped_views'])} skipped: prompt not visible); "
+          f"{args.method}: {summary['n_selected_gaussians']} of {fs.model.num_gaussians} Gaussians in the object")
+    if fs.teacher().is_random:
+        print("(the SAM teacher has RANDOM weights: the masks mean nothing)")
+    print(f"wrote {out}/sam/*.png (per-view SAM masks), fused/*.png (the fused object rendered), "
+          "object_weights.pt, mask.json")
+    return 0
 
 
 def cmd_semantic(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    import torch
+
+    from feature3dgs.seg_metrics import confusion_matrix, segmentation_metrics
+    from feature3dgs.semantic import class_palette, colorize_labels, fit_semantics, predict_semantic_map
+
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    fs, data = _load(args)
+    if not data.has_labels:
+        raise ValueError(f"the scene {data.source_path} has no class label maps to learn from")
+    t0 = time.perf_counter()
+    model, curve = fit_semantics(fs.model, data, steps=args.steps, lr=args.lr)
+    wall = time.perf_counter() - t0
+    k = int(model.params["semantics"].shape[1])
+    names = list(data.class_names) if data.class_names and len(data.class_names) == k else [f"class_{i}" for i in range(k)]
+    fitted = fs.with_model(model)
+    fitted.class_names = names
+    out = Path(args.out)
+    ply = fitted.save(out)
+    conf = torch.zeros(k, k, dtype=torch.int64)
+    palette = class_palette(k)
+    for view in data.test_views:
+        pred = predict_semantic_map(model, view.camera.to(fs.device)).cpu()
+        _save(torch.cat([_render_rgb(fitted, view.camera), colorize_labels(pred, palette)], dim=2),
+              out / "semantic" / f"{_safe(view.name)}.png")
+        truth = data.load_labels(view, "class")
+        if truth is not None:
+            conf += confusion_matrix(pred, truth.clamp(0, k - 1), k)
+    m = segmentation_metrics(conf) if conf.sum() > 0 else None
+    summary = {"steps": args.steps, "lr": args.lr, "fit_s": wall, "class_names": names,
+               "loss_first": curve[0], "loss_last": sum(curve[-10:]) / len(curve[-10:]),
+               "test": None if m is None else {key: v for key, v in m.items() if key != "iou_per_class"}
+               | {"iou_per_class": dict(zip(names, m["iou_per_class"].tolist()))}}
+    _write_json(out / "semantic_metrics.json", summary)
+    print(f"fitted {k} class logits per Gaussian in {args.steps} steps ({wall:.1f} s): cross-entropy "
+          f"{summary['loss_first']:.3f} -> {summary['loss_last']:.3f}")
+    if m is not None:
+        print(f"test views: mIoU {m['miou']:.3f}, pixel accuracy {m['pixel_accuracy']:.3f}, "
+              f"mean class accuracy {m['mean_class_accuracy']:.3f}")
+    print(f"wrote {ply}, {out / 'semantic'}/*.png (render | classes), {out / 'semantic_metrics.json'}")
+    return 0
 
 
 HANDLERS = {"segment": cmd_segment, "query": cmd_query, "edit": cmd_edit, "select": cmd_select,

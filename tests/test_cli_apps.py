@@ -228,3 +228,33 @@ def test_stroke_pixels_and_click_features():
     torch.testing.assert_close(click_features(f, [(3, 2)]), torch.tensor([[0.0, 1.0, 0.0]]))
     with pytest.raises(ValueError, match="outside"):
         click_features(f, [(5, 0)])
+
+
+def test_mask_command_fuses_sam_masks_of_several_views(runs, tmp_path, capsys):
+    out = tmp_path / "mask"
+    assert main(["mask", str(runs["sam"]), "--view", "0", "--point", "24,30", "--views", "4", "--refine",
+                 "--out", str(out)]) == 0
+    m = json.loads((out / "mask.json").read_text())
+    assert len(m["sam_views"]) + len(m["skipped_views"]) == 5 and m["sam_views"]
+    w = torch.load(out / "object_weights.pt")["weights"]
+    assert w.shape == (m["n_gaussians"],) and 0 <= float(w.min()) and float(w.max()) <= 1
+    assert int((w > 0.5).sum()) == m["n_selected_gaussians"]
+    assert len(list((out / "fused").glob("*.png"))) == 2  # the test views (the prompted one among them)
+    assert main(["mask", str(runs["sam"]), "--out", str(tmp_path / "x")]) == 2
+    assert "--point" in capsys.readouterr().err
+
+
+def test_semantic_command_learns_the_classes(label_run, tmp_path, capsys):
+    run, scene = label_run
+    out = tmp_path / "sem"
+    assert main(["semantic", str(run), "--steps", "120", "--out", str(out)]) == 0
+    s = json.loads((out / "semantic_metrics.json").read_text())
+    assert s["class_names"] == scene.class_names
+    assert s["loss_last"] < 0.5 * s["loss_first"]
+    assert s["test"]["miou"] > 0.6, s["test"]  # held-out views
+    fs = load_feature_scene(out)
+    assert fs.has_semantics and fs.class_names == scene.class_names
+    assert fs.semantic_logits.shape == (fs.model.num_gaussians, len(scene.class_names))
+    assert len(list((out / "semantic").glob("*.png"))) == len(scene.test_views)
+    assert main(["semantic", str(run), "--steps", "0", "--out", str(tmp_path / "x")]) == 2
+    assert "--steps" in capsys.readouterr().err
