@@ -81,35 +81,73 @@ def depth_to_image(depth: Tensor, alpha: Tensor | None = None) -> Tensor:
     return torch.where(d > 0, out, torch.zeros_like(out))
 
 
+# ---------------------------------------------------------------- colour maps and mask overlays
+# numpy (H, W, 3) uint8 primitives (the viewer draws with them) and torch wrappers for (3, H, W)
+# float images.
+
+# Anchors of a perceptually ordered map (dark blue -> teal -> yellow -> dark red, like turbo),
+# linearly interpolated.
+_CMAP = np.array([
+    [48, 18, 59], [70, 107, 227], [40, 187, 236], [50, 241, 151],
+    [164, 252, 60], [237, 208, 58], [251, 128, 34], [122, 4, 3],
+], dtype=np.float64)
+
+
+def apply_colormap(values: np.ndarray) -> np.ndarray:
+    """(H, W) floats in [0, 1] (clipped; NaN -> 0) -> (H, W, 3) uint8 (turbo-like: low blue, high red)."""
+    v = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0).clip(0.0, 1.0)
+    pos = v * (len(_CMAP) - 1)
+    i = np.minimum(pos.astype(np.int64), len(_CMAP) - 2)
+    f = (pos - i)[..., None]
+    return (_CMAP[i] * (1 - f) + _CMAP[i + 1] * f + 0.5).astype(np.uint8)
+
+
+def tint(image: np.ndarray, weight: np.ndarray, color, strength: float = 0.5) -> np.ndarray:
+    """Blend ``color`` (RGB uint8) into ``image`` (H, W, 3) uint8 with per-pixel weight
+    ``strength * weight`` ((H, W) in [0, 1])."""
+    a = (np.clip(np.asarray(weight, dtype=np.float32), 0, 1) * strength)[..., None]
+    out = image.astype(np.float32) * (1 - a) + np.asarray(color, dtype=np.float32) * a
+    return (out + 0.5).astype(np.uint8)
+
+
+def mask_outline(mask: np.ndarray, thickness: int = 1) -> np.ndarray:
+    """(H, W) bool: mask pixels with a 4-neighbour outside the mask (or the image), dilated inward
+    ``thickness`` times."""
+    m = np.asarray(mask, dtype=bool)
+    inner = m.copy()
+    for _ in range(max(1, thickness)):
+        p = np.pad(inner, 1, constant_values=False)
+        inner = inner & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    return m & ~inner
+
+
+def draw_mask(image: np.ndarray, mask: np.ndarray, color=(0, 150, 255), strength: float = 0.5,
+              outline=(255, 255, 255)) -> np.ndarray:
+    """(H, W, 3) uint8 with the pixels of ``mask`` ((H, W) bool) tinted and its outline drawn."""
+    m = np.asarray(mask, dtype=bool)
+    out = tint(image, m.astype(np.float32), color, strength)
+    if outline is not None and m.any():
+        thick = max(1, round(max(image.shape[:2]) / 300))
+        out[mask_outline(m, thick)] = np.asarray(outline, dtype=np.uint8)
+    return out
+
+
 def overlay_mask(image: Tensor, mask: Tensor, color=(1.0, 0.2, 0.2), opacity: float = 0.5) -> Tensor:
-    """(3,H,W) image in [0,1] with the (H,W) mask tinted by ``color``; the mask's outline is
-    drawn at full colour so that small or faint masks stay visible. Returns (3,H,W) float."""
+    """(3,H,W) image in [0,1] with the (H,W) mask tinted by ``color`` (RGB in [0,1]) and outlined
+    in white (:func:`draw_mask`). Returns (3,H,W) float in [0,1]."""
     if image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"image must be (3,H,W), got {tuple(image.shape)}")
-    m = torch.as_tensor(mask).to(image.device)
+    m = torch.as_tensor(mask).detach().cpu()
     if m.shape != image.shape[1:]:
         raise ValueError(f"mask must be {tuple(image.shape[1:])}, got {tuple(m.shape)}")
-    m = m.bool()
-    c = torch.as_tensor(color, dtype=image.dtype, device=image.device).reshape(3, 1, 1)
-    out = image.detach().clamp(0, 1).clone()
-    out = torch.where(m[None], (1 - opacity) * out + opacity * c, out)
-    # outline: mask pixels with a 4-neighbour outside the mask
-    padded = torch.nn.functional.pad(m[None, None].float(), (1, 1, 1, 1))
-    inner = -torch.nn.functional.max_pool2d(-padded, 3, stride=1)[0, 0] > 0.5
-    edge = m & ~inner
-    return torch.where(edge[None], c.expand_as(out), out)
-
-
-_HEAT_STOPS = torch.tensor([[0.0, 0.0, 0.2], [0.3, 0.0, 0.6], [0.85, 0.2, 0.3], [1.0, 0.65, 0.0], [1.0, 1.0, 0.8]])
+    rgb = tuple(int(round(255 * float(c))) for c in color)
+    drawn = draw_mask(to_uint8_image(image), m.bool().numpy(), rgb, opacity)
+    return torch.from_numpy(drawn).permute(2, 0, 1).float() / 255.0
 
 
 def heatmap(values: Tensor, low: float = 0.0, high: float = 1.0) -> Tensor:
-    """(H,W) values -> (3,H,W) colours from dark blue (``low``) through red to pale yellow
-    (``high``), piecewise linear between five stops."""
+    """(H,W) values -> (3,H,W) float colours of :func:`apply_colormap`, ``low`` blue to ``high`` red."""
     if values.dim() != 2:
         raise ValueError(f"values must be (H,W), got {tuple(values.shape)}")
-    t = ((values.detach().float().cpu() - low) / max(high - low, 1e-12)).clamp(0, 1) * (len(_HEAT_STOPS) - 1)
-    i = t.floor().long().clamp(max=len(_HEAT_STOPS) - 2)
-    f = (t - i)[..., None]
-    rgb = _HEAT_STOPS[i] * (1 - f) + _HEAT_STOPS[i + 1] * f
-    return rgb.permute(2, 0, 1)
+    v = (values.detach().float().cpu() - low) / max(high - low, 1e-12)
+    return torch.from_numpy(apply_colormap(v.numpy())).permute(2, 0, 1).float() / 255.0
