@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--views", type=int, default=8, help="training views the prompt is carried into")
     parser.add_argument("--mask-size", type=int, default=16)
     parser.add_argument("--flip", type=float, default=0.1)
+    parser.add_argument("--fusion-steps", type=int, default=150, help="optimisation steps (each renders every view)")
     args = parser.parse_args(argv)
+    steps = 15 if args.quick else args.fusion_steps
     fs, data = load_or_distill(args, "sam", render_dim=64)
     src = data.test_views[0]
     inst = data.load_labels(src, "instance")
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     used = [(c, m) for c, m in zip(cams, mv["masks"]) if m is not None]
     print(f"click ({x}, {y}) on {src.name}: carried into {len(used) - 1} of {len(cams) - 1} views")
     if used:
-        fused = fuse_object(fs.model, [c for c, _ in used], [m for _, m in used], "optimize")
+        fused = fuse_object(fs.model, [c for c, _ in used], [m for _, m in used], "optimize", steps=steps)
         for view in data.test_views:
             cam = view.camera.to(fs.device)
             with torch.no_grad():
@@ -88,10 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         print("the click is on the background; no fusion check")
         return 0
     g = torch.Generator().manual_seed(0)
-    train = data.train_views
+    train = data.train_views[::step]  # the views SAM was asked in, now with known answers
     masks = [degrade(data.load_labels(v, "instance") == obj, args.mask_size, args.flip, g) for v in train]
     for method in ("vote", "optimize"):
-        fused = fuse_object(fs.model, [v.camera.to(fs.device) for v in train], [m.to(fs.device) for m in masks], method)
+        fused = fuse_object(fs.model, [v.camera.to(fs.device) for v in train], [m.to(fs.device) for m in masks], method,
+                            steps=steps)
         scores_2d, scores_3d = [], []
         for view in data.test_views:
             truth = data.load_labels(view, "instance") == obj

@@ -153,7 +153,7 @@ def test_multiview_mask_example_fusion_beats_2d_masks(tmp_path, monkeypatch, cap
     assert load_script("examples/multiview_mask.py").main(["--quick", "--out", str(out)]) == 0
     lines = [s for s in capsys.readouterr().out.splitlines() if "held-out IoU" in s]
     assert len(lines) == 2
-    for line in lines:  # degraded 2D masks ~0.26 -> fused ~0.7 measured
+    for line in lines:  # degraded 2D masks 0.26 -> fused 0.63 (votes), 0.74 (optimised) measured
         before, after = (float(v) for v in (line.split("masks ")[1].split(" ")[0], line.rsplit(" ", 1)[1]))
         assert after > before + 0.2, line
     assert list((out / "sam_fused").glob("*.png"))
