@@ -13,7 +13,6 @@ similarity to the teacher on the test views. Prints a table, writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from feature3dgs.distill import DistillConfig, distill, label_feature_cache  # n
 from feature3dgs.train import TrainConfig  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from raster_speed import git_revision  # noqa: E402
+from _common import git_revision, write_result  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,11 +65,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['feature_psnr']:9.2f} {r['cosine']:6.3f} | {r['rgb_psnr']:8.2f}")
     result = dict(benchmark="distill_speed", torch=torch.__version__, git=git_revision(),
                   date=time.strftime("%Y-%m-%d"), steps=args.steps, teacher_dim=args.teacher_dim, rows=rows)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix(".tmp")
-    tmp_out.write_text(json.dumps(result, indent=2))
-    tmp_out.replace(args.out)
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

@@ -16,11 +16,9 @@ Prints a table and writes JSON (device, torch, git revision, every figure):
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,8 +27,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import feature3dgs  # noqa: E402
+from _common import git_revision, write_result  # noqa: E402
 from feature3dgs import reference  # noqa: E402
 
 CPU_CONFIGS = [(10_000, 256, 256), (100_000, 512, 512)]
@@ -134,14 +134,6 @@ def time_cuda(fn, repeats: int, warmup: int = 3) -> tuple[float, float]:
     return statistics.median(times), peak
 
 
-def git_revision() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                       text=True, stderr=subprocess.DEVNULL).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
@@ -227,11 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                   torch=torch.__version__, feature3dgs=info, git=git_revision(),
                   date=time.strftime("%Y-%m-%d"), repeats=repeats, rows=rows)
     out = args.out or ROOT / "benchmarks" / "results" / f"raster_speed-{device}{'-quick' if args.quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out)
-    print(f"wrote {out}")
+    write_result(out, result)
     return 0
 
 

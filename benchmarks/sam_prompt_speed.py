@@ -13,7 +13,6 @@ D_render -> 256 decoder, seen by a camera at the image sizes given.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -29,7 +28,7 @@ from feature3dgs.camera import Camera, intrinsics_from_fov, look_at  # noqa: E40
 from feature3dgs.decoder import FeatureDecoder  # noqa: E402
 from feature3dgs.gaussians import GaussianModel  # noqa: E402
 from feature3dgs.segment import sam_masks_on_view  # noqa: E402
-from raster_speed import git_revision  # noqa: E402
+from _common import git_revision, write_result  # noqa: E402
 
 
 def build_sam(encoder: str):
@@ -121,11 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     result = dict(benchmark="sam_prompt_speed", device=dev_name, torch=torch.__version__, git=git_revision(),
                   date=time.strftime("%Y-%m-%d"), gaussians=args.gaussians, render_dim=args.render_dim,
                   encoder=args.encoder, repeats=args.repeats, rows=rows)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out)
-    print(f"wrote {out}")
+    write_result(out, result)
     return 0
 
 

@@ -16,7 +16,6 @@ Reports mIoU, pixel accuracy and mean class accuracy against the true labels.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ from feature3dgs.distill import (DistillConfig, distill, label_class_count, labe
 from feature3dgs.seg_metrics import confusion_matrix, segmentation_metrics  # noqa: E402
 from feature3dgs.segment import semantic_segmentation  # noqa: E402
 from feature3dgs.train import TrainConfig  # noqa: E402
-from raster_speed import git_revision  # noqa: E402
+from _common import git_revision, write_result  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,11 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                   teacher={k: v for k, v in rows["teacher"].items() if k != "iou_per_class"},
                   student={k: v for k, v in rows["student"].items() if k != "iou_per_class"},
                   student_beats_teacher=verdict)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix(".tmp")
-    tmp_out.write_text(json.dumps(result, indent=2, default=float))
-    tmp_out.replace(args.out)
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

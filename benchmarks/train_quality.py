@@ -21,7 +21,6 @@ import datetime as dt
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +30,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _common import git_revision  # noqa: E402
 from feature3dgs.atomic import atomic_write_text  # noqa: E402
 from feature3dgs.train import Trainer, TrainConfig, load_scene_for  # noqa: E402
 
@@ -39,14 +40,6 @@ SCENES = {
     "lego_200": dict(background="white", init="random", init_random_points=20_000),
     "fern_llff": dict(background="black", init="points", images="images_8"),
 }
-
-
-def git_revision() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except Exception:
-        return "unknown"
 
 
 def main(argv=None) -> int:

@@ -81,14 +81,20 @@ def _cameras(cameras: CameraList, name: str = "cameras") -> list[Camera]:
     return cams
 
 
+def _plane(x, camera: Camera, name: str) -> Tensor:
+    """``x`` as an (H, W) tensor matching ``camera`` ((1, H, W) is accepted)."""
+    t = torch.as_tensor(x)
+    if t.dim() == 3 and t.shape[0] == 1:
+        t = t[0]
+    if t.dim() != 2 or tuple(t.shape) != (camera.height, camera.width):
+        raise ValueError(f"{name} must be (H, W) = ({camera.height}, {camera.width}) (or (1, H, W)) to match "
+                         f"its camera, got {tuple(t.shape)}")
+    return t
+
+
 def _mask(mask: MaskLike, camera: Camera, name: str, device: torch.device) -> Tensor:
     """(H, W) float32 in [0, 1] on ``device``, from a bool / 0-1 integer / float mask."""
-    m = torch.as_tensor(mask)
-    if m.dim() == 3 and m.shape[0] == 1:
-        m = m[0]
-    if m.dim() != 2 or tuple(m.shape) != (camera.height, camera.width):
-        raise ValueError(f"{name} must be (H, W) = ({camera.height}, {camera.width}) to match its camera, "
-                         f"got {tuple(m.shape)}")
+    m = _plane(mask, camera, name)
     if m.dtype == torch.bool:
         m = m.to(torch.float32)
     elif not m.is_floating_point():
@@ -364,13 +370,7 @@ def _points_xy(points_xy, name: str = "points_xy") -> Tensor:
 
 
 def _depth_map(depth, camera: Camera, name: str) -> Tensor:
-    d = torch.as_tensor(depth)
-    if d.dim() == 3 and d.shape[0] == 1:
-        d = d[0]
-    if d.dim() != 2 or tuple(d.shape) != (camera.height, camera.width):
-        raise ValueError(f"{name} must be (H, W) = ({camera.height}, {camera.width}) (or (1, H, W)) to match "
-                         f"its camera, got {tuple(d.shape)}")
-    return d.detach().to("cpu", torch.float64)
+    return _plane(depth, camera, name).detach().to("cpu", torch.float64)
 
 
 def lift_points(points_xy, depth, camera: Camera, near: float = 0.01) -> tuple[Tensor, Tensor]:

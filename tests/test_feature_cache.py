@@ -18,13 +18,7 @@ from feature3dgs.feature_cache import FeatureCache, extract_features, extract_ma
 from feature3dgs.teachers.base import Teacher
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny networks: OpenMP threads only add latency (badly so on a busy 2-core machine)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 class CountingTeacher(Teacher):

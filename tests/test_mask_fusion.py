@@ -26,13 +26,7 @@ K = torch.tensor([[50.0, 0.0, W / 2], [0.0, 50.0, H / 2], [0.0, 0.0, 1.0]])
 UP = (0.0, -1.0, 0.0)  # world +y points down the image, as with an identity viewmat
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CPU kernels add gradients with atomics across threads; one thread makes them exact."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cam_at(eye, target=(0.0, 0.0, 3.0), name="cam", width=W, height=H) -> Camera:

@@ -30,13 +30,7 @@ QUIET = dict(progress=False, lpips="none", tensorboard=False, eval_every=0, chec
              save_test_renders=False)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CPU kernels add gradients with atomics across threads; one thread makes them exact."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_camera(tx: float = 0.0, ty: float = 0.0, name: str = "cam", w: int = W, h: int = H) -> Camera:

@@ -28,13 +28,7 @@ from feature3dgs.teachers.sam import SAM_CHECKPOINTS, SamTeacher  # noqa: E402
 DATA = Path(__file__).parent / "data"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny networks: OpenMP threads only add latency (badly so on a busy 2-core machine)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def _image(h, w, seed=0):

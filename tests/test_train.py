@@ -25,14 +25,7 @@ def scene(tmp_path_factory):
     return load_scene(root)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CPU kernels add gradients with atomics across threads; one thread makes them exact
-    (and is faster than two on a shared 2-core machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_fit_200_steps_raises_test_psnr_by_8db(scene):

@@ -1,0 +1,27 @@
+"""What the benchmark scripts share: the git revision they ran at and the JSON they write."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from feature3dgs.atomic import atomic_write_text  # noqa: E402
+
+
+def git_revision() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                       text=True, stderr=subprocess.DEVNULL).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_result(path: Path, result: dict) -> None:
+    """Write ``result`` as indented JSON to ``path`` atomically (floats as floats) and say so."""
+    atomic_write_text(Path(path), json.dumps(result, indent=2, default=float))
+    print(f"wrote {path}")
