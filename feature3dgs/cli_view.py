@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from pathlib import Path
 
 
@@ -47,16 +49,23 @@ def cmd_view(args: argparse.Namespace) -> int:
         return 2
     from feature3dgs.viewer.server import serve
 
+    # Ctrl-C only sets an event, from before the server starts: a SIGINT that lands while it is
+    # starting (or between two statements) still stops it cleanly instead of leaving its threads.
+    interrupted = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+    srv = None
     try:
         srv = serve(scene, host=args.host, port=args.port, device=args.device,
                     max_resolution=args.max_resolution, weights_dir=args.weights_dir)
+        while not interrupted.wait(0.2) and not srv.stopped:
+            pass
+        if interrupted.is_set():
+            print("\nstopping the viewer", flush=True)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    try:
-        srv.wait()
-    except KeyboardInterrupt:
-        print("\nstopping the viewer", flush=True)
     finally:
-        srv.stop()
+        if srv is not None:
+            srv.stop()
+        signal.signal(signal.SIGINT, previous)
     return 0

@@ -245,6 +245,11 @@ class ViewerServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    @property
+    def stopped(self) -> bool:
+        """True once :meth:`stop` has run."""
+        return self._stopped
+
     def wait(self) -> None:
         """Block until :meth:`stop` (from another thread) or KeyboardInterrupt."""
         while not self._stopped:
