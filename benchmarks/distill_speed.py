@@ -28,7 +28,7 @@ from feature3dgs.distill import DistillConfig, distill, label_feature_cache  # n
 from feature3dgs.train import TrainConfig  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import git_revision, write_result  # noqa: E402
+from bench_utils import git_revision, write_result  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ from feature3dgs.camera import Camera, intrinsics_from_fov, look_at  # noqa: E40
 from feature3dgs.decoder import FeatureDecoder  # noqa: E402
 from feature3dgs.gaussians import GaussianModel  # noqa: E402
 from feature3dgs.segment import sam_masks_on_view  # noqa: E402
-from _common import git_revision, write_result  # noqa: E402
+from bench_utils import git_revision, write_result  # noqa: E402
 
 
 def build_sam(encoder: str):

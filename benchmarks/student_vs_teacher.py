@@ -34,7 +34,7 @@ from feature3dgs.distill import (DistillConfig, distill, label_class_count, labe
 from feature3dgs.seg_metrics import confusion_matrix, segmentation_metrics  # noqa: E402
 from feature3dgs.segment import semantic_segmentation  # noqa: E402
 from feature3dgs.train import TrainConfig  # noqa: E402
-from _common import git_revision, write_result  # noqa: E402
+from bench_utils import git_revision, write_result  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import git_revision  # noqa: E402
+from bench_utils import git_revision  # noqa: E402
 from feature3dgs.atomic import atomic_write_text  # noqa: E402
 from feature3dgs.train import Trainer, TrainConfig, load_scene_for  # noqa: E402
 
