@@ -12,7 +12,7 @@
 
 #include "f3d/blend.h"
 #include "f3d/projection.h"
-#include "ops.h"
+#include "host_buffers.h"
 
 namespace f3d {
 
@@ -187,12 +187,8 @@ RasterizeGrads rasterize_backward_cpu(
   const int64_t C = features.dim() == 2 ? features.size(1) : 0;
   const TileGrid grid(width, height);
   const int64_t HW = (int64_t)width * height;
-  auto g_means2d = torch::zeros_like(means2d);
-  auto g_conics = torch::zeros_like(conics);
-  auto g_colors = torch::zeros_like(colors);
-  auto g_opacities = torch::zeros_like(opacities);
-  auto g_depths = torch::zeros_like(depths);
-  auto g_features = torch::zeros_like(features);
+  RasterizeGrads grads = zero_rasterize_grads(means2d, conics, colors, opacities, depths, features);
+  auto& [g_means2d, g_conics, g_colors, g_opacities, g_depths, g_features] = grads;
 
   const float* m2d = means2d.data_ptr<float>();
   const float* con = conics.data_ptr<float>();
@@ -283,7 +279,7 @@ RasterizeGrads rasterize_backward_cpu(
       }
     }
   }
-  return {g_means2d, g_conics, g_colors, g_opacities, g_depths, g_features};
+  return grads;
 }
 
 }  // namespace f3d

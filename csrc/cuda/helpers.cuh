@@ -105,6 +105,40 @@ struct Binning {
   int64_t num_pairs;           // M
 };
 
+// What the forward and backward blending kernels both read: the image, the
+// binned Gaussians and their projected attributes (device pointers).
+struct RasterInputs {
+  int width, height, grid_x;
+  int C;
+  const int* tile_offsets;
+  const int* gaussian_ids;
+  const float* means2d;    // (N, 2)
+  const float* conics;     // (N, 3)
+  const float* opacities;  // (N,)
+  const float* colors;     // (N, 3)
+  const float* depths;     // (N,)
+  const float* features;   // (N, C), null when C == 0
+};
+
+inline void fill_raster_inputs(RasterInputs& p, const TileGrid& grid, int64_t C, const torch::Tensor& tile_offsets,
+                               const torch::Tensor& gaussian_ids, const torch::Tensor& means2d,
+                               const torch::Tensor& conics, const torch::Tensor& opacities,
+                               const torch::Tensor& colors, const torch::Tensor& depths,
+                               const torch::Tensor& features) {
+  p.width = grid.width;
+  p.height = grid.height;
+  p.grid_x = grid.gx;
+  p.C = (int)C;
+  p.tile_offsets = tile_offsets.data_ptr<int>();
+  p.gaussian_ids = gaussian_ids.data_ptr<int>();
+  p.means2d = means2d.data_ptr<float>();
+  p.conics = conics.data_ptr<float>();
+  p.opacities = opacities.data_ptr<float>();
+  p.colors = colors.data_ptr<float>();
+  p.depths = depths.data_ptr<float>();
+  p.features = C > 0 ? features.data_ptr<float>() : nullptr;
+}
+
 // binning.cu. Reads M back to the host (the one synchronisation of the forward).
 Binning bin_gaussians_cuda(const TileGrid& grid, const torch::Tensor& means2d,
                            const torch::Tensor& radii, const torch::Tensor& depths,

@@ -2,9 +2,8 @@
 // per-Gaussian forward or backward, the very function the CPU loop runs, so the
 // results match preprocess_forward_cpu / preprocess_backward_cpu up to float
 // rounding. viewmat and K are read on the device, in the kernels.
-#include "f3d/preprocess.h"
 #include "helpers.cuh"
-#include "ops.h"
+#include "host_buffers.h"
 
 #include <type_traits>
 
@@ -57,29 +56,19 @@ PreprocessOut preprocess_forward_cuda(const torch::Tensor& means, const torch::T
                                       const torch::Tensor& K, int width, int height, float near) {
   const c10::cuda::CUDAGuard guard(means.device());
   const int64_t N = means.size(0);
-  const auto f32 = means.options();
-  auto means2d = torch::zeros({N, 2}, f32);
-  auto conics = torch::zeros({N, 3}, f32);
-  auto depths = torch::zeros({N}, f32);
-  auto radii = torch::zeros({N}, f32.dtype(torch::kInt32));
-  const bool has_sh = sh.dim() == 3;  // as the CPU version
-  auto colors = has_sh ? torch::zeros({N, 3}, f32) : torch::empty({0}, f32);
-  auto colors_raw = has_sh ? torch::zeros({N, 3}, f32) : torch::empty({0}, f32);
-  const int64_t K_sh = has_sh ? sh.size(1) : 0;
-  if (N == 0) return {means2d, conics, depths, radii, colors, colors_raw};
+  const bool has_sh = has_sh_colors(sh);  // as the CPU version
+  PreprocessOut result = zero_preprocess_out(means, has_sh);
+  if (N == 0) return result;
 
-  const GaussianInputs in{means.data_ptr<float>(), quats.data_ptr<float>(), scales.data_ptr<float>(),
-                          has_sh ? sh.data_ptr<float>() : nullptr, K_sh};
-  const PreprocessOutputs out{means2d.data_ptr<float>(), conics.data_ptr<float>(), depths.data_ptr<float>(),
-                              radii.data_ptr<int>(), has_sh ? colors.data_ptr<float>() : nullptr,
-                              has_sh ? colors_raw.data_ptr<float>() : nullptr};
+  const GaussianInputs in = gaussian_inputs(means, quats, scales, sh);
+  const PreprocessOutputs out = preprocess_output_ptrs(result, has_sh);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   dispatch_sh_degree(has_sh, sh_degree, [&](auto deg) {
     preprocess_forward_kernel<decltype(deg)::value><<<gpu::blocks_for(N), gpu::kThreads1D, 0, stream>>>(
         N, viewmat.data_ptr<float>(), K.data_ptr<float>(), width, height, near, in, out);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {means2d, conics, depths, radii, colors, colors_raw};
+  return result;
 }
 
 PreprocessGrads preprocess_backward_cuda(const torch::Tensor& means, const torch::Tensor& quats,
@@ -94,28 +83,21 @@ PreprocessGrads preprocess_backward_cuda(const torch::Tensor& means, const torch
                                          const torch::Tensor& d_colors) {
   const c10::cuda::CUDAGuard guard(means.device());
   const int64_t N = means.size(0);
-  auto d_means = torch::zeros_like(means);
-  auto d_quats = torch::zeros_like(quats);
-  auto d_scales = torch::zeros_like(scales);
-  const bool has_sh = sh.dim() == 3;  // as the CPU version
-  auto d_sh = has_sh ? torch::zeros_like(sh) : torch::empty({0}, means.options());
-  const int64_t K_sh = has_sh ? sh.size(1) : 0;
-  if (N == 0) return {d_means, d_quats, d_scales, d_sh};
+  const bool has_sh = has_sh_colors(sh);  // as the CPU version
+  PreprocessGrads result = zero_preprocess_grads(means, quats, scales, sh);
+  if (N == 0) return result;
 
-  const GaussianInputs in{means.data_ptr<float>(), quats.data_ptr<float>(), scales.data_ptr<float>(),
-                          has_sh ? sh.data_ptr<float>() : nullptr, K_sh};
-  const PreprocessGradInputs gin{radii.data_ptr<int>(), has_sh ? colors_raw.data_ptr<float>() : nullptr,
-                                 d_means2d.data_ptr<float>(), d_conics.data_ptr<float>(),
-                                 d_depths.data_ptr<float>(), has_sh ? d_colors.data_ptr<float>() : nullptr};
-  const PreprocessGradOutputs out{d_means.data_ptr<float>(), d_quats.data_ptr<float>(),
-                                  d_scales.data_ptr<float>(), has_sh ? d_sh.data_ptr<float>() : nullptr};
+  const GaussianInputs in = gaussian_inputs(means, quats, scales, sh);
+  const PreprocessGradInputs gin =
+      preprocess_grad_inputs(radii, colors_raw, d_means2d, d_conics, d_depths, d_colors, has_sh);
+  const PreprocessGradOutputs out = preprocess_grad_ptrs(result, has_sh);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   dispatch_sh_degree(has_sh, sh_degree, [&](auto deg) {
     preprocess_backward_kernel<decltype(deg)::value><<<gpu::blocks_for(N), gpu::kThreads1D, 0, stream>>>(
         N, viewmat.data_ptr<float>(), K.data_ptr<float>(), width, height, near, in, gin, out);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {d_means, d_quats, d_scales, d_sh};
+  return result;
 }
 
 }  // namespace f3d

@@ -20,7 +20,7 @@
 // lane per value, only when some lane of the warp was touched by the Gaussian.
 #include "f3d/blend.h"
 #include "helpers.cuh"
-#include "ops.h"
+#include "host_buffers.h"
 
 namespace f3d {
 
@@ -31,17 +31,7 @@ using gpu::kBlockPixels;
 using gpu::kChannelChunk;
 using gpu::kFullMask;
 
-struct BackwardParams {
-  int width, height, grid_x;
-  int C;
-  const int* tile_offsets;
-  const int* gaussian_ids;
-  const float* means2d;    // (N, 2)
-  const float* conics;     // (N, 3)
-  const float* opacities;  // (N,)
-  const float* colors;     // (N, 3)
-  const float* depths;     // (N,)
-  const float* features;   // (N, C), null when C == 0
+struct BackwardParams : gpu::RasterInputs {
   const float* final_T;    // (H, W)
   const int* last_contrib; // (H, W)
   const float* dl_rgb;     // (3, H, W)
@@ -259,30 +249,16 @@ RasterizeGrads rasterize_backward_cuda(
   const int64_t C = features.dim() == 2 ? features.size(1) : 0;  // as the CPU version
   TORCH_CHECK(C < (int64_t)INT32_MAX, "feature3dgs: too many feature channels");
   const gpu::TileGrid grid(width, height);
-  auto g_means2d = torch::zeros_like(means2d);
-  auto g_conics = torch::zeros_like(conics);
-  auto g_colors = torch::zeros_like(colors);
-  auto g_opacities = torch::zeros_like(opacities);
-  auto g_depths = torch::zeros_like(depths);
-  auto g_features = torch::zeros_like(features);
+  RasterizeGrads grads = zero_rasterize_grads(means2d, conics, colors, opacities, depths, features);
+  auto& [g_means2d, g_conics, g_colors, g_opacities, g_depths, g_features] = grads;
   if (means2d.size(0) == 0 || gaussian_ids.numel() == 0)
-    return {g_means2d, g_conics, g_colors, g_opacities, g_depths, g_features};
+    return grads;
   TORCH_CHECK(tile_offsets.numel() == grid.count() + 1,
               "feature3dgs: tile_offsets does not match the image size");
 
   BackwardParams p;
-  p.width = width;
-  p.height = height;
-  p.grid_x = grid.gx;
-  p.C = (int)C;
-  p.tile_offsets = tile_offsets.data_ptr<int>();
-  p.gaussian_ids = gaussian_ids.data_ptr<int>();
-  p.means2d = means2d.data_ptr<float>();
-  p.conics = conics.data_ptr<float>();
-  p.opacities = opacities.data_ptr<float>();
-  p.colors = colors.data_ptr<float>();
-  p.depths = depths.data_ptr<float>();
-  p.features = C > 0 ? features.data_ptr<float>() : nullptr;
+  gpu::fill_raster_inputs(p, grid, C, tile_offsets, gaussian_ids, means2d, conics, opacities, colors, depths,
+                          features);
   p.final_T = final_T.data_ptr<float>();
   p.last_contrib = last_contrib.data_ptr<int>();
   p.dl_rgb = d_rgb.data_ptr<float>();
@@ -301,7 +277,7 @@ RasterizeGrads rasterize_backward_cuda(
   const dim3 block(kTileSize, kTileSize);
   render_backward_kernel<CT><<<dim3((unsigned)grid.count(), (unsigned)n_ct), block, 0, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {g_means2d, g_conics, g_colors, g_opacities, g_depths, g_features};
+  return grads;
 }
 
 }  // namespace f3d

@@ -26,17 +26,7 @@ using gpu::kBatch;
 using gpu::kBlockPixels;
 using gpu::kChannelChunk;
 
-struct ForwardParams {
-  int width, height, grid_x;
-  int C;
-  const int* tile_offsets;
-  const int* gaussian_ids;
-  const float* means2d;    // (N, 2)
-  const float* conics;     // (N, 3)
-  const float* opacities;  // (N,)
-  const float* colors;     // (N, 3)
-  const float* depths;     // (N,)
-  const float* features;   // (N, C), null when C == 0
+struct ForwardParams : gpu::RasterInputs {
   float* out_rgb;          // (3, H, W)
   float* out_feat;         // (C, H, W)
   float* out_depth;        // (H, W)
@@ -206,18 +196,8 @@ RasterizeOut rasterize_forward_cuda(const torch::Tensor& means2d, const torch::T
   auto last_contrib = torch::empty({height, width}, i32);
 
   ForwardParams p;
-  p.width = width;
-  p.height = height;
-  p.grid_x = grid.gx;
-  p.C = (int)C;
-  p.tile_offsets = bins.tile_offsets.data_ptr<int>();
-  p.gaussian_ids = bins.gaussian_ids.data_ptr<int>();
-  p.means2d = means2d.data_ptr<float>();
-  p.conics = conics.data_ptr<float>();
-  p.opacities = opacities.data_ptr<float>();
-  p.colors = colors.data_ptr<float>();
-  p.depths = depths.data_ptr<float>();
-  p.features = C > 0 ? features.data_ptr<float>() : nullptr;
+  gpu::fill_raster_inputs(p, grid, C, bins.tile_offsets, bins.gaussian_ids, means2d, conics, opacities, colors,
+                          depths, features);
   p.out_rgb = out_rgb.data_ptr<float>();
   p.out_feat = C > 0 ? out_feat.data_ptr<float>() : nullptr;
   p.out_depth = out_depth.data_ptr<float>();
