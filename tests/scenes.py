@@ -49,3 +49,39 @@ def random_scene(n: int, seed: int, channels: int = 0, sh_degree: int | None = N
     if channels:
         scene["features"] = torch.randn(n, channels, generator=g)
     return scene
+
+
+# ---------------------------------------------------------------------- two clusters
+CLUSTERS_W, CLUSTERS_H = 64, 48
+
+
+def cluster_camera(tx: float = 0.0, ty: float = 0.0, name: str = "cam", w: int = CLUSTERS_W,
+                   h: int = CLUSTERS_H):
+    """Identity-rotation camera shifted by (tx, ty), f = 50 px, that sees :func:`two_clusters`."""
+    from feature3dgs.camera import Camera
+
+    viewmat = torch.eye(4)
+    viewmat[0, 3], viewmat[1, 3] = tx, ty
+    K = torch.tensor([[50.0, 0.0, w / 2], [0.0, 50.0, h / 2], [0.0, 0.0, 1.0]])
+    return Camera(viewmat, K, w, h, name)
+
+
+def two_clusters(n_per: int = 20, sh_degree: int = 0, seed: int = 0) -> tuple[dict, torch.Tensor]:
+    """Raw GaussianModel parameters of two clusters of n_per Gaussians at z = 3: A around
+    x = -0.8 (the first n_per), B around x = +0.8. Returns (params, is_a (2 n_per,) bool)."""
+    from feature3dgs.gaussians import inverse_sigmoid
+
+    g = torch.Generator().manual_seed(seed)
+    offs = (torch.rand(2 * n_per, 3, generator=g) - 0.5) * torch.tensor([0.5, 0.5, 0.2])
+    centres = torch.tensor([[-0.8, 0.0, 3.0]] * n_per + [[0.8, 0.0, 3.0]] * n_per)
+    n = 2 * n_per
+    k = (sh_degree + 1) ** 2 - 1
+    params = {
+        "means": centres + offs,
+        "sh_dc": torch.randn(n, 1, 3, generator=g) * 0.5,
+        "sh_rest": torch.randn(n, k, 3, generator=g) * 0.1 if k else torch.zeros(n, 0, 3),
+        "opacities": inverse_sigmoid(torch.full((n, 1), 0.9)),
+        "scales": torch.full((n, 3), math.log(0.08)),
+        "quats": torch.tensor([1.0, 0.0, 0.0, 0.0]).repeat(n, 1),
+    }
+    return params, torch.arange(n) < n_per

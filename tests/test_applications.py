@@ -11,10 +11,11 @@ import torch
 from feature3dgs.camera import Camera
 from feature3dgs.decoder import FeatureDecoder
 from feature3dgs.edit import delete, extract, gaussian_scores, recolor, select_gaussians
-from feature3dgs.gaussians import GaussianModel, inverse_sigmoid
+from feature3dgs.gaussians import GaussianModel
 from feature3dgs.seg_metrics import confusion_matrix, segmentation_metrics
 from feature3dgs.segment import (relevancy_map, render_decoded_features, sam_masks_on_view,
                                  select_by_clicks, semantic_segmentation, text_relevancy)
+from scenes import cluster_camera, two_clusters
 
 D = 8
 W, H = 64, 48
@@ -22,32 +23,17 @@ N_PER = 20
 
 
 def make_camera(tx: float = 0.0, name: str = "cam") -> Camera:
-    viewmat = torch.eye(4)
-    viewmat[0, 3] = tx
-    K = torch.tensor([[50.0, 0.0, W / 2], [0.0, 50.0, H / 2], [0.0, 0.0, 1.0]])
-    return Camera(viewmat, K, W, H, name)
+    return cluster_camera(tx, 0.0, name)
 
 
 @pytest.fixture(scope="module")
 def scene():
     """Two clusters at z = 3: left (x ~ -0.8, feature a) and right (x ~ +0.8, feature b)."""
-    g = torch.Generator().manual_seed(0)
     a = torch.zeros(D); a[0] = 1.0
     b = torch.zeros(D); b[1] = 1.0
-    offs = (torch.rand(2 * N_PER, 3, generator=g) - 0.5) * torch.tensor([0.5, 0.5, 0.2])
-    centres = torch.tensor([[-0.8, 0.0, 3.0]] * N_PER + [[0.8, 0.0, 3.0]] * N_PER)
-    n = 2 * N_PER
-    params = {
-        "means": centres + offs,
-        "sh_dc": torch.randn(n, 1, 3, generator=g) * 0.5,
-        "sh_rest": torch.randn(n, 3, 3, generator=g) * 0.1,  # SH degree 1
-        "opacities": inverse_sigmoid(torch.full((n, 1), 0.9)),
-        "scales": torch.full((n, 3), math.log(0.08)),
-        "quats": torch.tensor([1.0, 0.0, 0.0, 0.0]).repeat(n, 1),
-        "features": torch.cat([a.repeat(N_PER, 1), b.repeat(N_PER, 1)]),
-    }
+    params, left = two_clusters(N_PER, sh_degree=1)
+    params["features"] = torch.cat([a.repeat(N_PER, 1), b.repeat(N_PER, 1)])
     model = GaussianModel.from_params(params, active_sh_degree=1)
-    left = torch.arange(n) < N_PER
     return {"model": model, "a": a, "b": b, "left": left}
 
 

@@ -14,7 +14,7 @@ from feature3dgs.camera import Camera
 from feature3dgs.checkpoint import load_checkpoint
 from feature3dgs.densify import clone_gaussians, keep_gaussians, split_gaussians
 from feature3dgs.feature_scene import SEMANTIC_FILE, SEMANTIC_PARAM, load_feature_scene
-from feature3dgs.gaussians import GaussianModel, inverse_sigmoid
+from feature3dgs.gaussians import GaussianModel
 from feature3dgs.ply import load_ply, save_ply
 from feature3dgs.rasterize import render
 from feature3dgs.reference import render as ref_render
@@ -23,6 +23,7 @@ from feature3dgs.semantic import (EMPTY_LOGIT, SemanticLoss, SemanticTrainer, ad
                                   colorize_labels, empty_logits, fit_semantics, predict_semantic_map,
                                   render_semantic_logits, save_semantic, semantic_logits, semantic_loss)
 from feature3dgs.train import TrainConfig
+from scenes import cluster_camera, two_clusters
 
 W, H = 64, 48
 N_PER = 20
@@ -33,29 +34,14 @@ QUIET = dict(progress=False, lpips="none", tensorboard=False, eval_every=0, chec
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def make_camera(tx: float = 0.0, ty: float = 0.0, name: str = "cam", w: int = W, h: int = H) -> Camera:
-    viewmat = torch.eye(4)
-    viewmat[0, 3], viewmat[1, 3] = tx, ty
-    K = torch.tensor([[50.0, 0.0, w / 2], [0.0, 50.0, h / 2], [0.0, 0.0, 1.0]])
-    return Camera(viewmat, K, w, h, name)
+make_camera = cluster_camera
 
 
 @pytest.fixture(scope="module")
 def clusters():
     """Two clusters at z = 3 (as in test_applications): A at x ~ -0.8, B at x ~ +0.8."""
-    g = torch.Generator().manual_seed(0)
-    offs = (torch.rand(2 * N_PER, 3, generator=g) - 0.5) * torch.tensor([0.5, 0.5, 0.2])
-    centres = torch.tensor([[-0.8, 0.0, 3.0]] * N_PER + [[0.8, 0.0, 3.0]] * N_PER)
-    n = 2 * N_PER
-    model = GaussianModel.from_params({
-        "means": centres + offs,
-        "sh_dc": torch.randn(n, 1, 3, generator=g) * 0.5,
-        "sh_rest": torch.zeros(n, 0, 3),
-        "opacities": inverse_sigmoid(torch.full((n, 1), 0.9)),
-        "scales": torch.full((n, 3), math.log(0.08)),
-        "quats": torch.tensor([1.0, 0.0, 0.0, 0.0]).repeat(n, 1),
-    })
-    is_a = torch.arange(n) < N_PER
+    params, is_a = two_clusters(N_PER)
+    model = GaussianModel.from_params(params)
     return model, is_a
 
 
