@@ -141,8 +141,10 @@ class CLIError(Exception):
 
 
 def _data_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from feature3dgs.train import SCENE_CONFIG_KEYS
+
     out: dict[str, Any] = {}
-    for key in ("data", "resolution_scale", "width", "background", "images", "test_every"):
+    for key in SCENE_CONFIG_KEYS:
         v = getattr(args, key, None)
         if v is not None:
             out[key] = str(v) if key == "data" else v
@@ -213,34 +215,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _load_model_and_scene(args: argparse.Namespace):
-    from feature3dgs.ply import load_ply
-    from feature3dgs.train import TrainConfig, _resolve_device, load_scene_for
+    """(model, scene, run folder or None, device) of --model (a run folder or a .ply) and the
+    scene it was fitted to, with the --data/loader options overriding the run's."""
+    from feature3dgs.feature_scene import load_feature_scene
+    from feature3dgs.train import _resolve_device
 
     model_path = Path(args.model)
-    run_dir: Optional[Path] = None
-    if model_path.is_dir():
-        run_dir = model_path
-        ply = model_path / "point_cloud.ply"
-        if not ply.is_file():
-            raise CLIError(f"{model_path} holds no point_cloud.ply (is it a training output folder?)")
-    elif model_path.is_file():
-        ply = model_path
-        if (model_path.parent / "config.json").is_file():
-            run_dir = model_path.parent
-    else:
+    if not model_path.exists():
         raise CLIError(f"--model not found: {model_path}")
-    cfg_dict: dict[str, Any] = {}
-    if run_dir is not None and (run_dir / "config.json").is_file():
-        cfg_dict = json.loads((run_dir / "config.json").read_text()).get("config", {})
-    data_keys = ("data", "resolution_scale", "width", "background", "images", "test_every")
-    cfg = TrainConfig(**{k: cfg_dict[k] for k in data_keys if k in cfg_dict})
-    cfg = dataclasses.replace(cfg, **_data_overrides(args))
-    if not cfg.data:
-        raise CLIError("--data is required when --model is not a training output folder")
     device = _resolve_device(args.device)
-    model = load_ply(ply, device=device)
-    scene = load_scene_for(cfg)
-    return model, scene, run_dir, device
+    fs = load_feature_scene(model_path, device=device)
+    overrides = _data_overrides(args)
+    if not (overrides.get("data") or fs.train_config.get("data")):
+        raise CLIError("--data is required when --model is not a training output folder")
+    return fs.model, fs.load_data(**overrides), fs.run_dir, device
 
 
 def _cmd_render(args: argparse.Namespace) -> int:

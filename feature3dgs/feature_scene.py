@@ -127,10 +127,9 @@ class FeatureScene:
     # ------------------------------------------------------------------ data and rendering
     def load_data(self, **loader_overrides):
         """The training scene (cameras, images, labels) this run was fitted to."""
-        from feature3dgs.train import TrainConfig, load_scene_for
+        from feature3dgs.train import SCENE_CONFIG_KEYS, TrainConfig, load_scene_for
 
-        keys = ("data", "resolution_scale", "width", "background", "images", "test_every")
-        cfg = TrainConfig(**{k: self.train_config[k] for k in keys if k in self.train_config})
+        cfg = TrainConfig(**{k: self.train_config[k] for k in SCENE_CONFIG_KEYS if k in self.train_config})
         cfg = dataclasses.replace(cfg, **{k: v for k, v in loader_overrides.items() if v is not None})
         if not cfg.data:
             raise ValueError("the run does not record its scene (config.json has no 'data'); pass data=...")

@@ -269,6 +269,10 @@ def _resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+#: the TrainConfig fields that say which scene a run was fitted to and how it was loaded
+SCENE_CONFIG_KEYS = ("data", "resolution_scale", "width", "background", "images", "test_every")
+
+
 def load_scene_for(config: TrainConfig):
     """Load the scene ``config.data`` with the config's loader options."""
     from feature3dgs.data import load_scene
