@@ -306,7 +306,7 @@ def cmd_select(args: argparse.Namespace) -> int:
 
     from feature3dgs.atomic import atomic_open
     from feature3dgs.edit import select_gaussians_by_clicks
-    from feature3dgs.segment import click_features, stroke_pixels
+    from feature3dgs.segment import click_features, select_by_clicks, stroke_pixels
     from feature3dgs.visualize import overlay_mask
 
     clicks = list(args.click) + [p for s in args.stroke for p in stroke_pixels(s)]
@@ -321,13 +321,10 @@ def cmd_select(args: argparse.Namespace) -> int:
     out = Path(args.out)
     per_view = {}
     for view in data.train_views + data.test_views:
-        feats = fs.render_features(view.camera, decoded=False)
-        sims = torch.einsum("kd,dhw->khw", pos, torch.nn.functional.normalize(feats, dim=0)).max(0).values
-        if neg is not None:
-            mask = sims > torch.einsum("kd,dhw->khw", neg, torch.nn.functional.normalize(feats, dim=0)).max(0).values
-        else:
-            mask = sims > args.threshold
-        _save(overlay_mask(_render_rgb(fs, view.camera), mask.cpu()), out / "views" / f"{_safe(view.name)}.png")
+        with torch.no_grad():  # one render gives the view's features and its picture
+            rendered = fs.model.render(view.camera.to(fs.device), with_features=True)
+        mask = select_by_clicks(src_feats, clicks, rendered.features, args.threshold, args.negative or None)
+        _save(overlay_mask(rendered.rgb.clamp(0, 1).cpu(), mask.cpu()), out / "views" / f"{_safe(view.name)}.png")
         per_view[view.name] = int(mask.sum())
     gsel = select_gaussians_by_clicks(fs.model, pos, neg, args.threshold)
     with atomic_open(out / "selection.pt", "wb") as f:
