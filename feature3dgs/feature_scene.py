@@ -137,12 +137,10 @@ class FeatureScene:
 
     def render_features(self, camera: Camera, decoded: bool = True) -> Tensor:
         """(D, H, W) features at ``camera`` (decoded to D_teacher when ``decoded``), no grad."""
-        if self.model.features is None:
-            raise ValueError("the scene's Gaussians carry no features")
+        from feature3dgs.segment import render_decoded_features
+
         with torch.no_grad():
-            out = self.model.render(camera.to(self.device), with_features=True)
-            feats = out.features
-            return self.decoder(feats) if (decoded and self.decoder is not None) else feats
+            return render_decoded_features(self.model, camera.to(self.device), self.decoder if decoded else None)
 
     def with_model(self, model: GaussianModel) -> "FeatureScene":
         """The same scene (decoder, teacher, configs) around another (e.g. edited) model."""
