@@ -16,13 +16,10 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 from feature3dgs.data import builtin_scene, load_scene
 from feature3dgs.feature_scene import FeatureScene, load_feature_scene
-from feature3dgs.seg_metrics import confusion_matrix, segmentation_metrics
-from feature3dgs.semantic import SemanticTrainer, class_palette, colorize_labels, fit_semantics, predict_semantic_map
-from feature3dgs.train import TrainConfig, save_png
+from feature3dgs.semantic import SemanticTrainer, evaluate_semantics, fit_semantics
+from feature3dgs.train import TrainConfig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,16 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         fs = FeatureScene(model=model, train_config={"data": str(data_path)})
     k = int(model.params["semantics"].shape[1])
     names = data.class_names or [f"class_{i}" for i in range(k)]
-    conf = torch.zeros(k, k, dtype=torch.int64)
-    for view in data.test_views:
-        cam = view.camera.to(model.device)
-        pred = predict_semantic_map(model, cam).cpu()
-        with torch.no_grad():
-            rgb = model.render(cam).rgb.cpu()
-        save_png(torch.cat([rgb, colorize_labels(pred, class_palette(k))], dim=2),
-                 args.out / "semantic" / f"{view.name.replace('/', '_')}.png")
-        conf += confusion_matrix(pred, data.load_labels(view, "class").clamp(0, k - 1), k)
-    m = segmentation_metrics(conf)
+    m = evaluate_semantics(model, data, save_dir=args.out / "semantic")
     print(f"held-out views: mIoU {m['miou']:.3f}, pixel accuracy {m['pixel_accuracy']:.3f}, "
           f"mean class accuracy {m['mean_class_accuracy']:.3f}")
     print("  IoU per class: " + ", ".join(f"{n} {v:.3f}" for n, v in zip(names, m["iou_per_class"].tolist())))

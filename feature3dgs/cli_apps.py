@@ -408,10 +408,7 @@ def cmd_mask(args: argparse.Namespace) -> int:
 
 
 def cmd_semantic(args: argparse.Namespace) -> int:
-    import torch
-
-    from feature3dgs.seg_metrics import confusion_matrix, segmentation_metrics
-    from feature3dgs.semantic import class_palette, colorize_labels, fit_semantics, predict_semantic_map
+    from feature3dgs.semantic import evaluate_semantics, fit_semantics
 
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
@@ -427,16 +424,7 @@ def cmd_semantic(args: argparse.Namespace) -> int:
     fitted.class_names = names
     out = Path(args.out)
     ply = fitted.save(out)
-    conf = torch.zeros(k, k, dtype=torch.int64)
-    palette = class_palette(k)
-    for view in data.test_views:
-        pred = predict_semantic_map(model, view.camera.to(fs.device)).cpu()
-        _save(torch.cat([_render_rgb(fitted, view.camera), colorize_labels(pred, palette)], dim=2),
-              out / "semantic" / f"{_safe(view.name)}.png")
-        truth = data.load_labels(view, "class")
-        if truth is not None:
-            conf += confusion_matrix(pred, truth.clamp(0, k - 1), k)
-    m = segmentation_metrics(conf) if conf.sum() > 0 else None
+    m = evaluate_semantics(model, data, save_dir=out / "semantic")
     summary = {"steps": args.steps, "lr": args.lr, "fit_s": wall, "class_names": names,
                "loss_first": curve[0], "loss_last": sum(curve[-10:]) / len(curve[-10:]),
                "test": None if m is None else {key: v for key, v in m.items() if key != "iou_per_class"}

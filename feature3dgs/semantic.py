@@ -51,6 +51,7 @@ __all__ = [
     "predict_semantic_map",
     "class_palette",
     "colorize_labels",
+    "evaluate_semantics",
     "save_semantic",
 ]
 
@@ -421,6 +422,34 @@ def colorize_labels(labels: Tensor, palette: Optional[Tensor] = None, ignore_ind
     if ignore_index is not None:
         img[ign] = torch.tensor(ignore_color, dtype=torch.float32, device=img.device)
     return img.permute(2, 0, 1).contiguous()
+
+
+@torch.no_grad()
+def evaluate_semantics(model: GaussianModel, scene, views: Optional[Sequence] = None,
+                       save_dir: Union[str, Path, None] = None) -> Optional[dict]:
+    """Semantic maps of ``views`` (default: the scene's test views) against their class labels.
+
+    Returns :func:`feature3dgs.seg_metrics.segmentation_metrics` of the confusion matrix summed
+    over the views that have labels (labels clamped to [0, K)), or None when none has. With
+    ``save_dir``, writes ``render | classes`` PNGs, one per view.
+    """
+    from feature3dgs.seg_metrics import confusion_matrix, segmentation_metrics
+    from feature3dgs.train import _safe_name, save_png
+
+    k = int(semantic_logits(model).shape[1])
+    palette = class_palette(k)
+    conf = torch.zeros(k, k, dtype=torch.int64)
+    for view in scene.test_views if views is None else views:
+        cam = view.camera.to(model.device)
+        pred = predict_semantic_map(model, cam).cpu()
+        if save_dir is not None:
+            rgb = model.render(cam).rgb.clamp(0, 1).cpu()
+            save_png(torch.cat([rgb, colorize_labels(pred, palette)], dim=2),
+                     Path(save_dir) / f"{_safe_name(view.name)}.png")
+        truth = scene.load_labels(view, "class")
+        if truth is not None:
+            conf += confusion_matrix(pred, truth.clamp(0, k - 1), k)
+    return segmentation_metrics(conf) if conf.sum() > 0 else None
 
 
 # ---------------------------------------------------------------------------------- files
