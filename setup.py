@@ -19,8 +19,8 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT / "feature3dgs"))
-import _build_config as cfg  # noqa: E402  (plain module: importable without torch)
+sys.path.insert(0, str(ROOT / "feature3dgs" / "rendering"))
+import _build as cfg  # noqa: E402  (plain module: importable without torch)
 
 sys.path.pop(0)
 

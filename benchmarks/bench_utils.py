@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from feature3dgs.atomic import atomic_write_text  # noqa: E402
+from feature3dgs.utils.io import atomic_write_text  # noqa: E402
 
 
 def git_revision() -> str:

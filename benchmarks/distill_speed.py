@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from feature3dgs.data import builtin_scene, load_scene  # noqa: E402
-from feature3dgs.distill import DistillConfig, distill, label_feature_cache  # noqa: E402
-from feature3dgs.train import TrainConfig  # noqa: E402
+from feature3dgs.distill.distill import DistillConfig, distill, label_feature_cache  # noqa: E402
+from feature3dgs.training.trainer import TrainConfig  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_utils import git_revision, write_result  # noqa: E402

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import feature3dgs  # noqa: E402
 from bench_utils import git_revision, write_result  # noqa: E402
-from feature3dgs import reference  # noqa: E402
+from feature3dgs.rendering import reference  # noqa: E402
 
 CPU_CONFIGS = [(10_000, 256, 256), (100_000, 512, 512)]
 CPU_CHANNELS = [3, 16, 64, 256]

@@ -24,10 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from feature3dgs.camera import Camera, intrinsics_from_fov, look_at  # noqa: E402
-from feature3dgs.decoder import FeatureDecoder  # noqa: E402
-from feature3dgs.gaussians import GaussianModel  # noqa: E402
-from feature3dgs.segment import sam_masks_on_view  # noqa: E402
+from feature3dgs.model.camera import Camera, intrinsics_from_fov, look_at  # noqa: E402
+from feature3dgs.model.decoder import FeatureDecoder  # noqa: E402
+from feature3dgs.model.gaussians import GaussianModel  # noqa: E402
+from feature3dgs.apps.segment import sam_masks_on_view  # noqa: E402
 from bench_utils import git_revision, write_result  # noqa: E402
 
 
@@ -35,7 +35,7 @@ def build_sam(encoder: str):
     """SamTeacher with SAM's real architecture and random weights."""
     import segment_anything
 
-    from feature3dgs.teachers.sam import SamTeacher
+    from feature3dgs.distill.teachers.sam import SamTeacher
 
     sam = segment_anything.sam_model_registry[encoder](checkpoint=None)
     return SamTeacher(sam, model_type=encoder, weights_id="random", is_random=True)

@@ -4,7 +4,7 @@ On the built-in synthetic scene, a synthetic teacher is made from the ground-tru
 class labels (feature3dgs.distill.label_feature_cache): each class a fixed random
 unit vector, per view area-averaged to a low resolution (default 64x64) and
 corrupted with Gaussian noise. Both are segmented the same way, by the nearest
-class vector (feature3dgs.segment.semantic_segmentation):
+class vector (feature3dgs.apps.segment.semantic_segmentation):
   teacher: its own noisy low-res map of each test view, upsampled (nearest) to full size;
   student: features rendered at full size from the distilled Gaussians (trained on
            the train views only) at the same test views.
@@ -29,11 +29,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from feature3dgs.data import builtin_scene, load_scene  # noqa: E402
-from feature3dgs.distill import (DistillConfig, distill, label_class_count, label_embeddings,  # noqa: E402
+from feature3dgs.distill.distill import (DistillConfig, distill, label_class_count, label_embeddings,  # noqa: E402
                                  label_feature_cache)
-from feature3dgs.seg_metrics import confusion_matrix, segmentation_metrics  # noqa: E402
-from feature3dgs.segment import semantic_segmentation  # noqa: E402
-from feature3dgs.train import TrainConfig  # noqa: E402
+from feature3dgs.utils.seg_metrics import confusion_matrix, segmentation_metrics  # noqa: E402
+from feature3dgs.apps.segment import semantic_segmentation  # noqa: E402
+from feature3dgs.training.trainer import TrainConfig  # noqa: E402
 from bench_utils import git_revision, write_result  # noqa: E402
 
 

@@ -6,7 +6,7 @@
 Scenes come from ../shared/data (see its README): lego_200 is trained on a white background
 (the usual NeRF-synthetic protocol) from random points (it has no sparse points); fern_llff from
 its COLMAP points at images_8 (504x378), every 8th view held out. The schedule is the 3DGS one
-scaled to --steps (see feature3dgs.train); --max-gaussians caps growth to keep CPU runs bounded.
+scaled to --steps (see feature3dgs.training.trainer); --max-gaussians caps growth to keep CPU runs bounded.
 
 Prints a table and writes benchmarks/results/train_quality-<scene>-<device>.json (device, torch,
 git revision, config, the final figures and a PSNR curve), rewritten after every evaluation so a
@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_utils import git_revision  # noqa: E402
-from feature3dgs.atomic import atomic_write_text  # noqa: E402
-from feature3dgs.train import Trainer, TrainConfig, load_scene_for  # noqa: E402
+from feature3dgs.utils.io import atomic_write_text  # noqa: E402
+from feature3dgs.training.trainer import Trainer, TrainConfig, load_scene_for  # noqa: E402
 
 SCENES = {
     "lego_200": dict(background="white", init="random", init_random_points=20_000),
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
                   f"N {len(trainer.model):7d}  {trainer.train_time / trainer.step:.3f} s/step  "
                   f"train {trainer.train_time:7.0f} s", flush=True)
     final = trainer.evaluate("test", save_dir=work / "renders" / "test", lpips="alex")
-    from feature3dgs.ply import save_ply
+    from feature3dgs.model.ply import save_ply
 
     save_ply(trainer.model, work / "point_cloud.ply")
     record.update(test_psnr=final["psnr"], test_ssim=final["ssim"], test_lpips=final["lpips"],

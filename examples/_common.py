@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from feature3dgs.data import builtin_scene, load_scene
-from feature3dgs.distill import DistillConfig, distill
-from feature3dgs.train import TrainConfig
+from feature3dgs.distill.distill import DistillConfig, distill
+from feature3dgs.training.trainer import TrainConfig
 
 
 def add_common_args(parser: argparse.ArgumentParser, default_out: str, default_dim: int) -> None:
@@ -25,7 +25,7 @@ def add_common_args(parser: argparse.ArgumentParser, default_out: str, default_d
 
 def build_teacher_or_tiny(kind: str, allow_random: bool, **kwargs):
     """The real teacher when its weights are found, else (when allowed) a tiny random one."""
-    from feature3dgs.teachers import build_teacher
+    from feature3dgs.distill.teachers import build_teacher
 
     try:
         return build_teacher(kind, allow_download=False, **kwargs)
@@ -82,8 +82,8 @@ def add_scene_args(parser: argparse.ArgumentParser, default_out: str) -> None:
 def load_or_distill(args: argparse.Namespace, kind: str, render_dim: int):
     """The FeatureScene of ``args.run``, or of a distillation (teacher ``kind``, tiny random
     weights when the real ones are missing) of the built-in scene written to ``args.out/run``."""
-    from feature3dgs.feature_scene import load_feature_scene
-    from feature3dgs.train import _resolve_device
+    from feature3dgs.run import load_feature_scene
+    from feature3dgs.training.trainer import _resolve_device
 
     run_dir = args.run
     if run_dir is None:

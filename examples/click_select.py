@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 
 from feature3dgs.data import builtin_scene, load_scene
-from feature3dgs.distill import DistillConfig, distill, label_feature_cache
-from feature3dgs.edit import extract, select_gaussians_by_clicks
-from feature3dgs.feature_scene import load_feature_scene
-from feature3dgs.segment import click_features, select_by_clicks
-from feature3dgs.train import TrainConfig, save_png
-from feature3dgs.visualize import overlay_mask
+from feature3dgs.distill.distill import DistillConfig, distill, label_feature_cache
+from feature3dgs.apps.edit import extract, select_gaussians_by_clicks
+from feature3dgs.run import load_feature_scene
+from feature3dgs.apps.segment import click_features, select_by_clicks
+from feature3dgs.training.trainer import TrainConfig, save_png
+from feature3dgs.utils.visualize import overlay_mask
 
 BOX = 2  # class id of the box in the built-in scene
 

@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_common_args, build_teacher_or_tiny, run  # noqa: E402
 
-from feature3dgs.distill import student_features  # noqa: E402
+from feature3dgs.distill.distill import student_features  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

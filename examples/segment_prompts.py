@@ -20,9 +20,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_scene_args, load_or_distill  # noqa: E402
 
-from feature3dgs.segment import sam_masks_on_view  # noqa: E402
-from feature3dgs.train import save_png  # noqa: E402
-from feature3dgs.visualize import overlay_mask  # noqa: E402
+from feature3dgs.apps.segment import sam_masks_on_view  # noqa: E402
+from feature3dgs.training.trainer import save_png  # noqa: E402
+from feature3dgs.utils.visualize import overlay_mask  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

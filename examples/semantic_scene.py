@@ -5,7 +5,7 @@
 
 Default: a SemanticTrainer fits the built-in scene's colours and its class labels together
 (cross-entropy on the rendered K-channel logit map). With --run, class logits are fitted
-afterwards on the frozen Gaussians of that run (feature3dgs.semantic.fit_semantics). Either way
+afterwards on the frozen Gaussians of that run (feature3dgs.apps.semantic.fit_semantics). Either way
 the semantic maps of the held-out views are rendered (OUT/semantic/*.png: render | classes), the
 mIoU against their true labels printed, and the scene saved as a run folder (OUT/scene).
 """
@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 
 from feature3dgs.data import builtin_scene, load_scene
-from feature3dgs.feature_scene import FeatureScene, load_feature_scene
-from feature3dgs.semantic import SemanticTrainer, evaluate_semantics, fit_semantics
-from feature3dgs.train import TrainConfig
+from feature3dgs.run import FeatureScene, load_feature_scene
+from feature3dgs.apps.semantic import SemanticTrainer, evaluate_semantics, fit_semantics
+from feature3dgs.training.trainer import TrainConfig
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,8 +6,8 @@ just-in-time on first use); see docs/architecture.md.
 
 from __future__ import annotations
 
-from feature3dgs.rasterize import render
-from feature3dgs.render_types import RenderOutput
+from feature3dgs.rendering.kernels import render
+from feature3dgs.rendering.inputs import RenderOutput
 
 __version__ = "0.1.0"
 
@@ -19,7 +19,7 @@ def backend_info() -> dict:
     'openmp_threads': int, 'tile_size': int, 'cuda_device': name or None, 'version': str}."""
     import torch
 
-    from feature3dgs._backend import kernels
+    from feature3dgs.rendering._backend import kernels
 
     info = {"version": __version__, "cpu": True}
     info.update(kernels().build_info())

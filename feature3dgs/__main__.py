@@ -2,6 +2,6 @@
 
 import sys
 
-from feature3dgs.cli import main
+from feature3dgs.cli.main import main
 
 sys.exit(main())

@@ -58,7 +58,7 @@ CLUSTERS_W, CLUSTERS_H = 64, 48
 def cluster_camera(tx: float = 0.0, ty: float = 0.0, name: str = "cam", w: int = CLUSTERS_W,
                    h: int = CLUSTERS_H):
     """Identity-rotation camera shifted by (tx, ty), f = 50 px, that sees :func:`two_clusters`."""
-    from feature3dgs.camera import Camera
+    from feature3dgs.model.camera import Camera
 
     viewmat = torch.eye(4)
     viewmat[0, 3], viewmat[1, 3] = tx, ty
@@ -69,7 +69,7 @@ def cluster_camera(tx: float = 0.0, ty: float = 0.0, name: str = "cam", w: int =
 def two_clusters(n_per: int = 20, sh_degree: int = 0, seed: int = 0) -> tuple[dict, torch.Tensor]:
     """Raw GaussianModel parameters of two clusters of n_per Gaussians at z = 3: A around
     x = -0.8 (the first n_per), B around x = +0.8. Returns (params, is_a (2 n_per,) bool)."""
-    from feature3dgs.gaussians import inverse_sigmoid
+    from feature3dgs.model.gaussians import inverse_sigmoid
 
     g = torch.Generator().manual_seed(seed)
     offs = (torch.rand(2 * n_per, 3, generator=g) - 0.5) * torch.tensor([0.5, 0.5, 0.2])

@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
-from feature3dgs.camera import Camera
-from feature3dgs.decoder import FeatureDecoder
-from feature3dgs.edit import delete, extract, gaussian_scores, recolor, select_gaussians
-from feature3dgs.gaussians import GaussianModel
-from feature3dgs.seg_metrics import confusion_matrix, segmentation_metrics
-from feature3dgs.segment import (relevancy_map, render_decoded_features, sam_masks_on_view,
+from feature3dgs.model.camera import Camera
+from feature3dgs.model.decoder import FeatureDecoder
+from feature3dgs.apps.edit import delete, extract, gaussian_scores, recolor, select_gaussians
+from feature3dgs.model.gaussians import GaussianModel
+from feature3dgs.utils.seg_metrics import confusion_matrix, segmentation_metrics
+from feature3dgs.apps.segment import (relevancy_map, render_decoded_features, sam_masks_on_view,
                                  select_by_clicks, semantic_segmentation, text_relevancy)
 from scenes import cluster_camera, two_clusters
 
@@ -181,7 +181,7 @@ def test_edit_select_extract_delete_recolor(scene):
 
 def test_sam_masks_on_view(scene):
     pytest.importorskip("segment_anything")
-    from feature3dgs.teachers.sam import SamTeacher
+    from feature3dgs.distill.teachers.sam import SamTeacher
 
     teacher = SamTeacher.tiny_random()
     assert teacher.feature_size(H, W) == (48, 64)

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_jit_compile_of_the_cpu_kernels(tmp_path):
-    code = ("from feature3dgs import _backend; m = _backend._jit_compile(); "
+    code = ("from feature3dgs.rendering import _backend; m = _backend._jit_compile(); "
             "info = m.build_info(); assert info['cuda'] is False and info['tile_size'] == 16; print('ok')")
     env = dict(os.environ, FEATURE3DGS_CPU_ONLY="1", TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"),
                PYTHONPATH=str(ROOT))

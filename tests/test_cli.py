@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from feature3dgs.cli import main
+from feature3dgs.cli.main import main
 from feature3dgs.data import make_synthetic_scene
-from feature3dgs.ply import load_ply
+from feature3dgs.model.ply import load_ply
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--no-progress", "--max-gaussians", "3000", "--lpips", "none", "--threads", "1"]

@@ -8,14 +8,14 @@ import json
 import pytest
 import torch
 
-from feature3dgs.cli import main
+from feature3dgs.cli.main import main
 from feature3dgs.data import load_scene, make_synthetic_scene
-from feature3dgs.distill import DistillConfig, distill, label_feature_cache
-from feature3dgs.feature_scene import load_feature_scene
-from feature3dgs.ply import load_ply
-from feature3dgs.seg_metrics import confusion_matrix, segmentation_metrics
-from feature3dgs.segment import click_features, select_by_clicks, stroke_pixels
-from feature3dgs.train import TrainConfig
+from feature3dgs.distill.distill import DistillConfig, distill, label_feature_cache
+from feature3dgs.run import load_feature_scene
+from feature3dgs.model.ply import load_ply
+from feature3dgs.utils.seg_metrics import confusion_matrix, segmentation_metrics
+from feature3dgs.apps.segment import click_features, select_by_clicks, stroke_pixels
+from feature3dgs.training.trainer import TrainConfig
 
 BOX = 2  # class id of the box in the synthetic scene
 

@@ -6,10 +6,10 @@ import json
 
 import torch
 
-from feature3dgs.cli import main
+from feature3dgs.cli.main import main
 from feature3dgs.data import load_scene, make_synthetic_scene
-from feature3dgs.feature_cache import FeatureCache
-from feature3dgs.ply import load_ply
+from feature3dgs.distill.cache import FeatureCache
+from feature3dgs.model.ply import load_ply
 
 
 def test_extract_then_distill_reuses_the_cache(tmp_path, capsys):
@@ -44,10 +44,10 @@ def test_distill_errors_name_the_problem(tmp_path, capsys):
 
 
 def test_init_model_from_ply_checkpoint_or_folder(tmp_path):
-    from feature3dgs.checkpoint import save_checkpoint
-    from feature3dgs.cli_distill import load_init_model
-    from feature3dgs.gaussians import GaussianModel
-    from feature3dgs.ply import save_ply
+    from feature3dgs.training.checkpoint import save_checkpoint
+    from feature3dgs.cli.distill import load_init_model
+    from feature3dgs.model.gaussians import GaussianModel
+    from feature3dgs.model.ply import save_ply
 
     model = GaussianModel.from_points(torch.rand(20, 3), torch.rand(20, 3), sh_degree=1)
     save_ply(model, tmp_path / "run" / "point_cloud.ply")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from feature3dgs.camera import (
+from feature3dgs.model.camera import (
     Camera,
     intrinsics_from_fov,
     look_at,

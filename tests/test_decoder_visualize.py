@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from feature3dgs.decoder import FeatureDecoder
-from feature3dgs.visualize import FeaturePCA, depth_to_image, to_uint8_image
+from feature3dgs.model.decoder import FeatureDecoder
+from feature3dgs.utils.visualize import FeaturePCA, depth_to_image, to_uint8_image
 
 
 def test_decoder_is_per_pixel_linear_and_matches_vector_decoding():

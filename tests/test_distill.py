@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from feature3dgs.data import load_scene, make_synthetic_scene
-from feature3dgs.decoder import FeatureDecoder
-from feature3dgs.distill import (DistillConfig, FeatureDistillation, distill, label_feature_cache,
+from feature3dgs.model.decoder import FeatureDecoder
+from feature3dgs.distill.distill import (DistillConfig, FeatureDistillation, distill, label_feature_cache,
                                  student_features)
-from feature3dgs.gaussians import GaussianModel
-from feature3dgs.ply import load_ply
-from feature3dgs.train import TrainBatch, TrainConfig
+from feature3dgs.model.gaussians import GaussianModel
+from feature3dgs.model.ply import load_ply
+from feature3dgs.training.trainer import TrainBatch, TrainConfig
 
 
 @pytest.fixture(scope="module")

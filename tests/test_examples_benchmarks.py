@@ -35,7 +35,7 @@ def test_distill_examples_run_tiny(tmp_path, monkeypatch, capsys, script, dim):
     printed = capsys.readouterr()
     assert "RANDOM weights" in printed.err  # the loud warning without real weights
     assert "feature loss" in printed.out and "cosine" in printed.out
-    from feature3dgs.ply import load_ply
+    from feature3dgs.model.ply import load_ply
 
     assert load_ply(out / "point_cloud.ply").feature_dim == dim
     panels = sorted((out / "renders" / "features").glob("*.png"))
@@ -102,7 +102,7 @@ def test_click_select_example_finds_the_box(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     ious = [float(line.rsplit(" ", 1)[1]) for line in printed.splitlines() if "IoU with the true box" in line]
     assert len(ious) == 28 and sum(ious) / len(ious) > 0.6, ious  # 0.85 measured after 60 steps
-    from feature3dgs.ply import load_ply
+    from feature3dgs.model.ply import load_ply
 
     assert 0 < load_ply(out / "box" / "point_cloud.ply").num_gaussians < load_ply(out / "run" / "point_cloud.ply").num_gaussians
 
@@ -125,7 +125,7 @@ def test_text_query_edit_example(tmp_path, monkeypatch, capsys):
     assert load_script("examples/text_query_edit.py").main(["--quick", "--out", str(out), "--top-k", "40"]) == 0
     printed = capsys.readouterr().out
     assert "40 of" in printed and "RANDOM" in printed
-    from feature3dgs.ply import load_ply
+    from feature3dgs.model.ply import load_ply
 
     n = load_ply(out / "run" / "point_cloud.ply").num_gaussians
     assert load_ply(out / "deleted" / "point_cloud.ply").num_gaussians == n - 40
@@ -140,7 +140,7 @@ def test_semantic_scene_example_learns_classes(tmp_path, monkeypatch, capsys):
     assert load_script("examples/semantic_scene.py").main(["--quick", "--out", str(out)]) == 0
     line = next(s for s in capsys.readouterr().out.splitlines() if "mIoU" in s)
     assert float(line.split("mIoU ")[1].split(",")[0]) > 0.6, line  # 0.89 measured
-    from feature3dgs.feature_scene import load_feature_scene
+    from feature3dgs.run import load_feature_scene
 
     assert load_feature_scene(out / "scene").class_names == ["background", "sphere", "box", "cylinder"]
 

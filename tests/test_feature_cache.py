@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from feature3dgs.feature_cache import FeatureCache, extract_features, extract_main
-from feature3dgs.teachers.base import Teacher
+from feature3dgs.distill.cache import FeatureCache, extract_features, extract_main
+from feature3dgs.distill.teachers.base import Teacher
 
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
@@ -275,7 +275,7 @@ def small_scene(tmp_path_factory):
 def test_extract_cli_end_to_end(small_scene, tmp_path, capsys):
     pytest.importorskip("open_clip")
     from feature3dgs.data import load_scene
-    from feature3dgs.teachers import DenseClipTeacher
+    from feature3dgs.distill.teachers import DenseClipTeacher
 
     argv = ["--data", str(small_scene), "--teacher", "clip", "--random-weights-for-testing", "--cache-dir",
             str(tmp_path), "--no-progress", "--batch-size", "2", "--device", "cpu"]

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from feature3dgs.camera import Camera, intrinsics_from_fov, look_at
-from feature3dgs.densify import (
+from feature3dgs.model.camera import Camera, intrinsics_from_fov, look_at
+from feature3dgs.training.densify import (
     DensifyStats,
     append_gaussians,
     clone_gaussians,
@@ -19,7 +19,7 @@ from feature3dgs.densify import (
     reset_opacity,
     split_gaussians,
 )
-from feature3dgs.gaussians import (
+from feature3dgs.model.gaussians import (
     SH_C0,
     GaussianModel,
     inverse_sigmoid,

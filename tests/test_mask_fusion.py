@@ -1,4 +1,4 @@
-"""Multi-view object masks on the Gaussians (feature3dgs.mask_fusion) on a hand-built scene of two
+"""Multi-view object masks on the Gaussians (feature3dgs.apps.mask_fusion) on a hand-built scene of two
 separated Gaussian clusters, a Gaussian hidden behind one of them, and several cameras."""
 
 from __future__ import annotations
@@ -8,15 +8,15 @@ import math
 import pytest
 import torch
 
-from feature3dgs.camera import Camera, look_at
-from feature3dgs.decoder import FeatureDecoder
-from feature3dgs.gaussians import GaussianModel, inverse_sigmoid
-from feature3dgs.mask_fusion import (CarriedPoints, carry_prompt_points, fuse_object, gaussian_mask_votes,
+from feature3dgs.model.camera import Camera, look_at
+from feature3dgs.model.decoder import FeatureDecoder
+from feature3dgs.model.gaussians import GaussianModel, inverse_sigmoid
+from feature3dgs.apps.mask_fusion import (CarriedPoints, carry_prompt_points, fuse_object, gaussian_mask_votes,
                                      lift_points, multiview_sam_masks, object_mask_bce,
                                      optimize_object_weights, refine_mask_ray_pairs, render_object_mask,
                                      threshold_mask)
-from feature3dgs.rasterize import render
-from feature3dgs.reference import render as ref_render
+from feature3dgs.rendering.kernels import render
+from feature3dgs.rendering.reference import render as ref_render
 
 W, H = 64, 48
 D = 8
@@ -267,7 +267,7 @@ def test_carry_prompt_points_round_trip_and_visibility():
 
 def test_multiview_sam_masks_end_to_end(scene):
     pytest.importorskip("segment_anything")
-    from feature3dgs.teachers import build_teacher
+    from feature3dgs.distill.teachers import build_teacher
 
     teacher = build_teacher("sam", random_weights=True)
     dec = FeatureDecoder(D, 256)

@@ -10,10 +10,10 @@ import pytest
 import torch
 from plyfile import PlyData, PlyElement
 
-from feature3dgs.atomic import atomic_open
-from feature3dgs.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
-from feature3dgs.gaussians import GaussianModel
-from feature3dgs.ply import load_ply, ply_property_names, save_ply
+from feature3dgs.utils.io import atomic_open
+from feature3dgs.training.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
+from feature3dgs.model.gaussians import GaussianModel
+from feature3dgs.model.ply import load_ply, ply_property_names, save_ply
 
 
 def _model(n=40, sh_degree=3, feature_dim=0, seed=0) -> GaussianModel:
@@ -163,7 +163,7 @@ def test_checkpoint_loading_is_weights_only(tmp_path):
         load_checkpoint(tmp_path / "empty")
 
 
-# ---------------------------------------------------------------------- class logits (feature3dgs.semantic)
+# ---------------------------------------------------------------------- class logits (feature3dgs.apps.semantic)
 def _semantic_model(n=30, sh_degree=1, feature_dim=0, num_classes=5, seed=1) -> GaussianModel:
     m = _model(n=n, sh_degree=sh_degree, feature_dim=feature_dim, seed=seed)
     params = {k: v.detach() for k, v in m.params.items()}
@@ -173,7 +173,7 @@ def _semantic_model(n=30, sh_degree=1, feature_dim=0, num_classes=5, seed=1) -> 
 
 @pytest.mark.parametrize("feature_dim,num_classes", [(0, 5), (4, 3), (16, 1)])
 def test_ply_round_trip_of_class_logits_is_exact(tmp_path, feature_dim, num_classes):
-    from feature3dgs.feature_scene import SEMANTIC_PARAM
+    from feature3dgs.run import SEMANTIC_PARAM
 
     m = _semantic_model(feature_dim=feature_dim, num_classes=num_classes)
     assert SEMANTIC_PARAM == "semantics"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import feature3dgs
-from feature3dgs import reference
+from feature3dgs.rendering import reference
 from scenes import intrinsics, look_at_viewmat, random_scene
 
 OUTPUTS = ("rgb", "features", "depth", "alpha")
@@ -168,7 +168,7 @@ def test_gradcheck_reference_float64():
 
 
 def test_means2d_grad_is_screen_space_gradient():
-    from feature3dgs.rasterize import _Rasterize
+    from feature3dgs.rendering.kernels import _Rasterize
 
     scene = random_scene(50, seed=12, channels=2)
     leaves = {k: v.clone().requires_grad_(True) for k, v in scene.items()}
@@ -180,8 +180,8 @@ def test_means2d_grad_is_screen_space_gradient():
     assert (g[out.radii == 0] == 0).all() and g[out.radii > 0].abs().sum() > 0
 
     # Central differences of the rasterize stage in the 2D means, in pixels.
-    from feature3dgs.rasterize import _Project
-    from feature3dgs.validation import validate_render_inputs
+    from feature3dgs.rendering.kernels import _Project
+    from feature3dgs.rendering.inputs import validate_render_inputs
     inp = validate_render_inputs(**scene, **camera())
     with torch.no_grad():
         means2d, conics, depths, radii, _ = _Project.apply(

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import feature3dgs
-from feature3dgs import reference
+from feature3dgs.rendering import reference
 from scenes import intrinsics, look_at_viewmat, random_scene
 
 CAM = dict(viewmat=look_at_viewmat((0.0, 0.0, 3.0)), K=intrinsics(40, 32), width=40, height=32)

@@ -1,4 +1,4 @@
-"""Closed-set semantic rendering (feature3dgs.semantic): gradients against the reference renderer,
+"""Closed-set semantic rendering (feature3dgs.apps.semantic): gradients against the reference renderer,
 post-hoc fitting on a two-cluster scene and on the built-in synthetic scene, joint training on the
 Trainer, files, densification, palette and input errors."""
 
@@ -10,19 +10,19 @@ import math
 import pytest
 import torch
 
-from feature3dgs.camera import Camera
-from feature3dgs.checkpoint import load_checkpoint
-from feature3dgs.densify import clone_gaussians, keep_gaussians, split_gaussians
-from feature3dgs.feature_scene import SEMANTIC_FILE, SEMANTIC_PARAM, load_feature_scene
-from feature3dgs.gaussians import GaussianModel
-from feature3dgs.ply import load_ply, save_ply
-from feature3dgs.rasterize import render
-from feature3dgs.reference import render as ref_render
-from feature3dgs.seg_metrics import confusion_matrix, segmentation_metrics
-from feature3dgs.semantic import (EMPTY_LOGIT, SemanticLoss, SemanticTrainer, add_semantic_logits, class_palette,
+from feature3dgs.model.camera import Camera
+from feature3dgs.training.checkpoint import load_checkpoint
+from feature3dgs.training.densify import clone_gaussians, keep_gaussians, split_gaussians
+from feature3dgs.run import SEMANTIC_FILE, SEMANTIC_PARAM, load_feature_scene
+from feature3dgs.model.gaussians import GaussianModel
+from feature3dgs.model.ply import load_ply, save_ply
+from feature3dgs.rendering.kernels import render
+from feature3dgs.rendering.reference import render as ref_render
+from feature3dgs.utils.seg_metrics import confusion_matrix, segmentation_metrics
+from feature3dgs.apps.semantic import (EMPTY_LOGIT, SemanticLoss, SemanticTrainer, add_semantic_logits, class_palette,
                                   colorize_labels, empty_logits, fit_semantics, predict_semantic_map,
                                   render_semantic_logits, save_semantic, semantic_logits, semantic_loss)
-from feature3dgs.train import TrainConfig
+from feature3dgs.training.trainer import TrainConfig
 from scenes import cluster_camera, two_clusters
 
 W, H = 64, 48
@@ -147,7 +147,7 @@ def synthetic():
     """The built-in synthetic scene at 32x32 and 600 Gaussians from its points after 200 quick RGB
     steps (~3 s)."""
     from feature3dgs.data import builtin_scene, load_scene
-    from feature3dgs.train import Trainer
+    from feature3dgs.training.trainer import Trainer
 
     old = torch.get_num_threads()
     torch.set_num_threads(1)  # (module fixtures run before the autouse one_thread)
@@ -285,7 +285,7 @@ def test_densification_and_edits_carry_the_logits(clusters):
     keep_gaussians(m, None, keep)
     assert semantic_logits(m).shape == (n, 3)
     # edits keep the logits too
-    from feature3dgs.edit import extract
+    from feature3dgs.apps.edit import extract
 
     sub = extract(m, torch.arange(n) < 10)
     assert torch.equal(sub.params[SEMANTIC_PARAM], m.params[SEMANTIC_PARAM].detach()[:10])

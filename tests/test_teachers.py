@@ -17,13 +17,13 @@ import torch.nn.functional as F
 pytest.importorskip("segment_anything")
 pytest.importorskip("open_clip")
 
-from feature3dgs.teachers import LanguageTeacher, Teacher, build_teacher  # noqa: E402
-from feature3dgs.teachers._weights import file_digest  # noqa: E402
-from feature3dgs.teachers.base import check_image  # noqa: E402
-from feature3dgs.teachers.clip_dense import DenseClipTeacher, interpolate_pos_embed, maskclip_features  # noqa: E402
-from feature3dgs.teachers.lseg import (  # noqa: E402
+from feature3dgs.distill.teachers import LanguageTeacher, Teacher, build_teacher  # noqa: E402
+from feature3dgs.distill.teachers._weights import file_digest  # noqa: E402
+from feature3dgs.distill.teachers.base import check_image  # noqa: E402
+from feature3dgs.distill.teachers.clip_dense import DenseClipTeacher, interpolate_pos_embed, maskclip_features  # noqa: E402
+from feature3dgs.distill.teachers.lseg import (  # noqa: E402
     LSegConfig, LSegNet, LSegTeacher, build_lseg_from_state_dict, lseg_state_dict_from_checkpoint)
-from feature3dgs.teachers.sam import SAM_CHECKPOINTS, SamTeacher  # noqa: E402
+from feature3dgs.distill.teachers.sam import SAM_CHECKPOINTS, SamTeacher  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 

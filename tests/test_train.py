@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from feature3dgs.data import load_scene, make_synthetic_scene
-from feature3dgs.gaussians import GaussianModel
-from feature3dgs.metrics import lpips_metric, lpips_unavailable_reason, psnr, ssim
-from feature3dgs.train import NonFiniteLossError, Trainer, TrainConfig, expon_lr, fit
+from feature3dgs.model.gaussians import GaussianModel
+from feature3dgs.utils.metrics import lpips_metric, lpips_unavailable_reason, psnr, ssim
+from feature3dgs.training.trainer import NonFiniteLossError, Trainer, TrainConfig, expon_lr, fit
 
 QUIET = dict(progress=False, lpips="none", tensorboard=False, eval_every=0, checkpoint_every=0)
 

@@ -26,18 +26,18 @@ import numpy as np
 import pytest
 import torch
 
-from feature3dgs.camera import Camera, intrinsics_from_fov, look_at
-from feature3dgs.feature_scene import FeatureScene, load_feature_scene
-from feature3dgs.gaussians import GaussianModel, rgb_to_sh
+from feature3dgs.model.camera import Camera, intrinsics_from_fov, look_at
+from feature3dgs.run import FeatureScene, load_feature_scene
+from feature3dgs.model.gaussians import GaussianModel, rgb_to_sh
 from feature3dgs.viewer import overlay
 from feature3dgs.viewer.camera_convert import (camera_from_viser, frame_size, matrix_to_wxyz, same_pose,
                                                scene_up_direction, viser_pose_from_camera, wxyz_to_matrix)
 from feature3dgs.viewer.curves import main as curves_main
 from feature3dgs.viewer.curves import plot_curves, read_log
-from feature3dgs.mask_fusion import gaussian_mask_votes
-from feature3dgs.semantic import class_palette
+from feature3dgs.apps.mask_fusion import gaussian_mask_votes
+from feature3dgs.apps.semantic import class_palette
 from feature3dgs.viewer.session import PCA_FILE, ViewerSession
-from feature3dgs.visualize import FeaturePCA
+from feature3dgs.utils.visualize import FeaturePCA
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,9 +52,9 @@ def build_sam_scene(root: Path) -> Path:
     if (out / "point_cloud.ply").is_file() and (out / PCA_FILE).is_file():
         return out
     from feature3dgs.data import builtin_scene, load_scene
-    from feature3dgs.distill import DistillConfig, distill
-    from feature3dgs.teachers import build_teacher
-    from feature3dgs.train import TrainConfig
+    from feature3dgs.distill.distill import DistillConfig, distill
+    from feature3dgs.distill.teachers import build_teacher
+    from feature3dgs.training.trainer import TrainConfig
 
     data = builtin_scene()
     full = load_scene(data, background="black")
@@ -259,7 +259,7 @@ class _TextTeacher:
 
 
 def test_relevancy_mode_with_a_text_encoder(sam_run, shared):
-    from feature3dgs.segment import relevancy_map
+    from feature3dgs.apps.segment import relevancy_map
 
     scene = load_feature_scene(sam_run)
     teacher = _TextTeacher(scene.decoder.out_dim)
@@ -284,7 +284,7 @@ def test_relevancy_mode_with_a_text_encoder(sam_run, shared):
     assert s.query == "" and np.array_equal(s.render_frame(cam), plain)
     # without SAM, clicks select by feature similarity; boxes need SAM
     assert s.segmenter == "similarity"
-    from feature3dgs.segment import select_by_clicks
+    from feature3dgs.apps.segment import select_by_clicks
 
     m = s.click(60, 70, camera=cam)
     assert np.array_equal(m, select_by_clicks(out.features, [(60, 70)], out.features, 0.9).numpy())
@@ -337,7 +337,7 @@ def test_plain_rgb_scene(shared):
 
 # ---------------------------------------------------------------------- prompts
 def _expected_mask(session, cam, points=None, labels=None, boxes=None):
-    from feature3dgs.segment import sam_masks_on_view
+    from feature3dgs.apps.segment import sam_masks_on_view
 
     multi = boxes is None and points is not None and len(points) == 1
     res = sam_masks_on_view(session.model, cam, session.scene.decoder, session.scene.teacher(), points, labels,
@@ -679,7 +679,7 @@ def test_curves_resumed_runs_and_bad_logs(tmp_path, capsys):
 
 # ---------------------------------------------------------------------- the CLI
 def test_cli_view_bad_inputs(tmp_path, capsys, monkeypatch, sam_run):
-    from feature3dgs.cli import main
+    from feature3dgs.cli.main import main
 
     assert main(["view", str(tmp_path / "missing")]) == 2
     assert "scene not found" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """Scene loading: COLMAP, Blender/NeRF-synthetic, instant-ngp/nerfstudio transforms, and a
 procedural synthetic scene with ground-truth labels. Every loader returns a :class:`Scene` whose
-cameras follow the package convention (see :mod:`feature3dgs.camera`)."""
+cameras follow the package convention (see :mod:`feature3dgs.model.camera`)."""
 
 from .blender import load_blender, load_transforms
 from .colmap import load_colmap

@@ -1,7 +1,7 @@
 """A procedural test scene with exact ground truth, rendered by analytic ray casting (NumPy).
 
 Nothing here uses a Gaussian renderer, so the scene can check the whole pipeline independently:
-cameras (the ray caster uses :class:`~feature3dgs.camera.Camera` conventions and the files are
+cameras (the ray caster uses :class:`~feature3dgs.model.camera.Camera` conventions and the files are
 written in Blender format, so loading them exercises the OpenGL -> OpenCV conversion), images,
 depth and per-pixel instance / class labels.
 

@@ -1,6 +1,6 @@
 """The interactive web viewer (``feature3dgs view``), built on viser.
 
-* :mod:`~feature3dgs.viewer.camera_convert`: viser camera <-> :class:`feature3dgs.camera.Camera`.
+* :mod:`~feature3dgs.viewer.camera_convert`: viser camera <-> :class:`feature3dgs.model.camera.Camera`.
 * :mod:`~feature3dgs.viewer.session`: :class:`ViewerSession`, the browser-free state and logic
   (render modes, SAM prompts, 3D selection, edits, saving).
 * :mod:`~feature3dgs.viewer.overlay`: colour maps, mask and prompt drawing.

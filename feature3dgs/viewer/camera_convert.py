@@ -1,4 +1,4 @@
-"""Conversion between viser's browser camera and :class:`feature3dgs.camera.Camera`.
+"""Conversion between viser's browser camera and :class:`feature3dgs.model.camera.Camera`.
 
 viser's camera convention (checked in viser 1.1 ``_viser.py``, ``CameraHandle`` and the client's
 ``CameraControls.tsx``): the client converts the three.js camera to OpenCV axes before sending it,
@@ -12,7 +12,7 @@ so
 * the background image is stretched over the whole canvas, so a frame must be rendered with the
   canvas aspect ratio, square pixels and a centred principal point.
 
-That is the package's own convention (:mod:`feature3dgs.camera`), so the conversion is a rigid
+That is the package's own convention (:mod:`feature3dgs.model.camera`), so the conversion is a rigid
 inversion plus pinhole intrinsics. Everything here is numpy/torch only: no viser import.
 """
 
@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from feature3dgs.camera import Camera
+from feature3dgs.model.camera import Camera
 
 __all__ = [
     "ViserPose",

@@ -1,6 +1,6 @@
 """Training curves of a run (loss, PSNR, number of Gaussians) from its log.csv.
 
-The trainer (feature3dgs.train ``_Logger``) writes ``log.csv`` in long format, one row per value::
+The trainer (feature3dgs.training.trainer ``_Logger``) writes ``log.csv`` in long format, one row per value::
 
     step,elapsed_s,tag,value
     10,0.833,train/loss,1.0985612
@@ -230,7 +230,7 @@ def save_curves(image: np.ndarray, path: PathLike) -> Path:
     """Write an (H, W, 3) uint8 picture as PNG, atomically."""
     from PIL import Image
 
-    from feature3dgs.atomic import atomic_open
+    from feature3dgs.utils.io import atomic_open
 
     path = Path(path)
     with atomic_open(path, "wb") as f:

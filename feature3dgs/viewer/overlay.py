@@ -11,8 +11,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-# The colour map and mask drawing are shared with the saved images (feature3dgs.visualize).
-from feature3dgs.visualize import apply_colormap, draw_mask, mask_outline, tint
+# The colour map and mask drawing are shared with the saved images (feature3dgs.utils.visualize).
+from feature3dgs.utils.visualize import apply_colormap, draw_mask, mask_outline, tint
 
 __all__ = [
     "MASK_COLOR",

@@ -1,7 +1,7 @@
 """The web viewer: viser wiring around a :class:`~feature3dgs.viewer.session.ViewerSession`.
 
 Every frame comes from the package's render(): each connected browser gets a render thread that
-turns its camera (``client.camera``) into a :class:`~feature3dgs.camera.Camera` and sends the
+turns its camera (``client.camera``) into a :class:`~feature3dgs.model.camera.Camera` and sends the
 frame as the scene's background image. While the camera moves, frames are rendered at a reduced
 resolution chosen to keep each frame within a time budget (so a CPU stays interactive); once the
 camera has been still for ``settle_s`` (0.2 s) the frame is re-rendered at full resolution.
@@ -28,7 +28,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from feature3dgs.camera import Camera
+from feature3dgs.model.camera import Camera
 from feature3dgs.viewer.camera_convert import (camera_from_client, scene_up_direction, viser_pose_from_camera)
 from feature3dgs.viewer.session import ViewerSession
 

@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from feature3dgs.camera import Camera
-from feature3dgs.feature_scene import FeatureScene, load_feature_scene
-from feature3dgs.gaussians import GaussianModel
+from feature3dgs.model.camera import Camera
+from feature3dgs.run import FeatureScene, load_feature_scene
+from feature3dgs.model.gaussians import GaussianModel
 from feature3dgs.viewer import overlay
 from feature3dgs.viewer.camera_convert import same_pose
-from feature3dgs.visualize import FeaturePCA, depth_to_image
+from feature3dgs.utils.visualize import FeaturePCA, depth_to_image
 
 __all__ = ["ViewerSession", "MODES", "PCA_FILE", "LERF_NEGATIVES"]
 
@@ -206,7 +206,7 @@ class ViewerSession:
 
     # ------------------------------------------------------------------ rendering
     def _render(self, camera: Camera, feature_blocks: Sequence[Tensor]):
-        from feature3dgs.rasterize import render
+        from feature3dgs.rendering.kernels import render
 
         m = self.scene.model
         cam = camera.to(self.device)
@@ -236,7 +236,7 @@ class ViewerSession:
         return self.pca(decoded)
 
     def _semantic_image(self, camera: Camera, rgb_alpha: Tensor) -> Tensor:
-        from feature3dgs.semantic import class_palette, colorize_labels, render_semantic_logits
+        from feature3dgs.apps.semantic import class_palette, colorize_labels, render_semantic_logits
 
         logits = render_semantic_logits(self.scene.model, camera.to(self.device))
         img = colorize_labels(logits.argmax(0), class_palette(logits.shape[0])).float().cpu()
@@ -279,7 +279,7 @@ class ViewerSession:
                 if not self.query:
                     img = rgb  # nothing to score yet: show the scene
                 else:
-                    from feature3dgs.segment import relevancy_map
+                    from feature3dgs.apps.segment import relevancy_map
 
                     rel = relevancy_map(self._decode(feats), self._text_embedding(self.query),
                                         self._negatives_embedding())
@@ -433,7 +433,7 @@ class ViewerSession:
         return "sam" if self.has_sam else ("similarity" if self.scene.model.features is not None else "none")
 
     def _run_similarity(self) -> np.ndarray:
-        from feature3dgs.segment import select_by_clicks
+        from feature3dgs.apps.segment import select_by_clicks
 
         if not any(self.labels):
             self.mask = np.zeros((self.prompt_camera.height, self.prompt_camera.width), dtype=bool)
@@ -449,7 +449,7 @@ class ViewerSession:
         return self.mask
 
     def _run_sam(self) -> np.ndarray:
-        from feature3dgs.segment import sam_masks_on_view
+        from feature3dgs.apps.segment import sam_masks_on_view
 
         teacher = self.scene.teacher(self.weights_dir)
         cam = self.prompt_camera.to(self.device)
@@ -485,7 +485,7 @@ class ViewerSession:
                 raise ValueError("no mask to select from: click on the object (or draw a box) first")
             mask = torch.from_numpy(self.mask)
             cam = self.prompt_camera.to(self.device)
-            from feature3dgs.mask_fusion import gaussian_mask_votes
+            from feature3dgs.apps.mask_fusion import gaussian_mask_votes
 
             votes = gaussian_mask_votes(self.scene.model, [cam], [mask.to(self.device)])
             self.selection = (torch.as_tensor(votes).reshape(-1) > threshold).to(self.device)
@@ -521,7 +521,7 @@ class ViewerSession:
     def delete_selected(self) -> int:
         """Remove the selected Gaussians (lifting the mask first when nothing is selected).
         Returns the new number of Gaussians."""
-        from feature3dgs.edit import delete
+        from feature3dgs.apps.edit import delete
 
         with self._lock:
             sel = self._selection_or_lift()
@@ -529,7 +529,7 @@ class ViewerSession:
 
     def extract_selected(self) -> int:
         """Keep only the selected Gaussians. Returns the new number of Gaussians."""
-        from feature3dgs.edit import extract
+        from feature3dgs.apps.edit import extract
 
         with self._lock:
             sel = self._selection_or_lift()
@@ -538,7 +538,7 @@ class ViewerSession:
     def recolor_selected(self, rgb: Sequence[float]) -> int:
         """Give the selected Gaussians the constant colour ``rgb`` (3 floats in [0, 1]); the selection
         is kept. Returns the number of Gaussians recoloured."""
-        from feature3dgs.edit import recolor
+        from feature3dgs.apps.edit import recolor
 
         color = [float(c) for c in rgb]
         if len(color) != 3 or not all(0.0 <= c <= 1.0 for c in color):
@@ -572,7 +572,7 @@ class ViewerSession:
         Returns:
             the PLY path.
         """
-        from feature3dgs.atomic import atomic_open, atomic_write_text
+        from feature3dgs.utils.io import atomic_open, atomic_write_text
 
         out = Path(out_dir).expanduser()
         ply = (out / "point_cloud.ply").resolve()

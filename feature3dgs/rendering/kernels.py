@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from feature3dgs._backend import kernels
-from feature3dgs.render_types import RenderOutput
-from feature3dgs.validation import RenderInputs, validate_render_inputs
+from feature3dgs.rendering._backend import kernels
+from feature3dgs.rendering.inputs import RenderOutput
+from feature3dgs.rendering.inputs import RenderInputs, validate_render_inputs
 
 
 def _empty_like(t: Tensor) -> Tensor:

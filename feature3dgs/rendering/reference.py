@@ -16,8 +16,8 @@ import math
 import torch
 from torch import Tensor
 
-from feature3dgs.render_types import RenderOutput
-from feature3dgs.validation import RenderInputs, validate_render_inputs
+from feature3dgs.rendering.inputs import RenderOutput
+from feature3dgs.rendering.inputs import RenderInputs, validate_render_inputs
 
 TILE = 16
 ALPHA_MIN = 1.0 / 255.0

@@ -8,7 +8,7 @@ A teacher maps an image to a dense feature map::
 ``teacher.feature_extent(H, W)`` the part of the image plane the (h, w) grid covers: cell (i, j)
 covers rows [i, i + 1) * ext_h / h and columns [j, j + 1) * ext_w / w in image pixels. For most
 teachers the extent is the image itself (H, W); SAM's grid can reach past the image's bottom or
-right edge by less than one cell (see :class:`~feature3dgs.teachers.sam.SamTeacher`).
+right edge by less than one cell (see :class:`~feature3dgs.distill.teachers.sam.SamTeacher`).
 
 Language teachers add ``encode_text(list[str]) -> (n, D)``, L2-normalised, in the space of their
 (L2-normalised) image features, so ``einsum('d,dhw->hw', text, feats)`` is a cosine similarity.

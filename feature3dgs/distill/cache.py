@@ -39,7 +39,7 @@ from typing import Any, Iterable, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from feature3dgs.atomic import atomic_open
+from feature3dgs.utils.io import atomic_open
 
 __all__ = ["FeatureCache", "extract_features", "ExtractResult", "extract_main", "view_source", "FORMAT_VERSION"]
 
@@ -258,7 +258,7 @@ def extract_features(
     """Extract and cache the features of every image not cached yet (resumable).
 
     Args:
-        teacher: a :class:`~feature3dgs.teachers.base.Teacher` whose ``cache_key()`` is ``cache.key``.
+        teacher: a :class:`~feature3dgs.distill.teachers.base.Teacher` whose ``cache_key()`` is ``cache.key``.
         images: (name, loader) or (name, loader, source) items; ``loader()`` returns the (3, H, W)
             float image in [0, 1] (a tensor is accepted instead of a loader). Loaders run only for
             names that need extracting, and images are dropped as soon as their batch is done.
@@ -380,7 +380,7 @@ def extract_main(argv: Optional[Sequence[str]] = None) -> int:
     130 interrupted)."""
     args = _parser().parse_args(list(argv) if argv is not None else None)
     from feature3dgs.data import load_scene
-    from feature3dgs.teachers import build_teacher
+    from feature3dgs.distill.teachers import build_teacher
 
     err = sys.stderr
     try:
@@ -422,5 +422,5 @@ def extract_main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-if __name__ == "__main__":  # python -m feature3dgs.feature_cache ...
+if __name__ == "__main__":  # python -m feature3dgs.distill.cache ...
     sys.exit(extract_main())

@@ -13,7 +13,7 @@ Pipeline (:func:`fuse_object` ties it together)::
 
 Conventions: masks are (H, W) bool or float in [0, 1] at the camera's resolution; pixel
 coordinates are (x, y) = (column, row) with the centre of pixel (i, j) at (i + 0.5, j + 0.5)
-(see :mod:`feature3dgs.camera`); depths are camera-space z in world units. Geometry is never
+(see :mod:`feature3dgs.model.camera`); depths are camera-space z in world units. Geometry is never
 changed: every render here uses detached means, rotations, scales and opacities.
 
 Votes. Gaussian i's blending weight at pixel p is w_i(p) = alpha_i(p) T_i(p). Summed over the
@@ -40,10 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from feature3dgs.camera import Camera
-from feature3dgs.gaussians import GaussianModel
-from feature3dgs.rasterize import render
-from feature3dgs.render_types import RenderOutput
+from feature3dgs.model.camera import Camera
+from feature3dgs.model.gaussians import GaussianModel
+from feature3dgs.rendering.kernels import render
+from feature3dgs.rendering.inputs import RenderOutput
 
 __all__ = [
     "gaussian_mask_votes",
@@ -488,7 +488,7 @@ def multiview_sam_masks(model: GaussianModel, decoder, sam_teacher, src_camera: 
     the destination's rendered depth for occlusion); points that are not visible there are
     dropped, and a view where no positive point (label 1) survives is skipped. In every other
     view SAM's prompt encoder and mask decoder run on the rendered (and decoded) features
-    (:func:`feature3dgs.segment.sam_masks_on_view`); with ``multimask_output`` the mask with
+    (:func:`feature3dgs.apps.segment.sam_masks_on_view`); with ``multimask_output`` the mask with
     the best predicted IoU is kept.
 
     Args:
@@ -525,7 +525,7 @@ def multiview_sam_masks(model: GaussianModel, decoder, sam_teacher, src_camera: 
     if model.features is None:
         raise ValueError("model has no features to render for SAM's decoder")
     dsts = _cameras(dst_cameras, "dst_cameras")
-    from feature3dgs.segment import sam_masks_on_view
+    from feature3dgs.apps.segment import sam_masks_on_view
 
     src_depth = _surface_depth(model, src_camera, alpha_min)
     dst_depths = [_surface_depth(model, c, alpha_min) for c in dsts]
@@ -673,7 +673,7 @@ class FusedObject:
 
     @property
     def selection(self) -> Tensor:
-        """(N,) bool: the object's Gaussians (for feature3dgs.edit.extract / delete / recolor)."""
+        """(N,) bool: the object's Gaussians (for feature3dgs.apps.edit.extract / delete / recolor)."""
         return self.weights > self.threshold
 
     def render_mask(self, camera: Camera, normalize: bool = False) -> Tensor:

@@ -41,7 +41,7 @@ def download(url: str, dest: Path, timeout: float = 30.0, progress: bool = True)
     """Stream ``url`` to ``dest`` (written beside it, then renamed: never a partial file)."""
     from tqdm.auto import tqdm
 
-    from feature3dgs.atomic import atomic_open
+    from feature3dgs.utils.io import atomic_open
 
     with atomic_open(dest, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:
         total = int(r.headers.get("Content-Length") or 0) or None

@@ -15,7 +15,7 @@ One ``vertex`` element, binary little endian, every property float32, in this or
                                per-Gaussian features, only when the model has them (the
                                property names Feature 3DGS uses; 3DGS viewers ignore them)
     sem_0 ... sem_{K-1}        per-Gaussian class logits (``params["semantics"]``, see
-                               feature3dgs.semantic), only when the model has them
+                               feature3dgs.apps.semantic), only when the model has them
 
 The SH degree follows from the number of f_rest properties (0, 9, 24 or 45). A header comment
 ``feature3dgs active_sh_degree <d>`` keeps the active degree; files without it (e.g. from 3DGS)
@@ -32,14 +32,14 @@ from typing import Union
 import numpy as np
 import torch
 
-from feature3dgs.atomic import atomic_open
-from feature3dgs.gaussians import GaussianModel
+from feature3dgs.utils.io import atomic_open
+from feature3dgs.model.gaussians import GaussianModel
 
 __all__ = ["save_ply", "load_ply", "ply_property_names", "FEATURE_PREFIX", "SEMANTIC_PREFIX"]
 
 FEATURE_PREFIX = "semantic_"
 #: property prefix of the class logits; the parameter name equals
-#: feature3dgs.feature_scene.SEMANTIC_PARAM (spelled out here: ply sits below the applications)
+#: feature3dgs.run.SEMANTIC_PARAM (spelled out here: ply sits below the applications)
 SEMANTIC_PREFIX = "sem_"
 _SEMANTIC_PARAM = "semantics"
 _ACTIVE_COMMENT = "feature3dgs active_sh_degree"

@@ -1,7 +1,7 @@
 """3D editing with distilled features: score Gaussians against a (text) query, select them, and
 extract, delete or recolour the selection.
 
-Every edit returns a new :class:`~feature3dgs.gaussians.GaussianModel` (all parameters copied,
+Every edit returns a new :class:`~feature3dgs.model.gaussians.GaussianModel` (all parameters copied,
 ``active_sh_degree`` kept) and never modifies its input.
 """
 
@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from feature3dgs.decoder import FeatureDecoder
-from feature3dgs.gaussians import GaussianModel, rgb_to_sh
+from feature3dgs.model.decoder import FeatureDecoder
+from feature3dgs.model.gaussians import GaussianModel, rgb_to_sh
 
 __all__ = ["gaussian_scores", "gaussian_click_scores", "select_gaussians", "select_gaussians_by_clicks",
            "extract", "delete", "recolor"]
@@ -41,7 +41,7 @@ def gaussian_click_scores(model: GaussianModel, prototypes: Tensor) -> Tensor:
     """(N,) best cosine similarity of each Gaussian's own feature with k prototype features.
 
     ``prototypes`` (k, D_render) are rendered-feature vectors, e.g. the features at clicked
-    pixels (:func:`feature3dgs.segment.click_features` of the *undecoded* render): a pixel's
+    pixels (:func:`feature3dgs.apps.segment.click_features` of the *undecoded* render): a pixel's
     feature is a blend of Gaussian features in the same space, so Gaussians of the clicked
     object score close to 1.
     """
@@ -63,7 +63,7 @@ def select_gaussians_by_clicks(model: GaussianModel, positives: Tensor, negative
 
     With only ``positives`` (k, D_render) a Gaussian is selected when its best cosine similarity
     exceeds ``threshold``; with ``negatives`` (m, D_render) too, when it is closer to a positive
-    than to every negative (the same rule as :func:`feature3dgs.segment.select_by_clicks` in 2D).
+    than to every negative (the same rule as :func:`feature3dgs.apps.segment.select_by_clicks` in 2D).
     """
     pos = gaussian_click_scores(model, positives)
     if negatives is not None and len(negatives) > 0:

@@ -1,7 +1,7 @@
 """Feature distillation: every Gaussian learns a feature from a 2D teacher.
 
 The teacher's feature maps are extracted once into the fp16 on-disk cache
-(feature3dgs.feature_cache) and streamed from it, one view per step. Each
+(feature3dgs.distill.cache) and streamed from it, one view per step. Each
 Gaussian carries a D_render-dim feature; the rendered (D_render,H,W) map is
 resized (bilinearly) to the teacher's grid (h,w) and, with the speed-up, lifted
 to the teacher's dimension by the 1x1-conv decoder (which commutes with the
@@ -27,13 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from feature3dgs.atomic import atomic_write_text
-from feature3dgs.decoder import FeatureDecoder
-from feature3dgs.feature_cache import FeatureCache, extract_features, view_source
-from feature3dgs.gaussians import GaussianModel
-from feature3dgs.rasterize import render
-from feature3dgs.train import TrainBatch, Trainer, TrainConfig, save_png, _safe_name
-from feature3dgs.visualize import FeaturePCA
+from feature3dgs.utils.io import atomic_write_text
+from feature3dgs.model.decoder import FeatureDecoder
+from feature3dgs.distill.cache import FeatureCache, extract_features, view_source
+from feature3dgs.model.gaussians import GaussianModel
+from feature3dgs.rendering.kernels import render
+from feature3dgs.training.trainer import TrainBatch, Trainer, TrainConfig, save_png, _safe_name
+from feature3dgs.utils.visualize import FeaturePCA
 
 RANDOM_WEIGHTS_WARNING = (
     "\n" + "!" * 78 + "\n"
@@ -47,7 +47,7 @@ class DistillConfig:
     """Distillation options.
 
     teacher: 'sam', 'clip' or 'lseg'; checkpoint/model/weights_dir: see
-        feature3dgs.teachers.build_teacher; random_weights: a tiny random teacher (tests).
+        feature3dgs.distill.teachers.build_teacher; random_weights: a tiny random teacher (tests).
     render_dim: D_render, the per-Gaussian feature size. None = the teacher's dimension
         (no decoder); smaller values use the 1x1-conv speed-up decoder (e.g. 64 for SAM).
     feature_weight: weight of the L1 feature loss; lr_decoder: the decoder's Adam rate
@@ -211,7 +211,7 @@ def evaluate_features(model: GaussianModel, scene, cache: FeatureCache, decoder:
 
 
 def _teacher_record(teacher, dc: DistillConfig) -> dict[str, Any]:
-    """What rebuilds the teacher later (feature3dgs.feature_scene): its kind and whether it had
+    """What rebuilds the teacher later (feature3dgs.run): its kind and whether it had
     random weights, taken from the teacher actually used (None when features came from a cache)."""
     if teacher is None:
         return {"teacher": None, "random_weights": False}
@@ -233,7 +233,7 @@ def distill(scene, out_dir: Union[str, Path, None], train_config: Optional[Train
     distill_config.json, feature_metrics.json and renders/features/*.png. Returns the
     metrics, including 'feature_loss_curve' [(step, value)].
     """
-    from feature3dgs.teachers import build_teacher
+    from feature3dgs.distill.teachers import build_teacher
 
     dc = distill_config or DistillConfig()
     tc = train_config or TrainConfig()
@@ -276,7 +276,7 @@ def distill(scene, out_dir: Union[str, Path, None], train_config: Optional[Train
     if out_dir is not None:
         out = Path(out_dir)
         if loss.decoder is not None:
-            from feature3dgs.atomic import atomic_open
+            from feature3dgs.utils.io import atomic_open
 
             with atomic_open(out / "decoder.pt", "wb") as f:
                 torch.save(loss.decoder.to_dict(), f)

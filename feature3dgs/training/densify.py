@@ -19,7 +19,7 @@ from typing import Mapping, Optional
 import torch
 from torch import Tensor, nn
 
-from feature3dgs.gaussians import GaussianModel, inverse_sigmoid, quat_to_rotmat
+from feature3dgs.model.gaussians import GaussianModel, inverse_sigmoid, quat_to_rotmat
 
 __all__ = [
     "DensifyStats",

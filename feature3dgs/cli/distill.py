@@ -39,9 +39,9 @@ def add_parsers(sub) -> None:
 
 def load_init_model(path: Path):
     """A trained scene from a .ply, a checkpoint .pt, or a training folder (its point_cloud.ply)."""
-    from feature3dgs.checkpoint import load_checkpoint
-    from feature3dgs.gaussians import GaussianModel
-    from feature3dgs.ply import load_ply
+    from feature3dgs.training.checkpoint import load_checkpoint
+    from feature3dgs.model.gaussians import GaussianModel
+    from feature3dgs.model.ply import load_ply
 
     if path.is_dir():
         path = path / "point_cloud.ply"
@@ -55,8 +55,8 @@ def load_init_model(path: Path):
 
 def cmd_distill(args: argparse.Namespace) -> int:
     from feature3dgs.data import load_scene
-    from feature3dgs.distill import DistillConfig, distill
-    from feature3dgs.train import TrainConfig
+    from feature3dgs.distill.distill import DistillConfig, distill
+    from feature3dgs.training.trainer import TrainConfig
 
     scene = load_scene(args.data, resolution_scale=args.resolution_scale, background=args.background)
     model = None

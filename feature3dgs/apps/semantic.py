@@ -1,7 +1,7 @@
 """Closed-set semantic rendering (as in GSNeRF / Semantic-NeRF) with per-Gaussian class logits.
 
 Every Gaussian carries K class logits in ``model.params["semantics"]`` (N, K) (the name is
-:data:`feature3dgs.feature_scene.SEMANTIC_PARAM`; densification, the edit functions, the PLY
+:data:`feature3dgs.run.SEMANTIC_PARAM`; densification, the edit functions, the PLY
 file (``sem_*`` properties) and checkpoints carry it like any other parameter). The logits are
 alpha blended by the rasterizer as a K-channel feature map and trained with per-pixel
 cross-entropy against label maps: jointly with the RGB loss (:class:`SemanticLoss` on the
@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from feature3dgs.camera import Camera
-from feature3dgs.feature_scene import SEMANTIC_FILE, SEMANTIC_PARAM
-from feature3dgs.gaussians import GaussianModel
-from feature3dgs.rasterize import render
-from feature3dgs.train import Trainer
+from feature3dgs.model.camera import Camera
+from feature3dgs.run import SEMANTIC_FILE, SEMANTIC_PARAM
+from feature3dgs.model.gaussians import GaussianModel
+from feature3dgs.rendering.kernels import render
+from feature3dgs.training.trainer import Trainer
 
 __all__ = [
     "EMPTY_LOGIT",
@@ -218,7 +218,7 @@ def _num_classes_of_scene(scene) -> Optional[int]:
 
 
 class SemanticTrainer(Trainer):
-    """A :class:`~feature3dgs.train.Trainer` that also trains class logits with :class:`SemanticLoss`.
+    """A :class:`~feature3dgs.training.trainer.Trainer` that also trains class logits with :class:`SemanticLoss`.
 
     The model gets zero logits for ``num_classes`` classes when it has none (default K: the
     scene's ``class_names``); they are optimised with Adam at ``lr_semantics`` and carried by
@@ -429,12 +429,12 @@ def evaluate_semantics(model: GaussianModel, scene, views: Optional[Sequence] = 
                        save_dir: Union[str, Path, None] = None) -> Optional[dict]:
     """Semantic maps of ``views`` (default: the scene's test views) against their class labels.
 
-    Returns :func:`feature3dgs.seg_metrics.segmentation_metrics` of the confusion matrix summed
+    Returns :func:`feature3dgs.utils.seg_metrics.segmentation_metrics` of the confusion matrix summed
     over the views that have labels (labels clamped to [0, K)), or None when none has. With
     ``save_dir``, writes ``render | classes`` PNGs, one per view.
     """
-    from feature3dgs.seg_metrics import confusion_matrix, segmentation_metrics
-    from feature3dgs.train import _safe_name, save_png
+    from feature3dgs.utils.seg_metrics import confusion_matrix, segmentation_metrics
+    from feature3dgs.training.trainer import _safe_name, save_png
 
     k = int(semantic_logits(model).shape[1])
     palette = class_palette(k)
@@ -456,9 +456,9 @@ def evaluate_semantics(model: GaussianModel, scene, views: Optional[Sequence] = 
 def save_semantic(scene_dir: Union[str, Path], class_names: Sequence[str]) -> Path:
     """Write ``scene_dir/semantic.json`` ({"class_names": [...]}) atomically; returns its path.
 
-    :func:`feature3dgs.feature_scene.load_feature_scene` reads it back (and checks the count
+    :func:`feature3dgs.run.load_feature_scene` reads it back (and checks the count
     against the Gaussians' logits)."""
-    from feature3dgs.atomic import atomic_write_text
+    from feature3dgs.utils.io import atomic_write_text
 
     if isinstance(class_names, str):
         raise ValueError("class_names must be a list of names, not a single string")

@@ -6,7 +6,7 @@ A ``feature3dgs distill`` (or ``train``) output folder holds::
     config.json           the training config: the scene path and its loader options
     decoder.pt            the 1x1-conv decoder (absent when D_render = D_teacher)
     distill_config.json   the teacher: name, checkpoint, model, random_weights, dims
-    semantic.json         class names of the per-Gaussian logits (feature3dgs.semantic)
+    semantic.json         class names of the per-Gaussian logits (feature3dgs.apps.semantic)
     log.csv               training curves (step, elapsed_s, tag, value)
 
 :func:`load_feature_scene` reads such a folder (or a bare .ply) into a :class:`FeatureScene`,
@@ -25,14 +25,14 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from feature3dgs.camera import Camera
-from feature3dgs.decoder import FeatureDecoder
-from feature3dgs.gaussians import GaussianModel
+from feature3dgs.model.camera import Camera
+from feature3dgs.model.decoder import FeatureDecoder
+from feature3dgs.model.gaussians import GaussianModel
 
 __all__ = ["FeatureScene", "load_feature_scene", "SEMANTIC_PARAM", "SEMANTIC_FILE"]
 
 PathLike = Union[str, Path]
-#: name of the per-Gaussian class-logit parameter in ``GaussianModel.params`` (feature3dgs.semantic)
+#: name of the per-Gaussian class-logit parameter in ``GaussianModel.params`` (feature3dgs.apps.semantic)
 SEMANTIC_PARAM = "semantics"
 #: file of a run folder that names the semantic classes: {"class_names": [...]}
 SEMANTIC_FILE = "semantic.json"
@@ -95,7 +95,7 @@ class FeatureScene:
             FileNotFoundError: the teacher's weights are not on disk.
         """
         if self._teacher is None:
-            from feature3dgs.teachers import build_teacher
+            from feature3dgs.distill.teachers import build_teacher
 
             dc = self.distill_config
             if not dc.get("teacher") or dc.get("teacher") == "cached":
@@ -127,7 +127,7 @@ class FeatureScene:
     # ------------------------------------------------------------------ data and rendering
     def load_data(self, **loader_overrides):
         """The training scene (cameras, images, labels) this run was fitted to."""
-        from feature3dgs.train import SCENE_CONFIG_KEYS, TrainConfig, load_scene_for
+        from feature3dgs.training.trainer import SCENE_CONFIG_KEYS, TrainConfig, load_scene_for
 
         cfg = TrainConfig(**{k: self.train_config[k] for k in SCENE_CONFIG_KEYS if k in self.train_config})
         cfg = dataclasses.replace(cfg, **{k: v for k, v in loader_overrides.items() if v is not None})
@@ -137,7 +137,7 @@ class FeatureScene:
 
     def render_features(self, camera: Camera, decoded: bool = True) -> Tensor:
         """(D, H, W) features at ``camera`` (decoded to D_teacher when ``decoded``), no grad."""
-        from feature3dgs.segment import render_decoded_features
+        from feature3dgs.apps.segment import render_decoded_features
 
         with torch.no_grad():
             return render_decoded_features(self.model, camera.to(self.device), self.decoder if decoded else None)
@@ -153,8 +153,8 @@ class FeatureScene:
         Refuses to write into the folder the scene was loaded from (an edit never overwrites its
         original). Every file is written atomically. Returns the PLY path.
         """
-        from feature3dgs.atomic import atomic_open, atomic_write_text
-        from feature3dgs.ply import save_ply
+        from feature3dgs.utils.io import atomic_open, atomic_write_text
+        from feature3dgs.model.ply import save_ply
 
         out = Path(out_dir)
         if self.run_dir is not None and out.resolve() == Path(self.run_dir).resolve():
@@ -195,7 +195,7 @@ def load_feature_scene(path: PathLike, device: Union[str, torch.device] = "cpu")
         FileNotFoundError: the folder or its PLY is missing.
         ValueError: a file is malformed, or the decoder does not fit the Gaussians' features.
     """
-    from feature3dgs.ply import load_ply
+    from feature3dgs.model.ply import load_ply
 
     ply, run_dir = _find_ply(Path(path))
     model = load_ply(ply, device=device)

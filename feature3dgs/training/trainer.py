@@ -40,15 +40,15 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from feature3dgs.atomic import atomic_open, atomic_write_text
-from feature3dgs.camera import Camera
-from feature3dgs.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from feature3dgs.densify import DensifyStats, densify_and_prune, reset_opacity
-from feature3dgs.gaussians import GaussianModel, random_init_bounds
-from feature3dgs.losses import rgb_loss
-from feature3dgs.metrics import lpips_metric, lpips_unavailable_reason, psnr, ssim
-from feature3dgs.ply import save_ply
-from feature3dgs.render_types import RenderOutput
+from feature3dgs.utils.io import atomic_open, atomic_write_text
+from feature3dgs.model.camera import Camera
+from feature3dgs.training.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from feature3dgs.training.densify import DensifyStats, densify_and_prune, reset_opacity
+from feature3dgs.model.gaussians import GaussianModel, random_init_bounds
+from feature3dgs.training.losses import rgb_loss
+from feature3dgs.utils.metrics import lpips_metric, lpips_unavailable_reason, psnr, ssim
+from feature3dgs.model.ply import save_ply
+from feature3dgs.rendering.inputs import RenderOutput
 
 __all__ = [
     "TrainConfig",
@@ -93,7 +93,7 @@ class TrainConfig:
         init: 'auto' (sparse points when the scene has them, else random), 'points', 'random';
         init_random_points: count for random init (3DGS: 100 000); init_random_box:
         (x0, y0, z0, x1, y1, z1), None = derived from the cameras
-        (:func:`feature3dgs.gaussians.random_init_bounds`); init_opacity.
+        (:func:`feature3dgs.model.gaussians.random_init_bounds`); init_opacity.
     Learning rates (Adam, eps 1e-15): lr_means_init/final are multiplied by the scene extent and
         decay exponentially over lr_means_steps. lr_opacity is 0.025, the current upstream 3DGS
         value (the original release used 0.05).
@@ -585,7 +585,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume exactly (see :mod:`feature3dgs.checkpoint`)."""
+        """Everything needed to resume exactly (see :mod:`feature3dgs.training.checkpoint`)."""
         return {
             "step": self.step,
             "config": self.config.to_dict(),

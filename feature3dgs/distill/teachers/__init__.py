@@ -1,6 +1,6 @@
 """2D teachers whose dense features the Gaussians distil.
 
-Every teacher implements :class:`~feature3dgs.teachers.base.Teacher`:
+Every teacher implements :class:`~feature3dgs.distill.teachers.base.Teacher`:
 ``extract(image (3, H, W) float in [0, 1]) -> (D, h, w) float32``, ``dim``, ``feature_size``,
 ``feature_extent``, ``cache_key()``, ``is_random`` and ``to(device)``; language teachers add
 ``encode_text(list[str]) -> (n, D)`` (L2-normalised).
@@ -32,7 +32,7 @@ __all__ = ["Teacher", "LanguageTeacher", "SamTeacher", "DenseClipTeacher", "LSeg
 TEACHERS = ("sam", "clip", "lseg")
 
 
-def __getattr__(name: str):  # lazy: keep `import feature3dgs.teachers` free of optional packages
+def __getattr__(name: str):  # lazy: keep `import feature3dgs.distill.teachers` free of optional packages
     if name == "SamTeacher":
         from .sam import SamTeacher
         return SamTeacher

@@ -8,7 +8,7 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts::
      'model': {'params': {name: tensor}, 'active_sh_degree': int},
      'optimizer': Adam state_dict, 'aux': {...}, 'densify': {...}, 'rng': {...}, ...}
 
-The trainer decides the contents (:meth:`feature3dgs.train.Trainer.state_dict`); this module
+The trainer decides the contents (:meth:`feature3dgs.training.trainer.Trainer.state_dict`); this module
 only writes, finds and validates the files.
 """
 
@@ -20,7 +20,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from feature3dgs.atomic import atomic_open
+from feature3dgs.utils.io import atomic_open
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "checkpoint_path", "FORMAT", "VERSION"]
 

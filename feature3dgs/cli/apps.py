@@ -120,8 +120,8 @@ def add_parsers(sub) -> None:
 
 # ---------------------------------------------------------------------- shared plumbing
 def _load(args: argparse.Namespace):
-    from feature3dgs.feature_scene import load_feature_scene
-    from feature3dgs.train import _resolve_device
+    from feature3dgs.run import load_feature_scene
+    from feature3dgs.training.trainer import _resolve_device
 
     fs = load_feature_scene(args.scene, device=_resolve_device(args.device))
     data = fs.load_data(data=args.data)
@@ -159,19 +159,19 @@ def _render_rgb(fs, camera):
 
 
 def _write_json(path: Path, data: dict) -> None:
-    from feature3dgs.atomic import atomic_write_text
+    from feature3dgs.utils.io import atomic_write_text
 
     atomic_write_text(path, json.dumps(data, indent=2, default=float))
 
 
 def _save(img, path: Path) -> None:
-    from feature3dgs.train import save_png
+    from feature3dgs.training.trainer import save_png
 
     save_png(img, path)
 
 
 def _safe(name: str) -> str:
-    from feature3dgs.train import _safe_name
+    from feature3dgs.training.trainer import _safe_name
 
     return _safe_name(name)
 
@@ -180,8 +180,8 @@ def _safe(name: str) -> str:
 def cmd_segment(args: argparse.Namespace) -> int:
     import torch
 
-    from feature3dgs.segment import sam_masks_on_view
-    from feature3dgs.visualize import overlay_mask
+    from feature3dgs.apps.segment import sam_masks_on_view
+    from feature3dgs.utils.visualize import overlay_mask
 
     if not args.point and args.box is None:
         raise ValueError("give at least one --point or a --box")
@@ -221,9 +221,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- query
 def cmd_query(args: argparse.Namespace) -> int:
-    from feature3dgs.segment import relevancy_map, text_relevancy
-    from feature3dgs.semantic import class_palette, colorize_labels
-    from feature3dgs.visualize import heatmap
+    from feature3dgs.apps.segment import relevancy_map, text_relevancy
+    from feature3dgs.apps.semantic import class_palette, colorize_labels
+    from feature3dgs.utils.visualize import heatmap
 
     fs, data = _load(args)
     view = _pick_view(data, args.split, args.view)
@@ -252,7 +252,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- edits
 def _apply_edit(model, mask, action: str, color):
-    from feature3dgs import edit
+    from feature3dgs.apps import edit
 
     if action == "extract":
         return edit.extract(model, mask)
@@ -274,7 +274,7 @@ def _before_after(fs_before, fs_after, views, out: Path) -> list[str]:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from feature3dgs.edit import gaussian_scores, select_gaussians
+    from feature3dgs.apps.edit import gaussian_scores, select_gaussians
 
     if args.threshold is None and args.top_k is None:
         raise ValueError("give --threshold and/or --top-k")
@@ -304,10 +304,10 @@ def cmd_edit(args: argparse.Namespace) -> int:
 def cmd_select(args: argparse.Namespace) -> int:
     import torch
 
-    from feature3dgs.atomic import atomic_open
-    from feature3dgs.edit import select_gaussians_by_clicks
-    from feature3dgs.segment import click_features, select_by_clicks, stroke_pixels
-    from feature3dgs.visualize import overlay_mask
+    from feature3dgs.utils.io import atomic_open
+    from feature3dgs.apps.edit import select_gaussians_by_clicks
+    from feature3dgs.apps.segment import click_features, select_by_clicks, stroke_pixels
+    from feature3dgs.utils.visualize import overlay_mask
 
     clicks = list(args.click) + [p for s in args.stroke for p in stroke_pixels(s)]
     if not clicks:
@@ -358,9 +358,9 @@ def _spread(views, k: int):
 def cmd_mask(args: argparse.Namespace) -> int:
     import torch
 
-    from feature3dgs.atomic import atomic_open
-    from feature3dgs.mask_fusion import fuse_object, multiview_sam_masks
-    from feature3dgs.visualize import overlay_mask
+    from feature3dgs.utils.io import atomic_open
+    from feature3dgs.apps.mask_fusion import fuse_object, multiview_sam_masks
+    from feature3dgs.utils.visualize import overlay_mask
 
     if not args.point:
         raise ValueError("give at least one --point on --view")
@@ -408,7 +408,7 @@ def cmd_mask(args: argparse.Namespace) -> int:
 
 
 def cmd_semantic(args: argparse.Namespace) -> int:
-    from feature3dgs.semantic import evaluate_semantics, fit_semantics
+    from feature3dgs.apps.semantic import evaluate_semantics, fit_semantics
 
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")

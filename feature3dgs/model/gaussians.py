@@ -2,7 +2,7 @@
 per-parameter optimizer groups.
 
 Every per-Gaussian tensor lives in ``model.params`` (an ``nn.ParameterDict``) with the Gaussians
-along dim 0; densification (:mod:`feature3dgs.densify`) treats them all alike, so a parameter
+along dim 0; densification (:mod:`feature3dgs.training.densify`) treats them all alike, so a parameter
 added there (e.g. by a later training stage) is cloned, split and pruned with the rest.
 
 Raw parameters and their activations (the 3DGS layout, also what the PLY file stores):
@@ -28,8 +28,8 @@ from typing import Iterable, Mapping, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from feature3dgs.camera import Camera
-from feature3dgs.render_types import RenderOutput
+from feature3dgs.model.camera import Camera
+from feature3dgs.rendering.inputs import RenderOutput
 
 __all__ = [
     "GaussianModel",
@@ -274,7 +274,7 @@ class GaussianModel(nn.Module):
         ``with_features`` adds the feature map (only when the model has features); it costs time
         proportional to D, so RGB-only training leaves it off.
         """
-        from feature3dgs.rasterize import render
+        from feature3dgs.rendering.kernels import render
 
         feats = self.features if with_features else None
         return render(self.means, self.params["quats"], self.scales, self.opacities, self.sh,
@@ -297,7 +297,7 @@ class GaussianModel(nn.Module):
 
     def replace_params(self, new: Mapping[str, Tensor]) -> None:
         """Swap in new per-Gaussian tensors (all with the same N); used by densification, which
-        also moves the optimizer state (see :mod:`feature3dgs.densify`)."""
+        also moves the optimizer state (see :mod:`feature3dgs.training.densify`)."""
         for name, t in new.items():
             self.params[name] = t if isinstance(t, nn.Parameter) else nn.Parameter(t)
 

@@ -1,4 +1,5 @@
-"""Checks of render() arguments, with errors that name the argument.
+"""The render() inputs and outputs: argument checks (errors that name the argument) and the
+RenderOutput type.
 
 Both the kernels' render() and the reference share these checks, so they accept
 and refuse the same inputs.
@@ -149,3 +150,25 @@ def validate_render_inputs(means, quats, scales, opacities, colors, viewmat, K, 
                         opacities=opacities.contiguous(), colors=rgb, sh=sh, sh_degree=int(sh_degree),
                         features=features, viewmat=viewmat, K=K, width=width, height=height,
                         near=float(near), background=bg, feature_background=fbg)
+
+
+@dataclass
+class RenderOutput:
+    """What one render produces (channels first, H x W pixels).
+
+    rgb: (3,H,W) colour, composited on the background.
+    features: (C,H,W) feature map (plus T * feature_background when given), or None.
+    depth: (1,H,W) alpha-weighted camera-space depth sum_i w_i z_i (not normalised by alpha).
+    alpha: (1,H,W) accumulated opacity 1 - T.
+    radii: (N,) int32 screen radius in pixels; 0 for culled Gaussians.
+    means2d: (N,2) projected means in pixels (0 for culled Gaussians). After
+        backward, means2d.grad is dL/d(mean2d) in pixel units, the screen-space
+        positional gradient used for densification.
+    """
+
+    rgb: Tensor
+    features: Tensor | None
+    depth: Tensor
+    alpha: Tensor
+    radii: Tensor
+    means2d: Tensor

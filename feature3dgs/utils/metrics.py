@@ -1,5 +1,5 @@
 """Image quality metrics: PSNR, SSIM and (when its backbone weights are on disk) LPIPS; and,
-re-exported from :mod:`feature3dgs.seg_metrics`, the segmentation metrics (confusion matrix,
+re-exported from :mod:`feature3dgs.utils.seg_metrics`, the segmentation metrics (confusion matrix,
 mIoU, pixel accuracy, mean class accuracy).
 
 LPIPS needs the ImageNet weights of its backbone (AlexNet or VGG16) in the torch hub cache
@@ -17,8 +17,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from feature3dgs.losses import ssim as _ssim
-from feature3dgs.seg_metrics import confusion_matrix, segmentation_metrics
+from feature3dgs.training.losses import ssim as _ssim
+from feature3dgs.utils.seg_metrics import confusion_matrix, segmentation_metrics
 
 __all__ = ["psnr", "ssim", "lpips_metric", "lpips_unavailable_reason", "LPIPS_BACKBONE_FILES",
            "confusion_matrix", "segmentation_metrics"]

@@ -55,7 +55,7 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from feature3dgs.train import TrainConfig
+    from feature3dgs.training.trainer import TrainConfig
 
     d = TrainConfig()
     parser = argparse.ArgumentParser(prog="feature3dgs", description="3D Gaussian Splatting with distilled features")
@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
 
     sub.add_parser("info", help="print the compiled backend information")
-    from feature3dgs import cli_apps, cli_distill, cli_view
+    from feature3dgs.cli import apps as cli_apps, distill as cli_distill, view as cli_view
 
     cli_distill.add_parsers(sub)
     cli_apps.add_parsers(sub)
@@ -141,7 +141,7 @@ class CLIError(Exception):
 
 
 def _data_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from feature3dgs.train import SCENE_CONFIG_KEYS
+    from feature3dgs.training.trainer import SCENE_CONFIG_KEYS
 
     out: dict[str, Any] = {}
     for key in SCENE_CONFIG_KEYS:
@@ -152,7 +152,7 @@ def _data_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _train_config(args: argparse.Namespace):
-    from feature3dgs.train import TrainConfig
+    from feature3dgs.training.trainer import TrainConfig
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     kw = {k: v for k, v in vars(args).items() if k in names and v is not None}
@@ -166,8 +166,8 @@ def _train_config(args: argparse.Namespace):
 def _cmd_train(args: argparse.Namespace) -> int:
     import torch
 
-    from feature3dgs.checkpoint import latest_checkpoint
-    from feature3dgs.train import NonFiniteLossError, Trainer, TrainConfig, load_scene_for
+    from feature3dgs.training.checkpoint import latest_checkpoint
+    from feature3dgs.training.trainer import NonFiniteLossError, Trainer, TrainConfig, load_scene_for
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -217,8 +217,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _load_model_and_scene(args: argparse.Namespace):
     """(model, scene, run folder or None, device) of --model (a run folder or a .ply) and the
     scene it was fitted to, with the --data/loader options overriding the run's."""
-    from feature3dgs.feature_scene import load_feature_scene
-    from feature3dgs.train import _resolve_device
+    from feature3dgs.run import load_feature_scene
+    from feature3dgs.training.trainer import _resolve_device
 
     model_path = Path(args.model)
     if not model_path.exists():
@@ -232,7 +232,7 @@ def _load_model_and_scene(args: argparse.Namespace):
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
-    from feature3dgs.train import evaluate_model
+    from feature3dgs.training.trainer import evaluate_model
 
     model, scene, run_dir, device = _load_model_and_scene(args)
     out = Path(args.out) if args.out else (run_dir or Path(args.model).parent) / "renders" / args.split
@@ -242,8 +242,8 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from feature3dgs.atomic import atomic_write_text
-    from feature3dgs.train import evaluate_model
+    from feature3dgs.utils.io import atomic_write_text
+    from feature3dgs.training.trainer import evaluate_model
 
     model, scene, run_dir, device = _load_model_and_scene(args)
     m = evaluate_model(model, scene, args.split, lpips=args.lpips, device=device)
@@ -273,8 +273,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``feature3dgs`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["extract"]:  # its own parser (feature3dgs.feature_cache)
-        from feature3dgs.feature_cache import extract_main
+    if argv[:1] == ["extract"]:  # its own parser (feature3dgs.distill.cache)
+        from feature3dgs.distill.cache import extract_main
 
         return extract_main(argv[1:])
     parser = build_parser()
@@ -282,9 +282,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    from feature3dgs import cli_apps
-    from feature3dgs.cli_distill import cmd_distill
-    from feature3dgs.cli_view import cmd_view
+    from feature3dgs.cli import apps as cli_apps
+    from feature3dgs.cli.distill import cmd_distill
+    from feature3dgs.cli.view import cmd_view
 
     handler = {"train": _cmd_train, "render": _cmd_render, "eval": _cmd_eval, "info": _cmd_info,
                "distill": cmd_distill, "view": cmd_view, **cli_apps.HANDLERS}[args.command]

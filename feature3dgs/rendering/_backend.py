@@ -14,13 +14,13 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from feature3dgs import _build_config as cfg
+from feature3dgs.rendering import _build as cfg
 
 _module: ModuleType | None = None
 
 
 def _source_dir() -> Path:
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent  # the feature3dgs package folder
     for candidate in (here / "_csrc", here.parent / "csrc"):
         if (candidate / "bindings.cpp").exists():
             return candidate

@@ -1,0 +1,8 @@
+"""The differentiable rasterizer: :func:`render` over the compiled kernels (:mod:`.kernels`), its
+plain-PyTorch oracle with the same stages (:mod:`.reference`), and the shared input checks and
+output type (:mod:`.inputs`)."""
+
+from feature3dgs.rendering.inputs import RenderOutput
+from feature3dgs.rendering.kernels import render
+
+__all__ = ["render", "RenderOutput"]
