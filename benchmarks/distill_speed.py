@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from feature3dgs.data import builtin_scene, load_scene  # noqa: E402
 from feature3dgs.distill.distill import DistillConfig, distill, label_feature_cache  # noqa: E402
-from feature3dgs.training.trainer import TrainConfig  # noqa: E402
+from feature3dgs.training.config import TrainConfig  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_utils import git_revision, write_result  # noqa: E402

@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from feature3dgs.data import builtin_scene, load_scene  # noqa: E402
 from feature3dgs.distill.distill import (DistillConfig, distill, label_class_count, label_embeddings,  # noqa: E402
                                  label_feature_cache)
-from feature3dgs.utils.seg_metrics import confusion_matrix, segmentation_metrics  # noqa: E402
-from feature3dgs.apps.segment import semantic_segmentation  # noqa: E402
-from feature3dgs.training.trainer import TrainConfig  # noqa: E402
+from feature3dgs.utils.metrics import confusion_matrix, segmentation_metrics  # noqa: E402
+from feature3dgs.apps.query import semantic_segmentation  # noqa: E402
+from feature3dgs.training.config import TrainConfig  # noqa: E402
 from bench_utils import git_revision, write_result  # noqa: E402
 
 
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                 teacher = cache.load(view.name)
                 seg_t = semantic_segmentation(teacher, embed)
                 seg_t = F.interpolate(seg_t[None, None].float(), size=(H, W), mode="nearest")[0, 0].long()
-                out = model.render(view.camera.to(model.device), with_features=True)
+                out = model.render(view.camera, features=model.features)
                 seg_s = semantic_segmentation(out.features.cpu(), embed)
                 conf_t += confusion_matrix(seg_t, labels, n_classes)
                 conf_s += confusion_matrix(seg_s, labels, n_classes)

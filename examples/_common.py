@@ -8,7 +8,7 @@ from pathlib import Path
 
 from feature3dgs.data import builtin_scene, load_scene
 from feature3dgs.distill.distill import DistillConfig, distill
-from feature3dgs.training.trainer import TrainConfig
+from feature3dgs.training.config import TrainConfig
 
 
 def add_common_args(parser: argparse.ArgumentParser, default_out: str, default_dim: int) -> None:
@@ -80,10 +80,10 @@ def add_scene_args(parser: argparse.ArgumentParser, default_out: str) -> None:
 
 
 def load_or_distill(args: argparse.Namespace, kind: str, render_dim: int):
-    """The FeatureScene of ``args.run``, or of a distillation (teacher ``kind``, tiny random
+    """The Run of ``args.run``, or of a distillation (teacher ``kind``, tiny random
     weights when the real ones are missing) of the built-in scene written to ``args.out/run``."""
-    from feature3dgs.run import load_feature_scene
-    from feature3dgs.training.trainer import _resolve_device
+    from feature3dgs.run import load_run
+    from feature3dgs.rendering.device import resolve_device
 
     run_dir = args.run
     if run_dir is None:
@@ -92,5 +92,5 @@ def load_or_distill(args: argparse.Namespace, kind: str, render_dim: int):
                                 background="black", device=args.device, quick=args.quick)
         run(ns, teacher)
         run_dir = ns.out
-    fs = load_feature_scene(run_dir, device=_resolve_device(args.device))
+    fs = load_run(run_dir, device=resolve_device(args.device))
     return fs, fs.load_data()

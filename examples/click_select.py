@@ -21,9 +21,10 @@ import torch
 from feature3dgs.data import builtin_scene, load_scene
 from feature3dgs.distill.distill import DistillConfig, distill, label_feature_cache
 from feature3dgs.apps.edit import extract, select_gaussians_by_clicks
-from feature3dgs.run import load_feature_scene
+from feature3dgs.run import load_run
 from feature3dgs.apps.segment import click_features, select_by_clicks
-from feature3dgs.training.trainer import TrainConfig, save_png
+from feature3dgs.training.config import TrainConfig
+from feature3dgs.utils.io import save_png
 from feature3dgs.utils.visualize import overlay_mask
 
 BOX = 2  # class id of the box in the built-in scene
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                              init_random_points=2000 if args.quick else 100_000, save_test_renders=False)
             distill(scene, args.out / "run", tc, DistillConfig(render_dim=16), cache=cache)
         args.run = args.out / "run"
-    fs = load_feature_scene(args.run)
+    fs = load_run(args.run)
     data = fs.load_data()
     src = data.test_views[args.view]
     if args.click:

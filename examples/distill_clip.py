@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     names = scene.class_names or ["object", "ground"]
     view = scene.test_views[0]
     with torch.no_grad():
-        out = trainer.model.render(view.camera.to(trainer.device), with_features=True)
+        out = trainer.model.render(view.camera, features=trainer.model.features)
         decoder = trainer.aux_modules.get("decoder")
         feats = student_features(out.features, out.features.shape[-2:], decoder)
         feats = torch.nn.functional.normalize(feats, dim=0)

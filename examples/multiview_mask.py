@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_scene_args, load_or_distill  # noqa: E402
 
 from feature3dgs.apps.mask_fusion import fuse_object, multiview_sam_masks  # noqa: E402
-from feature3dgs.training.trainer import save_png  # noqa: E402
+from feature3dgs.utils.io import save_png  # noqa: E402
 from feature3dgs.utils.visualize import overlay_mask  # noqa: E402
 
 

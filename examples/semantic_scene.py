@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 
 from feature3dgs.data import builtin_scene, load_scene
-from feature3dgs.run import FeatureScene, load_feature_scene
+from feature3dgs.run import Run, load_run
 from feature3dgs.apps.semantic import SemanticTrainer, evaluate_semantics, fit_semantics
-from feature3dgs.training.trainer import TrainConfig
+from feature3dgs.training.config import TrainConfig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.run is not None:
-        fs = load_feature_scene(args.run)
+        fs = load_run(args.run)
         data = fs.load_data()
         model, curve = fit_semantics(fs.model, data, steps=30 if args.quick else args.steps)
         print(f"post-hoc: cross-entropy {curve[0]:.3f} -> {curve[-1]:.3f} in {len(curve)} steps")
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer = SemanticTrainer(data, tc, out_dir=None)
         trainer.train()
         model = trainer.model
-        fs = FeatureScene(model=model, train_config={"data": str(data_path)})
+        fs = Run(model=model, train_config={"data": str(data_path)})
     k = int(model.params["semantics"].shape[1])
     names = data.class_names or [f"class_{i}" for i in range(k)]
     m = evaluate_semantics(model, data, save_dir=args.out / "semantic")

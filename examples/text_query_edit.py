@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_scene_args, load_or_distill  # noqa: E402
 
 from feature3dgs.apps.edit import delete, gaussian_scores, recolor, select_gaussians  # noqa: E402
-from feature3dgs.apps.segment import relevancy_map, semantic_segmentation  # noqa: E402
-from feature3dgs.apps.semantic import class_palette, colorize_labels  # noqa: E402
-from feature3dgs.training.trainer import save_png  # noqa: E402
+from feature3dgs.apps.query import relevancy_map, semantic_segmentation  # noqa: E402
+from feature3dgs.utils.visualize import class_palette, colorize_labels  # noqa: E402
+from feature3dgs.utils.io import save_png  # noqa: E402
 from feature3dgs.utils.visualize import heatmap  # noqa: E402
 
 

@@ -1,27 +1,18 @@
 """feature3dgs: Gaussian Splatting with N-dimensional distilled features.
 
-The kernels are compiled (prebuilt by `pip install --no-build-isolation .`, or
-just-in-time on first use); see docs/architecture.md.
+The public API: :func:`render` (the differentiable rasterizer), :class:`RenderOutput`,
+:class:`GaussianModel`, :class:`Camera`, :func:`load_scene` (posed images), :func:`load_run` (a
+trained scene) and :func:`backend_info`. The kernels are compiled (prebuilt by
+``pip install --no-build-isolation .``, or just-in-time on first use); see docs/architecture.md.
 """
 
 from __future__ import annotations
 
-from feature3dgs.rendering.kernels import render
-from feature3dgs.rendering.inputs import RenderOutput
+from feature3dgs.data import load_scene
+from feature3dgs.model import Camera, GaussianModel
+from feature3dgs.rendering import RenderOutput, backend_info, render
+from feature3dgs.run import load_run
+from feature3dgs.version import __version__
 
-__version__ = "0.1.0"
-
-__all__ = ["render", "RenderOutput", "backend_info", "__version__"]
-
-
-def backend_info() -> dict:
-    """Which kernels are compiled and how: {'cpu': True, 'cuda': bool, 'cuda_archs': str,
-    'openmp_threads': int, 'tile_size': int, 'cuda_device': name or None, 'version': str}."""
-    import torch
-
-    from feature3dgs.rendering._backend import kernels
-
-    info = {"version": __version__, "cpu": True}
-    info.update(kernels().build_info())
-    info["cuda_device"] = torch.cuda.get_device_name(0) if info["cuda"] and torch.cuda.is_available() else None
-    return info
+__all__ = ["render", "RenderOutput", "GaussianModel", "Camera", "load_scene", "load_run", "backend_info",
+           "__version__"]

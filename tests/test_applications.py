@@ -12,7 +12,7 @@ from feature3dgs.model.camera import Camera
 from feature3dgs.model.decoder import FeatureDecoder
 from feature3dgs.apps.edit import delete, extract, gaussian_scores, recolor, select_gaussians
 from feature3dgs.model.gaussians import GaussianModel
-from feature3dgs.utils.seg_metrics import confusion_matrix, segmentation_metrics
+from feature3dgs.utils.metrics import confusion_matrix, segmentation_metrics
 from feature3dgs.apps.segment import (relevancy_map, render_decoded_features, sam_masks_on_view,
                                  select_by_clicks, semantic_segmentation, text_relevancy)
 from scenes import cluster_camera, two_clusters
@@ -33,7 +33,7 @@ def scene():
     b = torch.zeros(D); b[1] = 1.0
     params, left = two_clusters(N_PER, sh_degree=1)
     params["features"] = torch.cat([a.repeat(N_PER, 1), b.repeat(N_PER, 1)])
-    model = GaussianModel.from_params(params, active_sh_degree=1)
+    model = GaussianModel(params, active_sh_degree=1)
     return {"model": model, "a": a, "b": b, "left": left}
 
 

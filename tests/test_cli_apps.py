@@ -11,11 +11,11 @@ import torch
 from feature3dgs.cli.main import main
 from feature3dgs.data import load_scene, make_synthetic_scene
 from feature3dgs.distill.distill import DistillConfig, distill, label_feature_cache
-from feature3dgs.run import load_feature_scene
+from feature3dgs.run import load_run
 from feature3dgs.model.ply import load_ply
-from feature3dgs.utils.seg_metrics import confusion_matrix, segmentation_metrics
+from feature3dgs.utils.metrics import confusion_matrix, segmentation_metrics
 from feature3dgs.apps.segment import click_features, select_by_clicks, stroke_pixels
-from feature3dgs.training.trainer import TrainConfig
+from feature3dgs.training.config import TrainConfig
 
 BOX = 2  # class id of the box in the synthetic scene
 
@@ -56,14 +56,14 @@ def label_run(data_dir, tmp_path_factory):
 
 
 def test_feature_scene_loads_what_distill_wrote(runs, label_run):
-    fs = load_feature_scene(runs["sam"])
+    fs = load_run(runs["sam"])
     assert fs.teacher_name == "sam" and fs.decoder is not None and fs.decoder.in_dim == 8
     assert fs.teacher().is_random and fs.teacher().dim == fs.decoder.out_dim == 256
     data = fs.load_data()
     assert len(data.test_views) == 2
     assert fs.render_features(data.test_views[0].camera).shape == (256, 48, 48)
     # A run from cached features has no teacher to rebuild, and says so.
-    fs_label = load_feature_scene(label_run[0])
+    fs_label = load_run(label_run[0])
     assert fs_label.teacher_name is None
     with pytest.raises(ValueError, match="no teacher"):
         fs_label.encode_text(["box"])
@@ -72,11 +72,11 @@ def test_feature_scene_loads_what_distill_wrote(runs, label_run):
 
 
 def test_feature_scene_save_never_overwrites_and_round_trips(runs, tmp_path):
-    fs = load_feature_scene(runs["clip"])
+    fs = load_run(runs["clip"])
     with pytest.raises(ValueError, match="overwrite"):
         fs.save(runs["clip"])
     fs.save(tmp_path / "copy")
-    again = load_feature_scene(tmp_path / "copy")
+    again = load_run(tmp_path / "copy")
     torch.testing.assert_close(again.model.features, fs.model.features)
     torch.testing.assert_close(again.decoder.conv.weight, fs.decoder.conv.weight)
     assert again.distill_config == fs.distill_config and again.train_config == fs.train_config
@@ -84,10 +84,10 @@ def test_feature_scene_save_never_overwrites_and_round_trips(runs, tmp_path):
 
 def test_load_feature_scene_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
-        load_feature_scene(tmp_path / "missing")
+        load_run(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="point_cloud.ply"):
-        load_feature_scene(tmp_path / "empty")
+        load_run(tmp_path / "empty")
 
 
 def test_segment_command_writes_masks_and_timings(runs, tmp_path, capsys):
@@ -134,7 +134,7 @@ def test_edit_command_changes_exactly_top_k(runs, tmp_path, action):
     assert main(["edit", str(runs["clip"]), "--query", "a red box", "--top-k", "50", "--action", action,
                  "--color", "0,1,0", "--max-views", "2", "--out", str(out)]) == 0
     e = json.loads((out / "edit.json").read_text())
-    edited = load_feature_scene(out)  # a complete run folder: decoder and teacher come along
+    edited = load_run(out)  # a complete run folder: decoder and teacher come along
     assert edited.decoder is not None and edited.teacher_name == "clip"
     n = src.num_gaussians
     assert e["n_selected"] == 50 and e["n_before"] == n
@@ -179,7 +179,7 @@ def _box_pixel(scene, view):
 
 def test_clicks_select_the_object_in_every_view(label_run):
     run, scene = label_run
-    fs = load_feature_scene(run)
+    fs = load_run(run)
     src = next(v for v in scene.test_views if (scene.load_labels(v, "class") == BOX).sum() > 20)
     x, y = _box_pixel(scene, src)
     f_src = fs.render_features(src.camera, decoded=False)
@@ -252,7 +252,7 @@ def test_semantic_command_learns_the_classes(label_run, tmp_path, capsys):
     assert s["class_names"] == scene.class_names
     assert s["loss_last"] < 0.5 * s["loss_first"]
     assert s["test"]["miou"] > 0.6, s["test"]  # held-out views
-    fs = load_feature_scene(out)
+    fs = load_run(out)
     assert fs.has_semantics and fs.class_names == scene.class_names
     assert fs.semantic_logits.shape == (fs.model.num_gaussians, len(scene.class_names))
     assert len(list((out / "semantic").glob("*.png"))) == len(scene.test_views)

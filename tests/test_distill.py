@@ -82,7 +82,7 @@ def test_feature_gradient_to_geometry_is_switchable(scene_and_cache, to_geometry
     fake = FakeTrainer()
     fake.model = model
     loss_fn = FeatureDistillation(cache, 1.0, FeatureDecoder(4, 16), feature_to_geometry=to_geometry)
-    out = model.render(cam, scene.background, with_features=to_geometry)
+    out = model.render(cam, scene.background, features=model.features if to_geometry else None)
     batch = TrainBatch(1, view, cam, scene.load_image(view), scene.background)
     loss_fn(fake, batch, out)["feature"].backward()
     assert model.params["features"].grad.abs().sum() > 0

@@ -140,9 +140,9 @@ def test_semantic_scene_example_learns_classes(tmp_path, monkeypatch, capsys):
     assert load_script("examples/semantic_scene.py").main(["--quick", "--out", str(out)]) == 0
     line = next(s for s in capsys.readouterr().out.splitlines() if "mIoU" in s)
     assert float(line.split("mIoU ")[1].split(",")[0]) > 0.6, line  # 0.89 measured
-    from feature3dgs.run import load_feature_scene
+    from feature3dgs.run import load_run
 
-    assert load_feature_scene(out / "scene").class_names == ["background", "sphere", "box", "cylinder"]
+    assert load_run(out / "scene").class_names == ["background", "sphere", "box", "cylinder"]
 
 
 def test_multiview_mask_example_fusion_beats_2d_masks(tmp_path, monkeypatch, capsys):

@@ -53,7 +53,7 @@ def _adam(model: GaussianModel) -> torch.optim.Adam:
 
 
 def _take_step(model: GaussianModel, opt: torch.optim.Optimizer) -> None:
-    out = model.render(_camera(), with_features=model.feature_dim > 0)
+    out = model.render(_camera(), features=model.features)
     loss = out.rgb.square().mean() + (out.features.square().mean() if out.features is not None else 0)
     loss = loss + sum(p.square().sum() * 1e-6 for p in model.params.values())  # every param gets a grad
     loss.backward()
@@ -99,14 +99,14 @@ def test_model_without_features_and_degree0():
     m = _model(feature_dim=0, sh_degree=0)
     assert m.features is None and m.feature_dim == 0 and "features" not in m.params
     assert m.params["sh_rest"].shape == (50, 0, 3)
-    out = m.render(_camera(), with_features=True)  # no features: silently RGB only
+    out = m.render(_camera(), features=m.features)  # no features: silently RGB only
     assert out.features is None and out.rgb.shape == (3, 40, 48)
 
 
 def test_model_render_gradients_reach_every_parameter():
     m = _model(feature_dim=5)
     m.active_sh_degree = 3
-    out = m.render(_camera(), torch.ones(3), with_features=True)
+    out = m.render(_camera(), torch.ones(3), features=m.features)
     assert out.features.shape == (5, 40, 48)
     (out.rgb.sum() + out.features.sum()).backward()
     for name, p in m.params.items():

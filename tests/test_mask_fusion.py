@@ -74,7 +74,7 @@ def scene():
         "quats": torch.tensor([1.0, 0.0, 0.0, 0.0]).repeat(n, 1),
         "features": feats,
     }
-    model = GaussianModel.from_params(params)
+    model = GaussianModel(params)
     cams = [cam_at((ex, ey, 0.0), name=f"v{i}") for i, (ex, ey) in
             enumerate([(0.0, 0.0), (-0.4, 0.0), (0.4, 0.0), (0.0, 0.3), (0.3, -0.3)])]
     held_out = cam_at((0.25, -0.2, 0.2), name="held_out")
@@ -139,7 +139,7 @@ def test_votes_equal_brute_force_blending_weights():
     quats = torch.randn(n, 4, generator=g)
     scales = torch.rand(n, 3, generator=g) * 0.2 + 0.1
     opac = torch.tensor([0.7, 0.5, 0.9, 0.6, 0.8])
-    model = GaussianModel.from_params({
+    model = GaussianModel({
         "means": means, "sh_dc": torch.zeros(n, 1, 3), "sh_rest": torch.zeros(n, 0, 3),
         "opacities": inverse_sigmoid(opac)[:, None], "scales": torch.log(scales), "quats": quats})
     cams = [cam_at((0.0, 0.0, 0.0), (0.0, 0.0, 3.0), width=32, height=24),

@@ -173,13 +173,13 @@ def _semantic_model(n=30, sh_degree=1, feature_dim=0, num_classes=5, seed=1) -> 
 
 @pytest.mark.parametrize("feature_dim,num_classes", [(0, 5), (4, 3), (16, 1)])
 def test_ply_round_trip_of_class_logits_is_exact(tmp_path, feature_dim, num_classes):
-    from feature3dgs.run import SEMANTIC_PARAM
+    from feature3dgs.model.gaussians import SEMANTICS
 
     m = _semantic_model(feature_dim=feature_dim, num_classes=num_classes)
-    assert SEMANTIC_PARAM == "semantics"
+    assert SEMANTICS == "semantics"
     back = load_ply(save_ply(m, tmp_path / "pc.ply"))
     assert list(back.params.keys()) == list(m.params.keys())
-    assert back.feature_dim == feature_dim and back.params[SEMANTIC_PARAM].shape == (30, num_classes)
+    assert back.feature_dim == feature_dim and back.params[SEMANTICS].shape == (30, num_classes)
     for k in m.params.keys():
         assert torch.equal(back.params[k], m.params[k].detach()), k
 

@@ -168,7 +168,7 @@ def test_gradcheck_reference_float64():
 
 
 def test_means2d_grad_is_screen_space_gradient():
-    from feature3dgs.rendering.kernels import _Rasterize
+    from feature3dgs.rendering.kernels import RasterizeFunction
 
     scene = random_scene(50, seed=12, channels=2)
     leaves = {k: v.clone().requires_grad_(True) for k, v in scene.items()}
@@ -180,15 +180,15 @@ def test_means2d_grad_is_screen_space_gradient():
     assert (g[out.radii == 0] == 0).all() and g[out.radii > 0].abs().sum() > 0
 
     # Central differences of the rasterize stage in the 2D means, in pixels.
-    from feature3dgs.rendering.kernels import _Project
+    from feature3dgs.rendering.kernels import ProjectFunction
     from feature3dgs.rendering.inputs import validate_render_inputs
     inp = validate_render_inputs(**scene, **camera())
     with torch.no_grad():
-        means2d, conics, depths, radii, _ = _Project.apply(
+        means2d, conics, depths, radii, _ = ProjectFunction.apply(
             inp.means, inp.quats, inp.scales, torch.empty(0), 0, inp.viewmat, inp.K, 64, 48, 0.01)
 
         def loss(m2d):
-            rgb, *_ = _Rasterize.apply(m2d, conics, inp.colors, inp.opacities, depths, inp.features,
+            rgb, *_ = RasterizeFunction.apply(m2d, conics, inp.colors, inp.opacities, depths, inp.features,
                                        radii, 64, 48)
             return (rgb * weights).sum().item()
 
@@ -208,3 +208,72 @@ def test_forward_is_deterministic():
     a = feature3dgs.render(**scene, **camera())
     b = feature3dgs.render(**scene, **camera())
     assert torch.equal(a.rgb, b.rgb) and torch.equal(a.features, b.features)
+
+
+# ---------------------------------------------------------------------- stage by stage
+def _inputs(scene, cam, allow_float64=False):
+    from feature3dgs.rendering.inputs import validate_render_inputs
+
+    return validate_render_inputs(scene["means"], scene["quats"], scene["scales"], scene["opacities"],
+                                  scene["colors"], cam["viewmat"], cam["K"], cam["width"], cam["height"],
+                                  features=scene.get("features"), allow_float64=allow_float64)
+
+
+@pytest.mark.parametrize("sh_degree", [None, 0, 2, 3])
+def test_project_stage_matches_reference(sh_degree):
+    """Stage 1 alone: the kernels' projection against the reference's, values and gradients."""
+    from feature3dgs.rendering import kernels
+
+    scene = random_scene(200, seed=11, sh_degree=sh_degree, channels=0)
+    leaves = [{k: v.clone().requires_grad_(True) for k, v in scene.items()} for _ in range(2)]
+    cam = camera(70, 45)
+    pk = kernels.project(_inputs(leaves[0], cam))
+    pr = reference.project(_inputs(leaves[1], cam))
+    assert torch.equal(pk.radii, pr.radii) and int((pk.radii > 0).sum()) > 50
+    vis = pk.radii > 0
+    g = torch.Generator().manual_seed(3)
+    loss_k = loss_r = 0.0
+    for name in ("means2d", "conics", "depths", "colors"):
+        a, b = getattr(pk, name), getattr(pr, name)
+        torch.testing.assert_close(a[vis], b[vis].detach(), atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+        w = torch.randn(b.shape, generator=g) * (vis[:, None] if b.dim() == 2 else vis)
+        loss_k = loss_k + (a * w).sum()
+        loss_r = loss_r + (b * w).sum()
+    loss_k.backward()
+    loss_r.backward()
+    for k in ("means", "quats", "scales", "colors"):
+        assert_grad_close(leaves[0][k].grad, leaves[1][k].grad, k)
+
+
+def test_rasterize_stage_matches_reference():
+    """Stage 2 alone: both blend the same screen-space Gaussians; outputs and the gradients to
+    means2d, conics, colours, opacities, depths and features agree."""
+    from feature3dgs.rendering import kernels
+    from feature3dgs.rendering.inputs import Projection
+
+    scene = random_scene(150, seed=5, channels=9)
+    cam = camera(50, 40)
+    with torch.no_grad():
+        base = kernels.project(_inputs(scene, cam))
+    outs, leaves = [], []
+    for stage in (kernels, reference):
+        lv = {"means2d": base.means2d.clone(), "conics": base.conics.clone(), "depths": base.depths.clone(),
+              "colors": base.colors.clone(), "opacities": scene["opacities"].clone(),
+              "features": scene["features"].clone()}
+        lv = {k: v.requires_grad_(True) for k, v in lv.items()}
+        sc = dict(scene, opacities=lv["opacities"], features=lv["features"])
+        proj = Projection(means2d=lv["means2d"], conics=lv["conics"], depths=lv["depths"], radii=base.radii,
+                          colors=lv["colors"])
+        outs.append(stage.rasterize(_inputs(sc, cam), proj))
+        leaves.append(lv)
+    g = torch.Generator().manual_seed(0)
+    loss = [0.0, 0.0]
+    for name in ("rgb", "features", "depth", "alpha"):
+        a, b = getattr(outs[0], name), getattr(outs[1], name)
+        torch.testing.assert_close(a, b.detach(), atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+        w = torch.randn(b.shape, generator=g)
+        loss = [loss[0] + (a * w).sum(), loss[1] + (b * w).sum()]
+    loss[0].backward()
+    loss[1].backward()
+    for k in leaves[0]:
+        assert_grad_close(leaves[0][k].grad, leaves[1][k].grad, k)

@@ -13,16 +13,17 @@ import torch
 from feature3dgs.model.camera import Camera
 from feature3dgs.training.checkpoint import load_checkpoint
 from feature3dgs.training.densify import clone_gaussians, keep_gaussians, split_gaussians
-from feature3dgs.run import SEMANTIC_FILE, SEMANTIC_PARAM, load_feature_scene
+from feature3dgs.model.gaussians import SEMANTICS
+from feature3dgs.run import RunDir, load_run
 from feature3dgs.model.gaussians import GaussianModel
 from feature3dgs.model.ply import load_ply, save_ply
 from feature3dgs.rendering.kernels import render
 from feature3dgs.rendering.reference import render as ref_render
-from feature3dgs.utils.seg_metrics import confusion_matrix, segmentation_metrics
+from feature3dgs.utils.metrics import confusion_matrix, segmentation_metrics
 from feature3dgs.apps.semantic import (EMPTY_LOGIT, SemanticLoss, SemanticTrainer, add_semantic_logits, class_palette,
                                   colorize_labels, empty_logits, fit_semantics, predict_semantic_map,
                                   render_semantic_logits, save_semantic, semantic_logits, semantic_loss)
-from feature3dgs.training.trainer import TrainConfig
+from feature3dgs.training.config import TrainConfig
 from scenes import cluster_camera, two_clusters
 
 W, H = 64, 48
@@ -41,7 +42,7 @@ make_camera = cluster_camera
 def clusters():
     """Two clusters at z = 3 (as in test_applications): A at x ~ -0.8, B at x ~ +0.8."""
     params, is_a = two_clusters(N_PER)
-    model = GaussianModel.from_params(params)
+    model = GaussianModel(params)
     return model, is_a
 
 
@@ -60,15 +61,15 @@ def cluster_labels(model: GaussianModel, is_a: torch.Tensor, cam: Camera) -> tor
 def test_rendered_logits_and_gradients_match_the_reference_renderer():
     g = torch.Generator().manual_seed(1)
     n, k = 25, 4
-    model = GaussianModel.from_params({
+    model = GaussianModel({
         "means": (torch.rand(n, 3, generator=g) - 0.5) * torch.tensor([1.2, 1.0, 0.6]) + torch.tensor([0, 0, 3.0]),
         "sh_dc": torch.randn(n, 1, 3, generator=g), "sh_rest": torch.zeros(n, 3, 3),
         "opacities": torch.randn(n, 1, generator=g), "scales": torch.rand(n, 3, generator=g) * 1.5 - 3.0,
-        "quats": torch.randn(n, 4, generator=g), SEMANTIC_PARAM: torch.randn(n, k, generator=g) * 2})
+        "quats": torch.randn(n, 4, generator=g), SEMANTICS: torch.randn(n, k, generator=g) * 2})
     cam = make_camera(0.1, -0.05, w=24, h=20)
     labels = torch.randint(0, k, (20, 24), generator=g)
     bg = (torch.randn(k, generator=g)).requires_grad_(True)
-    names = ["means", "quats", "scales", "opacities", SEMANTIC_PARAM]
+    names = ["means", "quats", "scales", "opacities", SEMANTICS]
     inputs = [model.params[nm] for nm in names] + [bg]
 
     logits = render_semantic_logits(model, cam, bg)
@@ -76,7 +77,7 @@ def test_rendered_logits_and_gradients_match_the_reference_renderer():
     grads = torch.autograd.grad(semantic_loss(logits, labels), inputs)
 
     ref = ref_render(model.means, model.params["quats"], model.scales, model.opacities, model.colors_dc.detach(),
-                     cam.viewmat, cam.K, cam.width, cam.height, features=model.params[SEMANTIC_PARAM],
+                     cam.viewmat, cam.K, cam.width, cam.height, features=model.params[SEMANTICS],
                      feature_background=bg)
     torch.testing.assert_close(logits, ref.features, atol=1e-5, rtol=1e-5)
     ref_grads = torch.autograd.grad(torch.nn.functional.cross_entropy(ref.features[None], labels[None]), inputs)
@@ -89,7 +90,7 @@ def test_rendered_logits_and_gradients_match_the_reference_renderer():
     torch.testing.assert_close(frozen, logits)
     loss = semantic_loss(frozen, labels)
     loss.backward()
-    assert model.params["means"].grad is None and model.params[SEMANTIC_PARAM].grad is not None
+    assert model.params["means"].grad is None and model.params[SEMANTICS].grad is not None
 
 
 def test_empty_pixels_are_background_class_zero(clusters):
@@ -123,7 +124,7 @@ def test_fit_semantics_on_two_clusters_reaches_high_held_out_accuracy(clusters):
     pairs = [(c, cluster_labels(model, is_a, c)) for c in train]
     assert all(int((lab == 1).sum()) > 50 and int((lab == 2).sum()) > 50 for _, lab in pairs)
     fitted, curve = fit_semantics(model, pairs, steps=120, lr=0.2)
-    assert SEMANTIC_PARAM not in model.params  # the input is untouched
+    assert SEMANTICS not in model.params  # the input is untouched
     assert semantic_logits(fitted).shape == (2 * N_PER, 3)  # K from the largest label
     assert sum(curve[-10:]) / 10 < 0.25 * sum(curve[:3]) / 3, (curve[:3], curve[-10:])
     # geometry unchanged
@@ -193,8 +194,8 @@ def test_semantic_loss_on_the_trainer_lowers_the_ce(synthetic, tmp_path):
     scene, model = synthetic
     cfg = TrainConfig(iterations=60, sh_degree=0, densify_from=10 ** 6, densify_until=1, seed=0, **QUIET)
     tr = SemanticTrainer(scene, cfg, model=model, lr_semantics=0.1, semantic_weight=0.5)
-    assert SEMANTIC_PARAM not in model.params and semantic_logits(tr.model).shape[1] == 4
-    assert any(g["name"] == SEMANTIC_PARAM for g in tr.optimizer.param_groups)
+    assert SEMANTICS not in model.params and semantic_logits(tr.model).shape[1] == 4
+    assert any(g["name"] == SEMANTICS for g in tr.optimizer.param_groups)
     views = scene.train_views[:6]
     before = _mean_ce(tr.model, scene, views)
     means0 = tr.model.means.detach().clone()
@@ -209,12 +210,12 @@ def test_semantic_loss_on_the_trainer_lowers_the_ce(synthetic, tmp_path):
     # checkpoint and resume keep the logits and their Adam state
     path = tr.save_checkpoint(tmp_path / "ckpt.pt")
     state = load_checkpoint(path)
-    assert torch.equal(state["model"]["params"][SEMANTIC_PARAM], tr.model.params[SEMANTIC_PARAM].detach())
+    assert torch.equal(state["model"]["params"][SEMANTICS], tr.model.params[SEMANTICS].detach())
     back = SemanticTrainer.from_checkpoint(path, scene=scene)
-    assert torch.equal(back.model.params[SEMANTIC_PARAM], tr.model.params[SEMANTIC_PARAM])
+    assert torch.equal(back.model.params[SEMANTICS], tr.model.params[SEMANTICS])
     tr.train_step()
     back.train_step()
-    torch.testing.assert_close(back.model.params[SEMANTIC_PARAM], tr.model.params[SEMANTIC_PARAM])
+    torch.testing.assert_close(back.model.params[SEMANTICS], tr.model.params[SEMANTICS])
     # a plain SemanticLoss entry names the view when labels are missing
     class NoLabels:
         def load_labels(self, view, kind):
@@ -239,17 +240,17 @@ def test_ply_round_trip_and_semantic_json(clusters, tmp_path):
     m = add_semantic_logits(model, 3, init=torch.randn(model.num_gaussians, 3, generator=g))
     save_ply(m, tmp_path / "point_cloud.ply")
     back = load_ply(tmp_path / "point_cloud.ply")
-    assert torch.equal(back.params[SEMANTIC_PARAM], m.params[SEMANTIC_PARAM].detach())
+    assert torch.equal(back.params[SEMANTICS], m.params[SEMANTICS].detach())
     names = ["background", "cluster_a", "cluster_b"]
     path = save_semantic(tmp_path, names)
     assert path.name == SEMANTIC_FILE and json.loads(path.read_text()) == {"class_names": names}
     assert not list(tmp_path.glob(".*.tmp"))  # atomic write leaves no temporary file
-    fs = load_feature_scene(tmp_path)
+    fs = load_run(tmp_path)
     assert fs.class_names == names and fs.has_semantics
-    assert torch.equal(fs.semantic_logits, m.params[SEMANTIC_PARAM].detach())
+    assert torch.equal(fs.semantic_logits, m.params[SEMANTICS].detach())
     save_semantic(tmp_path, names[:2])  # a count that does not match the logits is caught on load
     with pytest.raises(ValueError, match="classes"):
-        load_feature_scene(tmp_path)
+        load_run(tmp_path)
     with pytest.raises(ValueError, match="class_names"):
         save_semantic(tmp_path, [])
     with pytest.raises(ValueError, match="class_names"):
@@ -262,23 +263,23 @@ def test_densification_and_edits_carry_the_logits(clusters):
     m = add_semantic_logits(model, 3, init=torch.arange(3 * n, dtype=torch.float32).reshape(n, 3))
     assert semantic_logits(m).shape == (n, 3)
     opt = torch.optim.Adam(m.param_groups({k: 0.1 for k in m.params.keys()}))
-    m.params[SEMANTIC_PARAM].sum().backward()
+    m.params[SEMANTICS].sum().backward()
     opt.step()
     mask = torch.zeros(n, dtype=torch.bool)
     mask[[1, 4, 7]] = True
     assert clone_gaussians(m, opt, mask) == 3
     assert semantic_logits(m).shape == (n + 3, 3)
-    st = opt.state[m.params[SEMANTIC_PARAM]]  # Adam moments follow the rows, new rows start at 0
+    st = opt.state[m.params[SEMANTICS]]  # Adam moments follow the rows, new rows start at 0
     assert st["exp_avg"].shape == (n + 3, 3) and bool((st["exp_avg"][n:] == 0).all())
     assert bool((st["exp_avg"][:n] != 0).all())
-    assert torch.equal(m.params[SEMANTIC_PARAM][n:], m.params[SEMANTIC_PARAM][[1, 4, 7]])
+    assert torch.equal(m.params[SEMANTICS][n:], m.params[SEMANTICS][[1, 4, 7]])
     split = torch.zeros(n + 3, dtype=torch.bool)
     split[[0, 2]] = True
-    parents = m.params[SEMANTIC_PARAM][[0, 2]].detach().clone()
+    parents = m.params[SEMANTICS][[0, 2]].detach().clone()
     assert split_gaussians(m, None, split, generator=torch.Generator().manual_seed(0)) == 2
     assert m.num_gaussians == n + 3 + 2 and semantic_logits(m).shape == (n + 5, 3)
     assert all(p.shape[0] == n + 5 for p in m.params.values())
-    kids = m.params[SEMANTIC_PARAM][-4:]
+    kids = m.params[SEMANTICS][-4:]
     assert torch.equal(kids, parents.repeat(2, 1))  # children copy their parent's logits
     keep = torch.ones(n + 5, dtype=torch.bool)
     keep[:5] = False
@@ -288,10 +289,10 @@ def test_densification_and_edits_carry_the_logits(clusters):
     from feature3dgs.apps.edit import extract
 
     sub = extract(m, torch.arange(n) < 10)
-    assert torch.equal(sub.params[SEMANTIC_PARAM], m.params[SEMANTIC_PARAM].detach()[:10])
+    assert torch.equal(sub.params[SEMANTICS], m.params[SEMANTICS].detach()[:10])
     # replacing logits with another K
     m4 = add_semantic_logits(m, 5, init=1.5)
-    assert semantic_logits(m4).shape == (n, 5) and bool((m4.params[SEMANTIC_PARAM] == 1.5).all())
+    assert semantic_logits(m4).shape == (n, 5) and bool((m4.params[SEMANTICS] == 1.5).all())
 
 
 def test_palette_and_colorize():

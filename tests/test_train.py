@@ -13,9 +13,12 @@ from torch import nn
 from feature3dgs.data import load_scene, make_synthetic_scene
 from feature3dgs.model.gaussians import GaussianModel
 from feature3dgs.utils.metrics import lpips_metric, lpips_unavailable_reason, psnr, ssim
-from feature3dgs.training.trainer import NonFiniteLossError, Trainer, TrainConfig, expon_lr, fit
+from feature3dgs.run import RunDir, fit
+from feature3dgs.training.config import TrainConfig
+from feature3dgs.training.schedule import expon_lr
+from feature3dgs.training.trainer import NonFiniteLossError, Trainer
 
-QUIET = dict(progress=False, lpips="none", tensorboard=False, eval_every=0, checkpoint_every=0)
+QUIET = dict(progress=False, lpips=None, tensorboard=False, eval_every=0, checkpoint_every=0)
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +36,11 @@ def test_fit_200_steps_raises_test_psnr_by_8db(scene):
     tr = Trainer(scene, cfg)
     n0 = tr.model.num_gaussians
     before = tr.evaluate("test")
-    metrics = tr.train()
-    after = metrics["test"]
-    assert after["psnr"] - before["psnr"] >= 8.0, (before["psnr"], after["psnr"])
-    assert after["ssim"] > before["ssim"] + 0.2
-    assert metrics["step"] == 200 and tr.model.active_sh_degree == 3
+    result = tr.train()
+    after = result.eval
+    assert after.split == "test" and after.psnr - before.psnr >= 8.0, (before.psnr, after.psnr)
+    assert after.ssim > before.ssim + 0.2
+    assert result.step == 200 and tr.model.active_sh_degree == 3
     assert tr.model.num_gaussians != n0  # densification ran in a 200-step run
 
 
@@ -74,7 +77,7 @@ def test_densification_changes_n_only_on_schedule(scene):
         counts.append(trainer.model.num_gaussians)
         opacity_after[step] = float(trainer.model.opacities.detach().max())
         assert trainer.model.features.shape == (trainer.model.num_gaussians, 3)
-        assert len(trainer.stats) == trainer.model.num_gaussians
+        assert len(trainer.strategy.stats) == trainer.model.num_gaussians
 
     tr.callbacks.append(record)
     for _ in range(60):
@@ -99,7 +102,7 @@ def test_resumed_run_equals_uninterrupted(scene, tmp_path):
     a = Trainer(scene, cfg)
     _run_steps(a, 40)
 
-    b = Trainer(scene, cfg, out_dir=tmp_path / "run")
+    b = Trainer(scene, cfg, run=RunDir(tmp_path / "run"))
     _run_steps(b, 17)
     ckpt = b.save_checkpoint()
     assert ckpt.name == "ckpt_0000017.pt"
@@ -117,7 +120,7 @@ def test_resumed_run_equals_uninterrupted(scene, tmp_path):
         sa, sc = a.optimizer.state[ga["params"][0]], c.optimizer.state[gc["params"][0]]
         for key in sa:
             assert torch.equal(sa[key], sc[key]), (ga["name"], key)
-    assert torch.equal(a.stats.grad_accum, c.stats.grad_accum)
+    assert torch.equal(a.strategy.stats.grad_accum, c.strategy.stats.grad_accum)
     assert torch.equal(a.generator.get_state(), c.generator.get_state())
 
 
@@ -127,7 +130,7 @@ def test_nan_loss_stops_with_step_and_writes_nothing(scene, tmp_path):
         return {"poison": bad}
 
     out_dir = tmp_path / "run"
-    tr = Trainer(scene, TrainConfig(iterations=10, init="points", **QUIET), out_dir=out_dir, loss_fns=[poison])
+    tr = Trainer(scene, TrainConfig(iterations=10, init="points", **QUIET), run=RunDir(out_dir), loss_fns=[poison])
     before = {k: v.detach().clone() for k, v in tr.model.params.items()}
     with pytest.raises(NonFiniteLossError, match="step 3") as info:
         tr.train()
@@ -159,7 +162,7 @@ def test_extension_hooks_feature_loss_and_decoder(scene, tmp_path):
 
     cfg = TrainConfig(iterations=30, init="points", feature_dim=D, densify_from=5, densify_every=10,
                       densify_until=25, max_gaussians=3000, **QUIET)
-    tr = Distill(scene, cfg, out_dir=tmp_path / "run")
+    tr = Distill(scene, cfg, run=RunDir(tmp_path / "run"))
     w0 = tr.decoder.weight.detach().clone()
     f0 = tr.model.features.detach().clone()
     seen = []
@@ -218,8 +221,8 @@ def test_random_init_model_trains(scene):
 
 def test_fit_api_from_a_path(scene, tmp_path):
     tr = fit(scene.source_path, tmp_path / "run", iterations=12, init="points", max_gaussians=2500,
-             **{**QUIET, "checkpoint_every": 5})
-    assert tr.step == 12 and tr.metrics["step"] == 12 and tr.metrics["test"]["n_views"] == 2
+             keep_checkpoints=2, **{**QUIET, "checkpoint_every": 5})
+    assert tr.step == 12 and tr.result.step == 12 and tr.result.eval.n_views == 2
     assert tr.config.data == str(scene.source_path)
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["ckpt_0000010.pt", "ckpt_0000012.pt"]
     assert (tmp_path / "run" / "point_cloud.ply").is_file()

@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from feature3dgs.model.camera import Camera, intrinsics_from_fov, look_at
-from feature3dgs.run import FeatureScene, load_feature_scene
+from feature3dgs.run import Run, load_run
 from feature3dgs.model.gaussians import GaussianModel, rgb_to_sh
 from feature3dgs.viewer import overlay
 from feature3dgs.viewer.camera_convert import (camera_from_viser, frame_size, matrix_to_wxyz, same_pose,
@@ -35,7 +35,7 @@ from feature3dgs.viewer.camera_convert import (camera_from_viser, frame_size, ma
 from feature3dgs.viewer.curves import main as curves_main
 from feature3dgs.viewer.curves import plot_curves, read_log
 from feature3dgs.apps.mask_fusion import gaussian_mask_votes
-from feature3dgs.apps.semantic import class_palette
+from feature3dgs.utils.visualize import class_palette
 from feature3dgs.viewer.session import PCA_FILE, ViewerSession
 from feature3dgs.utils.visualize import FeaturePCA
 
@@ -54,7 +54,7 @@ def build_sam_scene(root: Path) -> Path:
     from feature3dgs.data import builtin_scene, load_scene
     from feature3dgs.distill.distill import DistillConfig, distill
     from feature3dgs.distill.teachers import build_teacher
-    from feature3dgs.training.trainer import TrainConfig
+    from feature3dgs.training.config import TrainConfig
 
     data = builtin_scene()
     full = load_scene(data, background="black")
@@ -76,7 +76,7 @@ def sam_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def shared(sam_run):
     """The loaded scene's teacher and training cameras, built once for the module."""
-    scene = load_feature_scene(sam_run)
+    scene = load_run(sam_run)
     teacher = scene.teacher()
     cams = [v.camera for v in scene.load_data().train_views]
     return {"teacher": teacher, "cams": cams}
@@ -214,7 +214,7 @@ def test_modes_and_their_images(session, shared, sam_run):
         assert f.shape == (cam.height, cam.width, 3) and f.dtype == np.uint8
         frames[mode] = f
     with torch.no_grad():
-        out = session.model.render(cam, with_features=True)
+        out = session.model.render(cam, features=session.model.features)
     # rgb is the model's render on the run's background
     assert np.abs(frames["rgb"].astype(int) - np.round(out.rgb.clamp(0, 1).permute(1, 2, 0).numpy() * 255)).max() <= 1
     # depth and alpha are grey pictures, different from the colour image
@@ -232,7 +232,7 @@ def test_modes_and_their_images(session, shared, sam_run):
 
 
 def test_pca_fitted_when_not_saved(sam_run, shared):
-    scene = load_feature_scene(sam_run)
+    scene = load_run(sam_run)
     s = ViewerSession(scene, source_path=sam_run / "point_cloud.ply")
     s.pca, s.pca_source = None, None
     s.set_mode("pca")
@@ -259,9 +259,9 @@ class _TextTeacher:
 
 
 def test_relevancy_mode_with_a_text_encoder(sam_run, shared):
-    from feature3dgs.apps.segment import relevancy_map
+    from feature3dgs.apps.query import relevancy_map
 
-    scene = load_feature_scene(sam_run)
+    scene = load_run(sam_run)
     teacher = _TextTeacher(scene.decoder.out_dim)
     scene.set_teacher(teacher)
     s = ViewerSession(scene)
@@ -274,7 +274,7 @@ def test_relevancy_mode_with_a_text_encoder(sam_run, shared):
     assert s.query == "the red ball"
     f = s.render_frame(cam)
     with torch.no_grad():
-        out = scene.model.render(cam, with_features=True)
+        out = scene.model.render(cam, features=scene.model.features)
         rel = relevancy_map(scene.decoder(out.features), teacher.encode_text(["the red ball"])[0],
                             teacher.encode_text(list(s.negatives)))
     heat = overlay.apply_colormap(rel.numpy()).astype(np.float64)
@@ -306,7 +306,7 @@ def test_semantic_mode(shared):
     logits = torch.full((n, k), -5.0)
     logits[:, 2] = 5.0  # every Gaussian is class 2
     params["semantics"] = logits
-    scene = FeatureScene(model=GaussianModel.from_params(params, 0), class_names=["a", "b", "c", "d"])
+    scene = Run(model=GaussianModel(params, 0), class_names=["a", "b", "c", "d"])
     s = ViewerSession(scene)
     assert s.available_modes() == ["rgb", "depth", "alpha", "semantic"]
     s.set_mode("semantic")
@@ -323,7 +323,7 @@ def test_semantic_mode(shared):
 def test_plain_rgb_scene(shared):
     """A 3DGS scene without features: RGB, depth and alpha only; clicks say what is missing."""
     model = GaussianModel.random(200, [-0.5] * 3, [0.5] * 3, sh_degree=1, generator=torch.Generator().manual_seed(1))
-    s = ViewerSession(FeatureScene(model=model), background="0.2,0.4,0.6")
+    s = ViewerSession(Run(model=model), background="0.2,0.4,0.6")
     assert torch.allclose(s.background, torch.tensor([0.2, 0.4, 0.6]))
     assert s.available_modes() == ["rgb", "depth", "alpha"] and s.segmenter == "none"
     with pytest.raises(ValueError, match="no features"):
@@ -514,7 +514,7 @@ def test_save_writes_a_new_scene_and_never_the_original(session, sam_run, tmp_pa
     with pytest.raises(FileExistsError):
         session.save(out)
     session.save(out, overwrite=True)
-    back = load_feature_scene(out)
+    back = load_run(out)
     assert back.model.num_gaussians == n - int(sel.sum())
     assert torch.equal(back.model.means, session.model.means.detach())
     assert back.decoder is not None and back.distill_config["teacher"] == "sam"

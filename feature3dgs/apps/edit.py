@@ -106,7 +106,7 @@ def _subset(model: GaussianModel, keep: Tensor) -> GaussianModel:
     if not bool(keep.any()):
         raise ValueError("the edit would leave no Gaussians")
     params = {k: v.detach()[keep] for k, v in model.params.items()}
-    return GaussianModel.from_params(params, model.active_sh_degree)
+    return GaussianModel(params, model.active_sh_degree)
 
 
 def extract(model: GaussianModel, mask: Tensor) -> GaussianModel:
@@ -127,4 +127,4 @@ def recolor(model: GaussianModel, mask: Tensor, rgb) -> GaussianModel:
     params = {k: v.detach().clone() for k, v in model.params.items()}
     params["sh_dc"][mask] = rgb_to_sh(color).reshape(1, 1, 3)
     params["sh_rest"][mask] = 0.0
-    return GaussianModel.from_params(params, model.active_sh_degree)
+    return GaussianModel(params, model.active_sh_degree)

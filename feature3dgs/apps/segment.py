@@ -1,5 +1,5 @@
-"""2D applications of distilled feature fields: open-vocabulary segmentation, relevancy maps,
-promptable segmentation with SAM's decoder on rendered features, and click-based selection.
+"""2D segmentation on novel views: promptable segmentation with SAM's decoder on rendered
+features, and click / stroke selection by feature matching (text queries: :mod:`.query`).
 
 All functions take channels-first maps ``(D, H, W)``; pixel coordinates are ``(x, y)`` =
 (column, row), matching SAM's prompts.
@@ -8,6 +8,7 @@ All functions take channels-first maps ``(D, H, W)``; pixel coordinates are ``(x
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
@@ -20,10 +21,8 @@ from feature3dgs.distill.distill import student_features
 from feature3dgs.model.gaussians import GaussianModel
 
 __all__ = [
-    "render_decoded_features",
-    "text_relevancy",
-    "semantic_segmentation",
-    "relevancy_map",
+    "SamMasks",
+    "StageTimings",
     "sam_masks_on_view",
     "select_by_clicks",
     "stroke_pixels",
@@ -37,67 +36,27 @@ def _check_map(features: Tensor, what: str = "features") -> Tensor:
     return features
 
 
-def render_decoded_features(model: GaussianModel, camera: Camera,
-                            decoder: Optional[FeatureDecoder] = None,
-                            background: Optional[Tensor] = None) -> Tensor:
-    """Render the feature map at ``camera`` and lift it with ``decoder`` when given.
+@dataclass
+class StageTimings:
+    """Wall time of the stages of one prompt, in milliseconds."""
 
-    Returns (D_teacher, H, W) (or (D_render, H, W) without a decoder). Differentiable; wrap in
-    ``torch.no_grad()`` for inference.
-    """
-    if model.features is None:
-        raise ValueError("the model has no features to render")
-    out = model.render(camera, background, with_features=True)
-    feats = out.features
-    return decoder(feats) if decoder is not None else feats
+    render_ms: float
+    decode_ms: float
+    mask_ms: float
+
+    @property
+    def total_ms(self) -> float:
+        return self.render_ms + self.decode_ms + self.mask_ms
 
 
-def text_relevancy(features: Tensor, text_embeddings: Tensor) -> Tensor:
-    """(n, H, W) cosine similarity of each pixel's feature with each of n text embeddings.
+@dataclass
+class SamMasks:
+    """SAM's answer to one prompt: masks (k, H, W) bool, scores (k,) (SAM's predicted IoU), and
+    the stage timings."""
 
-    Features are L2-normalised per pixel and the embeddings per row (zero vectors give 0).
-    """
-    _check_map(features)
-    text = torch.as_tensor(text_embeddings).to(features)
-    if text.dim() == 1:
-        text = text[None]
-    if text.dim() != 2 or text.shape[1] != features.shape[0]:
-        raise ValueError(f"text_embeddings must be (n, {features.shape[0]}), got {tuple(text.shape)}")
-    f = F.normalize(features, dim=0)
-    t = F.normalize(text, dim=1)
-    return torch.einsum("dhw,nd->nhw", f, t)
-
-
-def semantic_segmentation(features: Tensor, text_embeddings: Tensor) -> Tensor:
-    """(H, W) int64: index of the most similar text embedding at each pixel."""
-    return text_relevancy(features, text_embeddings).argmax(0)
-
-
-def relevancy_map(features: Tensor, text_emb_query: Tensor, negatives: Optional[Tensor] = None,
-                  temperature: float = 0.1) -> Tensor:
-    """(H, W) relevancy of each pixel to one query, in [0, 1].
-
-    With ``negatives`` (m, D) (e.g. the embeddings of the LERF canonical phrases "object",
-    "things", "stuff", "texture"): LERF's score, the minimum over negatives j of the pairwise
-    softmax ``exp(s_q / T) / (exp(s_q / T) + exp(s_j / T))`` with cosine similarities s and
-    temperature T. Without negatives: the plain cosine similarity mapped to [0, 1] as
-    ``(s_q + 1) / 2``.
-    """
-    q = torch.as_tensor(text_emb_query).to(features).reshape(1, -1)
-    s_q = text_relevancy(features, q)[0]
-    if negatives is None:
-        return ((s_q + 1) * 0.5).clamp(0, 1)
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
-    neg = torch.as_tensor(negatives).to(features)
-    if neg.dim() == 1:
-        neg = neg[None]
-    if neg.shape[0] == 0:
-        return ((s_q + 1) * 0.5).clamp(0, 1)
-    s_n = text_relevancy(features, neg)  # (m, H, W)
-    # softmax over the pair (q, j) for q's entry = sigmoid((s_q - s_j) / T)
-    pair = torch.sigmoid((s_q[None] - s_n) / temperature)
-    return pair.min(0).values
+    masks: Tensor
+    scores: Tensor
+    timings: StageTimings
 
 
 def _sync(device: torch.device) -> None:
@@ -107,7 +66,7 @@ def _sync(device: torch.device) -> None:
 
 def sam_masks_on_view(model: GaussianModel, camera: Camera, decoder: Optional[FeatureDecoder], sam_teacher,
                       points=None, labels=None, boxes=None, *, multimask_output: bool = False,
-                      pad: str = "zeros") -> dict:
+                      pad: str = "zeros") -> SamMasks:
     """SAM masks from prompts, using rendered (and decoded) features instead of SAM's encoder.
 
     The feature map is rendered at the camera, resized bilinearly to SAM's cropped grid
@@ -117,15 +76,14 @@ def sam_masks_on_view(model: GaussianModel, camera: Camera, decoder: Optional[Fe
     prompt encoder and mask decoder. Prompts are in full-resolution pixel coordinates (x, y).
 
     Returns:
-        {'masks': (k, H, W) bool, 'scores': (k,) SAM's predicted IoU,
-         'timings': {'render_ms', 'decode_ms', 'mask_ms'}}.
+        a :class:`SamMasks` (masks (k, H, W) bool, scores (k,), stage timings).
     """
     H, W = camera.height, camera.width
     dev = model.device
     with torch.no_grad():
         _sync(dev)
         t0 = time.perf_counter()
-        out = model.render(camera, with_features=True)
+        out = model.render(camera, features=model.features)
         if out.features is None:
             raise ValueError("the model has no features to render")
         _sync(dev)
@@ -141,8 +99,8 @@ def sam_masks_on_view(model: GaussianModel, camera: Camera, decoder: Optional[Fe
                                                   multimask_output=multimask_output, return_scores=True)
         _sync(masks.device)
         t3 = time.perf_counter()
-    return {"masks": masks, "scores": scores,
-            "timings": {"render_ms": 1e3 * (t1 - t0), "decode_ms": 1e3 * (t2 - t1), "mask_ms": 1e3 * (t3 - t2)}}
+    return SamMasks(masks=masks, scores=scores,
+                    timings=StageTimings(render_ms=1e3 * (t1 - t0), decode_ms=1e3 * (t2 - t1), mask_ms=1e3 * (t3 - t2)))
 
 
 def stroke_pixels(stroke: Sequence[Sequence[float]], spacing: float = 1.0) -> list[tuple[float, float]]:

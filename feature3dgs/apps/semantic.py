@@ -1,7 +1,7 @@
 """Closed-set semantic rendering (as in GSNeRF / Semantic-NeRF) with per-Gaussian class logits.
 
 Every Gaussian carries K class logits in ``model.params["semantics"]`` (N, K) (the name is
-:data:`feature3dgs.run.SEMANTIC_PARAM`; densification, the edit functions, the PLY
+:data:`feature3dgs.run.SEMANTICS`; densification, the edit functions, the PLY
 file (``sem_*`` properties) and checkpoints carry it like any other parameter). The logits are
 alpha blended by the rasterizer as a K-channel feature map and trained with per-pixel
 cross-entropy against label maps: jointly with the RGB loss (:class:`SemanticLoss` on the
@@ -23,7 +23,6 @@ vector; pixels can also be left out of the loss with ``ignore_index``.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -33,10 +32,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from feature3dgs.model.camera import Camera
-from feature3dgs.run import SEMANTIC_FILE, SEMANTIC_PARAM
-from feature3dgs.model.gaussians import GaussianModel
-from feature3dgs.rendering.kernels import render
+from feature3dgs.model.gaussians import SEMANTICS, GaussianModel
 from feature3dgs.training.trainer import Trainer
+from feature3dgs.utils.io import safe_name, save_png
+from feature3dgs.utils.metrics import confusion_matrix, label_map, segmentation_metrics
+from feature3dgs.utils.visualize import class_palette, colorize_labels
 
 __all__ = [
     "EMPTY_LOGIT",
@@ -49,10 +49,7 @@ __all__ = [
     "SemanticTrainer",
     "fit_semantics",
     "predict_semantic_map",
-    "class_palette",
-    "colorize_labels",
     "evaluate_semantics",
-    "save_semantic",
 ]
 
 #: background logit of class 0 in the default :func:`empty_logits` (softmax ~0.98 for K <= 20)
@@ -81,21 +78,21 @@ def add_semantic_logits(model: GaussianModel, num_classes: int, init: Union[floa
         raise ValueError(f"init must be a number, a ({k},) vector or an ({n}, {k}) tensor, got {tuple(t.shape)}")
     if not bool(torch.isfinite(logits).all()):
         raise ValueError("init holds NaN or Inf")
-    params = {name: v.detach() for name, v in model.params.items() if name != SEMANTIC_PARAM}
-    params[SEMANTIC_PARAM] = logits
-    return GaussianModel.from_params(params, model.active_sh_degree).to(model.device)
+    params = {name: v.detach() for name, v in model.params.items() if name != SEMANTICS}
+    params[SEMANTICS] = logits
+    return GaussianModel(params, model.active_sh_degree).to(model.device)
 
 
 def semantic_logits(model: GaussianModel) -> Tensor:
     """The model's (N, K) class-logit parameter; ValueError naming ``model`` when it has none."""
     if not isinstance(model, GaussianModel):
         raise ValueError(f"model must be a GaussianModel, got {type(model).__name__}")
-    if SEMANTIC_PARAM not in model.params:
-        raise ValueError(f"model has no class logits (no {SEMANTIC_PARAM!r} parameter); add them with "
+    if SEMANTICS not in model.params:
+        raise ValueError(f"model has no class logits (no {SEMANTICS!r} parameter); add them with "
                          "add_semantic_logits or fit_semantics")
-    t = model.params[SEMANTIC_PARAM]
+    t = model.params[SEMANTICS]
     if t.dim() != 2 or t.shape[1] < 1:
-        raise ValueError(f"model's {SEMANTIC_PARAM!r} parameter must be (N, K), got {tuple(t.shape)}")
+        raise ValueError(f"model's {SEMANTICS!r} parameter must be (N, K), got {tuple(t.shape)}")
     return t
 
 
@@ -134,33 +131,8 @@ def render_semantic_logits(model: GaussianModel, camera: Camera, background: Opt
     logits = semantic_logits(model)
     if not isinstance(camera, Camera):
         raise ValueError(f"camera must be a Camera, got {type(camera).__name__}")
-    dev = model.device
-    cam = camera if camera.viewmat.device == dev else camera.to(dev)
-    bg = _background(background, logits.shape[1], dev)
-    geo = [model.means, model.params["quats"], model.scales, model.opacities]
-    if detach_geometry:
-        geo = [t.detach() for t in geo]
-    out = render(*geo, model.colors_dc.detach(), cam.viewmat, cam.K, cam.width, cam.height,
-                 features=logits, feature_background=bg)
-    return out.features
-
-
-def _labels(labels, k: Optional[int], h: int, w: int, ignore_index: Optional[int], name: str = "labels") -> Tensor:
-    t = torch.as_tensor(labels)
-    if t.dim() == 3 and t.shape[0] == 1:
-        t = t[0]
-    if t.dim() != 2 or tuple(t.shape) != (h, w):
-        raise ValueError(f"{name} must be (H, W) = ({h}, {w}), got {tuple(t.shape)}")
-    if t.is_floating_point() or t.dtype == torch.bool or t.is_complex():
-        raise ValueError(f"{name} must hold integer class ids, got dtype {t.dtype}")
-    t = t.to(torch.int64)
-    if k is not None and t.numel():
-        counted = t if ignore_index is None else t[t != ignore_index]
-        if counted.numel() and (int(counted.min()) < 0 or int(counted.max()) >= k):
-            raise ValueError(f"{name} holds class ids outside [0, {k}): min {int(counted.min())}, "
-                             f"max {int(counted.max())}" + ("" if ignore_index is None else
-                                                           f" (ignore_index {ignore_index} excluded)"))
-    return t
+    bg = _background(background, logits.shape[1], model.device)
+    return model.render(camera, features=logits, feature_background=bg, detach_geometry=detach_geometry).features
 
 
 def semantic_loss(logits: Tensor, labels: Tensor, ignore_index: Optional[int] = None) -> Tensor:
@@ -173,7 +145,7 @@ def semantic_loss(logits: Tensor, labels: Tensor, ignore_index: Optional[int] = 
         raise ValueError(f"logits must be a (K, H, W) float tensor, got "
                          f"{tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__}")
     k, h, w = logits.shape
-    lab = _labels(labels, k, h, w, ignore_index).to(logits.device)
+    lab = label_map(labels, k, h, w, ignore_index).to(logits.device)
     if ignore_index is not None and not bool((lab != ignore_index).any()):
         return logits.sum() * 0.0
     return F.cross_entropy(logits[None], lab[None], ignore_index=-100 if ignore_index is None else int(ignore_index))
@@ -233,23 +205,23 @@ class SemanticTrainer(Trainer):
                  semantic_weight: float = 0.1, ignore_index: Optional[int] = None,
                  semantic_to_geometry: bool = True, kind: str = "class"):
         k = num_classes
-        if k is None and model is not None and SEMANTIC_PARAM in model.params:
-            k = int(model.params[SEMANTIC_PARAM].shape[1])
+        if k is None and model is not None and SEMANTICS in model.params:
+            k = int(model.params[SEMANTICS].shape[1])
         if k is None:
             k = _num_classes_of_scene(scene)
         if k is None:
             raise ValueError("num_classes: the scene names no classes and the model has no logits; give num_classes")
         self.num_classes = int(k)
         self.lr_semantics = float(lr_semantics)
-        if model is not None and (SEMANTIC_PARAM not in model.params
-                                  or model.params[SEMANTIC_PARAM].shape[1] != self.num_classes):
+        if model is not None and (SEMANTICS not in model.params
+                                  or model.params[SEMANTICS].shape[1] != self.num_classes):
             model = add_semantic_logits(model, self.num_classes)
         super().__init__(scene, config, out_dir=out_dir, model=model, loss_fns=loss_fns, callbacks=callbacks)
         self.semantic_loss = SemanticLoss(semantic_weight, kind, ignore_index, to_geometry=semantic_to_geometry)
         self.loss_fns.append(self.semantic_loss)
 
     def learning_rates(self) -> dict[str, float]:
-        return {**super().learning_rates(), SEMANTIC_PARAM: self.lr_semantics}
+        return {**super().learning_rates(), SEMANTICS: self.lr_semantics}
 
     def state_dict(self) -> dict:
         """The Trainer's state plus the semantic options (restored by :meth:`load_state_dict`,
@@ -271,8 +243,8 @@ class SemanticTrainer(Trainer):
         super().load_state_dict(state)
 
     def build_optimizer(self) -> torch.optim.Optimizer:
-        if SEMANTIC_PARAM not in self.model.params:  # a model initialised by the Trainer
-            self.model.params[SEMANTIC_PARAM] = nn.Parameter(
+        if SEMANTICS not in self.model.params:  # a model initialised by the Trainer
+            self.model.params[SEMANTICS] = nn.Parameter(
                 torch.zeros(self.model.num_gaussians, self.num_classes, device=self.model.device))
         return super().build_optimizer()
 
@@ -328,8 +300,8 @@ def fit_semantics(model: GaussianModel, scene, steps: int = 300, lr: float = 0.1
         raise ValueError(f"lr must be positive, got {lr}")
     pairs = _label_views(scene, kind, views)
     k = num_classes
-    if k is None and SEMANTIC_PARAM in model.params:
-        k = int(model.params[SEMANTIC_PARAM].shape[1])
+    if k is None and SEMANTICS in model.params:
+        k = int(model.params[SEMANTICS].shape[1])
     if k is None:
         k = _num_classes_of_scene(scene) if hasattr(scene, "train_views") else None
     if k is None:
@@ -338,15 +310,13 @@ def fit_semantics(model: GaussianModel, scene, steps: int = 300, lr: float = 0.1
     dev = model.device
     data = []
     for i, (cam, lab) in enumerate(pairs):
-        data.append((cam.to(dev), _labels(lab, k, cam.height, cam.width, ignore_index, f"labels of view {i}").to(dev)))
-    if SEMANTIC_PARAM in model.params and model.params[SEMANTIC_PARAM].shape[1] == k:
-        fitted = add_semantic_logits(model, k, model.params[SEMANTIC_PARAM].detach())
+        data.append((cam.to(dev), label_map(lab, k, cam.height, cam.width, ignore_index, f"labels of view {i}").to(dev)))
+    if SEMANTICS in model.params and model.params[SEMANTICS].shape[1] == k:
+        fitted = add_semantic_logits(model, k, model.params[SEMANTICS].detach())
     else:
         fitted = add_semantic_logits(model, k, init)
-    logits = fitted.params[SEMANTIC_PARAM]
+    logits = fitted.params[SEMANTICS]
     bg = _background(background, k, dev)
-    geo = [t.detach() for t in (fitted.means, fitted.params["quats"], fitted.scales, fitted.opacities,
-                                fitted.colors_dc)]
     opt = torch.optim.Adam([logits], lr=float(lr))
     gen = torch.Generator().manual_seed(int(seed))
     order: list[int] = []
@@ -356,7 +326,7 @@ def fit_semantics(model: GaussianModel, scene, steps: int = 300, lr: float = 0.1
             if not order:
                 order = torch.randperm(len(data), generator=gen).tolist()
             cam, lab = data[order.pop()]
-            out = render(*geo, cam.viewmat, cam.K, cam.width, cam.height, features=logits, feature_background=bg)
+            out = fitted.render(cam, features=logits, feature_background=bg, detach_geometry=True)
             loss = semantic_loss(out.features, lab, ignore_index)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -373,69 +343,15 @@ def predict_semantic_map(model: GaussianModel, camera: Camera, background: Optio
     return render_semantic_logits(model, camera, background, detach_geometry=True).argmax(0)
 
 
-_BASE_COLORS = [
-    (0.0, 0.0, 0.0), (0.90, 0.10, 0.15), (0.20, 0.70, 0.25), (0.15, 0.35, 0.95), (1.00, 0.85, 0.10),
-    (0.60, 0.20, 0.80), (0.10, 0.85, 0.90), (1.00, 0.50, 0.05), (0.95, 0.40, 0.80), (0.55, 0.85, 0.20),
-    (0.50, 0.30, 0.10), (0.55, 0.55, 0.55), (0.00, 0.45, 0.45), (0.95, 0.95, 0.95), (0.50, 0.00, 0.15),
-    (0.65, 0.75, 1.00), (0.45, 0.45, 0.00), (1.00, 0.75, 0.60), (0.00, 0.20, 0.50), (0.75, 1.00, 0.70),
-]
-
-
-def class_palette(k: int) -> Tensor:
-    """(K, 3) float32 colours in [0, 1], one per class; class 0 (background) is black.
-
-    The first 20 are hand-picked distinct colours; beyond them the hues follow the golden
-    ratio with alternating brightness.
-    """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
-    cols = list(_BASE_COLORS[:k])
-    import colorsys
-
-    i = 0
-    while len(cols) < k:
-        h = (i * 0.6180339887498949 + 0.1) % 1.0
-        s = 0.55 + 0.4 * ((i // 2) % 2)
-        v = 0.95 if i % 2 == 0 else 0.6
-        cols.append(colorsys.hsv_to_rgb(h, s, v))
-        i += 1
-    return torch.tensor(cols, dtype=torch.float32)
-
-
-def colorize_labels(labels: Tensor, palette: Optional[Tensor] = None, ignore_index: Optional[int] = None,
-                    ignore_color: Sequence[float] = (1.0, 1.0, 1.0)) -> Tensor:
-    """(3, H, W) float image of an (H, W) integer label map (default palette:
-    :func:`class_palette` of max label + 1); ``ignore_index`` pixels get ``ignore_color``."""
-    t = torch.as_tensor(labels)
-    if t.dim() != 2:
-        raise ValueError(f"labels must be (H, W), got {tuple(t.shape)}")
-    if palette is None:
-        counted = t if ignore_index is None else t[t != ignore_index]
-        palette = class_palette(int(counted.max()) + 1 if counted.numel() else 1)
-    pal = torch.as_tensor(palette, dtype=torch.float32)
-    if pal.dim() != 2 or pal.shape[1] != 3:
-        raise ValueError(f"palette must be (K, 3), got {tuple(pal.shape)}")
-    lab = _labels(t, pal.shape[0], t.shape[0], t.shape[1], ignore_index)
-    ign = lab == ignore_index if ignore_index is not None else torch.zeros_like(lab, dtype=torch.bool)
-    pal = pal.to(lab.device)
-    img = pal[torch.where(ign, torch.zeros_like(lab), lab)]
-    if ignore_index is not None:
-        img[ign] = torch.tensor(ignore_color, dtype=torch.float32, device=img.device)
-    return img.permute(2, 0, 1).contiguous()
-
-
 @torch.no_grad()
 def evaluate_semantics(model: GaussianModel, scene, views: Optional[Sequence] = None,
                        save_dir: Union[str, Path, None] = None) -> Optional[dict]:
     """Semantic maps of ``views`` (default: the scene's test views) against their class labels.
 
-    Returns :func:`feature3dgs.utils.seg_metrics.segmentation_metrics` of the confusion matrix summed
+    Returns :func:`feature3dgs.utils.metrics.segmentation_metrics` of the confusion matrix summed
     over the views that have labels (labels clamped to [0, K)), or None when none has. With
     ``save_dir``, writes ``render | classes`` PNGs, one per view.
     """
-    from feature3dgs.utils.seg_metrics import confusion_matrix, segmentation_metrics
-    from feature3dgs.training.trainer import _safe_name, save_png
-
     k = int(semantic_logits(model).shape[1])
     palette = class_palette(k)
     conf = torch.zeros(k, k, dtype=torch.int64)
@@ -445,26 +361,8 @@ def evaluate_semantics(model: GaussianModel, scene, views: Optional[Sequence] = 
         if save_dir is not None:
             rgb = model.render(cam).rgb.clamp(0, 1).cpu()
             save_png(torch.cat([rgb, colorize_labels(pred, palette)], dim=2),
-                     Path(save_dir) / f"{_safe_name(view.name)}.png")
+                     Path(save_dir) / f"{safe_name(view.name)}.png")
         truth = scene.load_labels(view, "class")
         if truth is not None:
             conf += confusion_matrix(pred, truth.clamp(0, k - 1), k)
     return segmentation_metrics(conf) if conf.sum() > 0 else None
-
-
-# ---------------------------------------------------------------------------------- files
-def save_semantic(scene_dir: Union[str, Path], class_names: Sequence[str]) -> Path:
-    """Write ``scene_dir/semantic.json`` ({"class_names": [...]}) atomically; returns its path.
-
-    :func:`feature3dgs.run.load_feature_scene` reads it back (and checks the count
-    against the Gaussians' logits)."""
-    from feature3dgs.utils.io import atomic_write_text
-
-    if isinstance(class_names, str):
-        raise ValueError("class_names must be a list of names, not a single string")
-    names = list(class_names)
-    if not names or any(not isinstance(n, str) or not n.strip() for n in names):
-        raise ValueError(f"class_names must be a non-empty list of non-empty strings, got {names!r}")
-    path = Path(scene_dir) / SEMANTIC_FILE
-    atomic_write_text(path, json.dumps({"class_names": names}, indent=2))
-    return path

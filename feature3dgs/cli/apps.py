@@ -17,54 +17,49 @@ overwriting RUN.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_parsers", "HANDLERS"]
+import torch
+
+from feature3dgs.apps.edit import delete, extract, gaussian_scores, recolor, select_gaussians, select_gaussians_by_clicks
+from feature3dgs.apps.mask_fusion import fuse_object, multiview_sam_masks
+from feature3dgs.apps.query import LERF_NEGATIVES, relevancy_map, text_relevancy
+from feature3dgs.apps.segment import click_features, sam_masks_on_view, select_by_clicks, stroke_pixels
+from feature3dgs.apps.semantic import evaluate_semantics, fit_semantics
+from feature3dgs.cli.args import numbers, split_list
+from feature3dgs.rendering.device import resolve_device
+from feature3dgs.run import load_run
+from feature3dgs.utils.io import atomic_open, atomic_write_text, safe_name, save_png
+from feature3dgs.utils.visualize import class_palette, colorize_labels, heatmap, overlay_mask
+
+__all__ = ["register"]
 
 
 # ---------------------------------------------------------------------- argument types
-def _floats(n: int, what: str):
-    def parse(s: str) -> tuple[float, ...]:
-        try:
-            vals = tuple(float(x) for x in s.split(","))
-        except ValueError:
-            vals = ()
-        if len(vals) != n:
-            raise argparse.ArgumentTypeError(f"{what}: expected {n} comma-separated numbers, got {s!r}")
-        return vals
-    return parse
-
-
-_point = _floats(2, "point X,Y")
-_box = _floats(4, "box X0,Y0,X1,Y1")
-_color = _floats(3, "colour R,G,B in [0,1]")
+_point = numbers(2, "point X,Y")
+_box = numbers(4, "box X0,Y0,X1,Y1")
+_color = numbers(3, "colour R,G,B in [0,1]")
 
 
 def _stroke(s: str) -> list[tuple[float, ...]]:
     return [_point(p) for p in s.split(";") if p.strip()]
 
 
-def _csv_list(s: str) -> list[str]:
-    items = [x.strip() for x in s.split(",") if x.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {s!r}")
-    return items
-
-
 def _common(p: argparse.ArgumentParser, view: bool = True) -> None:
-    p.add_argument("scene", help="a distillation output folder (point_cloud.ply, decoder.pt, distill_config.json)")
+    p.add_argument("run", metavar="RUN", help="a distillation output folder (point_cloud.ply, decoder.pt, distill_config.json)")
     if view:
         p.add_argument("--view", default="0", help="view name, or index into --split (default 0)")
         p.add_argument("--split", choices=["test", "train"], default="test")
     p.add_argument("--data", default=None, help="the scene's images/cameras (default: the one the run recorded)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--weights-dir", default=None, help="folder holding the teacher's weights")
 
 
-def add_parsers(sub) -> None:
+def register(sub) -> dict:
     s = sub.add_parser("segment", help="SAM masks from point/box prompts on a novel view (rendered features)")
     _common(s)
     s.add_argument("--point", type=_point, action="append", default=[], help="positive point X,Y (repeatable)")
@@ -75,9 +70,9 @@ def add_parsers(sub) -> None:
 
     q = sub.add_parser("query", help="text queries: per-pixel relevancy and semantic segmentation of a view")
     _common(q)
-    q.add_argument("--labels", type=_csv_list, required=True, help="comma-separated label prompts")
+    q.add_argument("--labels", type=split_list, required=True, help="comma-separated label prompts")
     q.add_argument("--query", default=None, help="the label whose relevancy heat map is saved (default: first)")
-    q.add_argument("--negatives", type=_csv_list, default=["object", "things", "stuff", "texture"],
+    q.add_argument("--negatives", type=split_list, default=list(LERF_NEGATIVES),
                    help="canonical phrases of the relevancy score (LERF); 'none' for plain cosine")
     q.add_argument("--out", required=True)
 
@@ -116,16 +111,14 @@ def add_parsers(sub) -> None:
     t.add_argument("--steps", type=int, default=300)
     t.add_argument("--lr", type=float, default=0.05)
     t.add_argument("--out", required=True, help="new run folder with the class logits")
+    return {"segment": cmd_segment, "query": cmd_query, "edit": cmd_edit, "select": cmd_select,
+            "mask": cmd_mask, "semantic": cmd_semantic}
 
 
 # ---------------------------------------------------------------------- shared plumbing
 def _load(args: argparse.Namespace):
-    from feature3dgs.run import load_feature_scene
-    from feature3dgs.training.trainer import _resolve_device
-
-    fs = load_feature_scene(args.scene, device=_resolve_device(args.device))
-    data = fs.load_data(data=args.data)
-    return fs, data
+    run = load_run(args.run, device=resolve_device(args.device))
+    return run, run.load_data(data=args.data)
 
 
 def _pick_view(data, split: str, key: str):
@@ -152,42 +145,22 @@ def _check_points(points, camera, what: str) -> None:
 
 
 def _render_rgb(fs, camera):
-    import torch
-
     with torch.no_grad():
-        return fs.model.render(camera.to(fs.device)).rgb.clamp(0, 1).cpu()
+        return fs.model.render(camera).rgb.clamp(0, 1).cpu()
 
 
 def _write_json(path: Path, data: dict) -> None:
-    from feature3dgs.utils.io import atomic_write_text
-
     atomic_write_text(path, json.dumps(data, indent=2, default=float))
-
-
-def _save(img, path: Path) -> None:
-    from feature3dgs.training.trainer import save_png
-
-    save_png(img, path)
-
-
-def _safe(name: str) -> str:
-    from feature3dgs.training.trainer import _safe_name
-
-    return _safe_name(name)
 
 
 # ---------------------------------------------------------------------- segment
 def cmd_segment(args: argparse.Namespace) -> int:
-    import torch
-
-    from feature3dgs.apps.segment import sam_masks_on_view
-    from feature3dgs.utils.visualize import overlay_mask
 
     if not args.point and args.box is None:
         raise ValueError("give at least one --point or a --box")
     fs, data = _load(args)
-    if fs.teacher_name != "sam":
-        raise ValueError(f"segment needs a scene distilled from SAM; {args.scene} was distilled from {fs.teacher_name}")
+    if fs.teacher_kind != "sam":
+        raise ValueError(f"segment needs a scene distilled from SAM; {args.run} was distilled from {fs.teacher_kind}")
     view = _pick_view(data, args.split, args.view)
     cam = view.camera.to(fs.device)
     _check_points(args.point + args.negative, cam, "point")
@@ -203,16 +176,16 @@ def cmd_segment(args: argparse.Namespace) -> int:
     out = Path(args.out)
     rgb = _render_rgb(fs, cam)
     summary: dict[str, Any] = {"view": view.name, "points": args.point, "negatives": args.negative,
-                               "box": args.box, "timings_ms": res["timings"], "masks": []}
-    for k, (mask, score) in enumerate(zip(res["masks"].cpu(), res["scores"].cpu())):
-        _save(mask[None].float().expand(3, -1, -1), out / f"mask_{k}.png")
-        _save(overlay_mask(rgb, mask), out / f"overlay_{k}.png")
+                               "box": args.box, "timings_ms": dataclasses.asdict(res.timings), "masks": []}
+    for k, (mask, score) in enumerate(zip(res.masks.cpu(), res.scores.cpu())):
+        save_png(mask[None].float().expand(3, -1, -1), out / f"mask_{k}.png")
+        save_png(overlay_mask(rgb, mask), out / f"overlay_{k}.png")
         summary["masks"].append({"index": k, "score": float(score), "area_px": int(mask.sum())})
     _write_json(out / "segment.json", summary)
-    t = res["timings"]
+    t = res.timings
     print(f"{view.name}: {len(summary['masks'])} mask(s), areas {[m['area_px'] for m in summary['masks']]} px; "
-          f"render {t['render_ms']:.1f} ms + decode {t['decode_ms']:.1f} ms + mask {t['mask_ms']:.1f} ms "
-          f"= {sum(t.values()):.1f} ms on {fs.device}")
+          f"render {t.render_ms:.1f} ms + decode {t.decode_ms:.1f} ms + mask {t.mask_ms:.1f} ms "
+          f"= {t.total_ms:.1f} ms on {fs.device}")
     if teacher.is_random:
         print("(the SAM teacher has RANDOM weights: the masks mean nothing)")
     print(f"wrote {out}/mask_*.png, overlay_*.png, segment.json")
@@ -221,9 +194,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- query
 def cmd_query(args: argparse.Namespace) -> int:
-    from feature3dgs.apps.segment import relevancy_map, text_relevancy
-    from feature3dgs.apps.semantic import class_palette, colorize_labels
-    from feature3dgs.utils.visualize import heatmap
 
     fs, data = _load(args)
     view = _pick_view(data, args.split, args.view)
@@ -237,44 +207,39 @@ def cmd_query(args: argparse.Namespace) -> int:
     heat = relevancy_map(feats, q_emb, negatives).cpu()
     out = Path(args.out)
     rgb = _render_rgb(fs, view.camera)
-    _save(colorize_labels(seg, class_palette(len(args.labels))), out / "semantic.png")
-    _save(heatmap(heat), out / f"relevancy_{_safe(query)}.png")
-    _save(0.5 * rgb + 0.5 * heatmap(heat), out / f"relevancy_{_safe(query)}_overlay.png")
+    save_png(colorize_labels(seg, class_palette(len(args.labels))), out / "semantic.png")
+    save_png(heatmap(heat), out / f"relevancy_{safe_name(query)}.png")
+    save_png(0.5 * rgb + 0.5 * heatmap(heat), out / f"relevancy_{safe_name(query)}_overlay.png")
     fractions = {lab: float((seg == i).float().mean()) for i, lab in enumerate(args.labels)}
     _write_json(out / "query.json", {"view": view.name, "labels": args.labels, "query": query,
                                      "negatives": args.negatives, "pixel_fraction": fractions,
                                      "relevancy_mean": float(heat.mean()), "relevancy_max": float(heat.max())})
     print(f"{view.name}: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in fractions.items())
           + f"; relevancy of {query!r}: max {float(heat.max()):.3f}")
-    print(f"wrote {out}/semantic.png, relevancy_{_safe(query)}.png, query.json")
+    print(f"wrote {out}/semantic.png, relevancy_{safe_name(query)}.png, query.json")
     return 0
 
 
 # ---------------------------------------------------------------------- edits
 def _apply_edit(model, mask, action: str, color):
-    from feature3dgs.apps import edit
-
     if action == "extract":
-        return edit.extract(model, mask)
+        return extract(model, mask)
     if action == "delete":
-        return edit.delete(model, mask)
-    return edit.recolor(model, mask, color)
+        return delete(model, mask)
+    return recolor(model, mask, color)
 
 
 def _before_after(fs_before, fs_after, views, out: Path) -> list[str]:
-    import torch
-
     names = []
     for view in views:
         cam = view.camera
         panel = torch.cat([_render_rgb(fs_before, cam), _render_rgb(fs_after, cam)], dim=2)
-        _save(panel, out / f"{_safe(view.name)}.png")
+        save_png(panel, out / f"{safe_name(view.name)}.png")
         names.append(view.name)
     return names
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from feature3dgs.apps.edit import gaussian_scores, select_gaussians
 
     if args.threshold is None and args.top_k is None:
         raise ValueError("give --threshold and/or --top-k")
@@ -291,7 +256,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     ply = edited.save(out)
     views = data.test_views[: max(0, args.max_views)] or data.train_views[: max(0, args.max_views)]
     names = _before_after(fs, edited, views, out / "before_after")
-    _write_json(out / "edit.json", {"source": str(args.scene), "query": args.query, "threshold": args.threshold,
+    _write_json(out / "edit.json", {"source": str(args.run), "query": args.query, "threshold": args.threshold,
                                     "top_k": args.top_k, "action": args.action, "color": args.color,
                                     "n_selected": n_sel, "n_before": fs.model.num_gaussians,
                                     "n_after": edited.model.num_gaussians, "views": names})
@@ -302,12 +267,6 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    import torch
-
-    from feature3dgs.utils.io import atomic_open
-    from feature3dgs.apps.edit import select_gaussians_by_clicks
-    from feature3dgs.apps.segment import click_features, select_by_clicks, stroke_pixels
-    from feature3dgs.utils.visualize import overlay_mask
 
     clicks = list(args.click) + [p for s in args.stroke for p in stroke_pixels(s)]
     if not clicks:
@@ -322,9 +281,9 @@ def cmd_select(args: argparse.Namespace) -> int:
     per_view = {}
     for view in data.train_views + data.test_views:
         with torch.no_grad():  # one render gives the view's features and its picture
-            rendered = fs.model.render(view.camera.to(fs.device), with_features=True)
+            rendered = fs.model.render(view.camera, features=fs.model.features)
         mask = select_by_clicks(src_feats, clicks, rendered.features, args.threshold, args.negative or None)
-        _save(overlay_mask(rendered.rgb.clamp(0, 1).cpu(), mask.cpu()), out / "views" / f"{_safe(view.name)}.png")
+        save_png(overlay_mask(rendered.rgb.clamp(0, 1).cpu(), mask.cpu()), out / "views" / f"{safe_name(view.name)}.png")
         per_view[view.name] = int(mask.sum())
     gsel = select_gaussians_by_clicks(fs.model, pos, neg, args.threshold)
     with atomic_open(out / "selection.pt", "wb") as f:
@@ -356,19 +315,14 @@ def _spread(views, k: int):
 
 
 def cmd_mask(args: argparse.Namespace) -> int:
-    import torch
-
-    from feature3dgs.utils.io import atomic_open
-    from feature3dgs.apps.mask_fusion import fuse_object, multiview_sam_masks
-    from feature3dgs.utils.visualize import overlay_mask
 
     if not args.point:
         raise ValueError("give at least one --point on --view")
     if args.views < 1:
         raise ValueError(f"--views must be >= 1, got {args.views}")
     fs, data = _load(args)
-    if fs.teacher_name != "sam":
-        raise ValueError(f"mask needs a scene distilled from SAM; {args.scene} was distilled from {fs.teacher_name}")
+    if fs.teacher_kind != "sam":
+        raise ValueError(f"mask needs a scene distilled from SAM; {args.run} was distilled from {fs.teacher_kind}")
     src = _pick_view(data, args.split, args.view)
     _check_points(args.point + args.negative, src.camera, "point")
     targets = [src] + [v for v in _spread(data.train_views, args.views) if v.name != src.name]
@@ -376,25 +330,25 @@ def cmd_mask(args: argparse.Namespace) -> int:
     points = torch.tensor(args.point + args.negative, dtype=torch.float32)
     labels = torch.tensor([1] * len(args.point) + [0] * len(args.negative))
     mv = multiview_sam_masks(fs.model, fs.decoder, fs.teacher(args.weights_dir), cams[0], points, labels, cams)
-    used = [(v, c, m) for v, c, m in zip(targets, cams, mv["masks"]) if m is not None]
+    used = [(v, c, m) for v, c, m in zip(targets, cams, mv.masks) if m is not None]
     if not used:
         raise ValueError("the prompt is visible in no view (does it lie on the rendered scene?)")
     refine = [_render_rgb(fs, c).to(fs.device) for _, c, _ in used] if args.refine else None
     fused = fuse_object(fs.model, [c for _, c, _ in used], [m for *_, m in used], args.method, refine_images=refine)
     out = Path(args.out)
     for (view, cam, m) in used:
-        _save(overlay_mask(_render_rgb(fs, cam), m.cpu(), color=(0.2, 0.6, 1.0)), out / "sam" / f"{_safe(view.name)}.png")
+        save_png(overlay_mask(_render_rgb(fs, cam), m.cpu(), color=(0.2, 0.6, 1.0)), out / "sam" / f"{safe_name(view.name)}.png")
     rendered = {}
     for view in data.test_views + [src]:
         mask = fused.binary_mask(view.camera.to(fs.device)).cpu()
-        _save(overlay_mask(_render_rgb(fs, view.camera), mask), out / "fused" / f"{_safe(view.name)}.png")
+        save_png(overlay_mask(_render_rgb(fs, view.camera), mask), out / "fused" / f"{safe_name(view.name)}.png")
         rendered[view.name] = int(mask.sum())
     with atomic_open(out / "object_weights.pt", "wb") as f:
         torch.save({"weights": fused.weights.detach().cpu(), "method": args.method, "view": src.name,
                     "points": args.point, "negatives": args.negative}, f)
     summary = {"view": src.name, "method": args.method, "refine": args.refine,
                "sam_views": {v.name: int(m.sum()) for v, _, m in used},
-               "skipped_views": [v.name for v, m in zip(targets, mv["masks"]) if m is None],
+               "skipped_views": [v.name for v, m in zip(targets, mv.masks) if m is None],
                "n_selected_gaussians": int(fused.selection.sum()), "n_gaussians": fs.model.num_gaussians,
                "fused_mask_px": rendered}
     _write_json(out / "mask.json", summary)
@@ -408,7 +362,6 @@ def cmd_mask(args: argparse.Namespace) -> int:
 
 
 def cmd_semantic(args: argparse.Namespace) -> int:
-    from feature3dgs.apps.semantic import evaluate_semantics, fit_semantics
 
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
@@ -437,7 +390,3 @@ def cmd_semantic(args: argparse.Namespace) -> int:
               f"mean class accuracy {m['mean_class_accuracy']:.3f}")
     print(f"wrote {ply}, {out / 'semantic'}/*.png (render | classes), {out / 'semantic_metrics.json'}")
     return 0
-
-
-HANDLERS = {"segment": cmd_segment, "query": cmd_query, "edit": cmd_edit, "select": cmd_select,
-            "mask": cmd_mask, "semantic": cmd_semantic}

@@ -1,76 +1,103 @@
-"""The `feature3dgs distill` and `feature3dgs extract` sub-commands."""
+"""``feature3dgs distill`` (train a feature scene) and ``feature3dgs extract`` (fill the teacher
+feature cache). ``distill`` takes every ``train`` option plus the DistillConfig ones."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 from pathlib import Path
 
+from feature3dgs.cli.args import add_config_args, config_from_args
+from feature3dgs.cli.errors import CLIError, EXIT_INTERRUPTED
+from feature3dgs.cli.train import print_result
+from feature3dgs.distill.cache import FeatureCache, default_cache_dir, fill_feature_cache
+from feature3dgs.distill.distill import DistillConfig, distill
+from feature3dgs.distill.teachers import build_teacher
+from feature3dgs.rendering.device import resolve_device
+from feature3dgs.run import RunDir, load_model
+from feature3dgs.training.config import SCENE_KEYS, TrainConfig
+from feature3dgs.training.trainer import load_scene_for
 
-def add_parsers(sub) -> None:
+__all__ = ["register"]
+
+#: the DistillConfig fields that pick and build the teacher (what ``extract`` takes)
+TEACHER_KEYS = ("teacher", "checkpoint", "teacher_model", "weights_dir", "random_weights", "cache_dir")
+
+
+def register(sub) -> dict:
     d = sub.add_parser("distill", help="train a feature scene: RGB + distillation from a 2D teacher",
                        description="Fit Gaussians with per-Gaussian features distilled from SAM, CLIP or LSeg "
                                    "(teacher features are extracted once into the on-disk cache).")
-    d.add_argument("--data", required=True, help="scene folder (COLMAP, Blender, transforms.json)")
     d.add_argument("--out", required=True, help="output folder")
-    d.add_argument("--teacher", choices=["sam", "clip", "lseg"], default="sam")
-    d.add_argument("--checkpoint", default=None, help="teacher weights (SAM .pth, open_clip tag/file, LSeg .ckpt)")
-    d.add_argument("--teacher-model", default=None, help="SAM: vit_h|vit_l|vit_b; CLIP: open_clip model name")
-    d.add_argument("--weights-dir", default=None, help="folder holding teacher checkpoints")
-    d.add_argument("--random-weights-for-testing", action="store_true",
-                   help="a tiny random teacher: exercises the pipeline, means nothing")
-    d.add_argument("--render-dim", type=int, default=None,
-                   help="per-Gaussian feature size (default: the teacher's; smaller uses the 1x1-conv decoder)")
-    d.add_argument("--feature-weight", type=float, default=1.0)
-    d.add_argument("--lr-decoder", type=float, default=1e-3)
-    d.add_argument("--no-feature-to-geometry", action="store_true",
-                   help="keep the feature loss from moving means, rotations, scales and opacities")
-    d.add_argument("--init-model", default=None,
-                   help="start from a trained RGB scene: a Gaussian .ply, a checkpoint .pt, "
-                        "or a training output folder")
-    d.add_argument("--cache-dir", default=None, help="teacher feature cache (default ~/.cache/feature3dgs/features)")
-    d.add_argument("--iterations", type=int, default=30_000)
-    d.add_argument("--background", default="black")
-    d.add_argument("--resolution-scale", type=float, default=1.0)
-    d.add_argument("--device", default="auto")
-    d.add_argument("--no-progress", action="store_true")
-    sub.add_parser("extract", help="extract a teacher's features of a scene into the cache "
-                                   "(see `feature3dgs extract --help`)", add_help=False)
+    d.add_argument("--init-model", default=None, metavar="RUN",
+                   help="start from a trained RGB scene: a run folder, a Gaussian .ply or a checkpoint .pt")
+    add_config_args(d, DistillConfig, title="distillation options")
+    add_config_args(d, TrainConfig, skip=("feature_dim",), title="training options")
 
-
-def load_init_model(path: Path):
-    """A trained scene from a .ply, a checkpoint .pt, or a training folder (its point_cloud.ply)."""
-    from feature3dgs.training.checkpoint import load_checkpoint
-    from feature3dgs.model.gaussians import GaussianModel
-    from feature3dgs.model.ply import load_ply
-
-    if path.is_dir():
-        path = path / "point_cloud.ply"
-    if not path.exists():
-        raise FileNotFoundError(f"--init-model: {path} not found (give a .ply, a checkpoint .pt "
-                                "or a training output folder)")
-    if path.suffix == ".pt":
-        return GaussianModel.from_raw_state(load_checkpoint(path)["model"])
-    return load_ply(path)
+    x = sub.add_parser("extract", help="extract a teacher's features of a scene into the cache",
+                       description="Extract teacher features for every image of a scene into the fp16 feature "
+                                   "cache (resumable: images already cached are skipped).")
+    add_config_args(x, TrainConfig, only=SCENE_KEYS, title="scene")
+    add_config_args(x, DistillConfig, only=TEACHER_KEYS, title="teacher")
+    x.add_argument("--resolution", type=int, default=None,
+                   help="network input long side in pixels (clip: 448, lseg: 480; sam is fixed at 1024)")
+    x.add_argument("--batch-size", type=int, default=1, help="images per teacher call")
+    x.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    x.add_argument("--split", choices=["all", "train", "test"], default="all")
+    x.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
+    x.add_argument("--overwrite", action="store_true", help="re-extract images already cached")
+    x.add_argument("--no-progress", action="store_true")
+    return {"distill": cmd_distill, "extract": cmd_extract}
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from feature3dgs.data import load_scene
-    from feature3dgs.distill.distill import DistillConfig, distill
-    from feature3dgs.training.trainer import TrainConfig
+    tc = config_from_args(TrainConfig, args)
+    dc = config_from_args(DistillConfig, args)
+    if not tc.data:
+        raise CLIError("distill: --data is required")
+    tc.validate()
+    dc.validate()
+    scene = load_scene_for(tc)
+    model = load_model(args.init_model) if args.init_model else None
+    run = RunDir(args.out)
+    result = distill(scene, run, tc, dc, model=model)
+    print_result(result.train, run.path)
+    f = result.features
+    print(f"features vs teacher on test views: PSNR {f.feature_psnr:.2f} dB, cosine {f.cosine:.3f}; "
+          f"outputs in {run.path}")
+    return 0
 
-    scene = load_scene(args.data, resolution_scale=args.resolution_scale, background=args.background)
-    model = None
-    if args.init_model:
-        model = load_init_model(Path(args.init_model))
-    tc = TrainConfig(data=str(args.data), iterations=args.iterations, device=args.device,
-                     background=args.background, progress=not args.no_progress)
-    dc = DistillConfig(teacher=args.teacher, checkpoint=args.checkpoint, model=args.teacher_model,
-                       weights_dir=args.weights_dir, random_weights=args.random_weights_for_testing,
-                       render_dim=args.render_dim, feature_weight=args.feature_weight,
-                       lr_decoder=args.lr_decoder, feature_to_geometry=not args.no_feature_to_geometry,
-                       cache_dir=args.cache_dir)
-    metrics = distill(scene, args.out, tc, dc, model=model)
-    f = metrics["features"]
-    print(f"done: test RGB PSNR {metrics['test']['psnr']:.2f} dB; features vs teacher on test views: "
-          f"PSNR {f['feature_psnr']:.2f} dB, cosine {f['cosine']:.3f}; outputs in {args.out}")
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
+    tc = config_from_args(TrainConfig, args)
+    dc = config_from_args(DistillConfig, args)
+    if not tc.data:
+        raise CLIError("extract: --data is required")
+    scene = load_scene_for(tc)
+    device = resolve_device(args.device)
+    if dc.random_weights:
+        print("=" * 78 + "\nWARNING: --random-weights-for-testing: a tiny teacher with RANDOM weights. The features "
+              "are\nmeaningless; use this only to test the pipeline.\n" + "=" * 78, file=sys.stderr)
+    teacher = build_teacher(dc.teacher, checkpoint=dc.checkpoint, model=dc.teacher_model, weights_dir=dc.weights_dir,
+                            resolution=args.resolution, device=device, random_weights=dc.random_weights)
+    teacher.amp = bool(args.amp)
+    views = {"all": scene.views, "train": scene.train_views, "test": scene.test_views}[args.split]
+    root = Path(dc.cache_dir) if dc.cache_dir else default_cache_dir()
+    cache = FeatureCache.for_teacher(root, teacher)
+    print(f"{teacher!r}\ncache: {cache.path}\nkey:   {cache.key}\nimages: {len(views)} ({args.split})", file=sys.stderr)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the random-weights warning was printed above
+            cache, res = fill_feature_cache(scene, teacher, root, args.batch_size, not args.no_progress, views=views,
+                                            overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {len(cache)} images are cached in {cache.path}; run the same command again "
+              "to extract the rest", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    shape = cache.shape(views[0].name) if views and cache.has(views[0].name) else None
+    print(f"extracted {len(res.extracted)}, already cached {len(res.skipped)}, in {res.seconds:.1f} s; "
+          f"features {shape} float16 in {cache.path}", file=sys.stderr)
     return 0

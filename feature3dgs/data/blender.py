@@ -29,7 +29,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..camera import Camera, viewmat_from_opengl_c2w
+from feature3dgs.model.camera import Camera, viewmat_from_opengl_c2w
 from . import images as io
 from .ply import read_ply_points
 from .scene import DEFAULT_CACHE_BYTES, Scene, View, final_scale, split_every

@@ -20,7 +20,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..camera import Camera
+from feature3dgs.model.camera import Camera
 from . import images as io
 from .colmap_io import ColmapCamera, ColmapModel, find_sparse_dir, qvec_to_rotmat, read_model
 from .scene import DEFAULT_CACHE_BYTES, Scene, View, final_scale, split_every

@@ -15,7 +15,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..camera import Camera
+from feature3dgs.model.camera import Camera
 from . import images as io
 from .undistort import Distortion, remap, undistort_coords
 

@@ -18,18 +18,16 @@ extraction leaves only complete entries, and a rerun extracts only what is missi
 Nothing holds more than one batch of features in memory: :meth:`FeatureCache.memmap` maps a file
 read-only and :meth:`FeatureCache.load` reads one image's features.
 
-:func:`extract_features` fills a cache from (name, loader) pairs; :func:`extract_main` is the
-``feature3dgs extract`` command line.
+:func:`extract_features` fills a cache from (name, loader) pairs; :func:`fill_feature_cache` does it
+for every view of a scene. The default root is :func:`default_cache_dir`.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import re
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -38,10 +36,12 @@ from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from feature3dgs.utils.io import atomic_open
 
-__all__ = ["FeatureCache", "extract_features", "ExtractResult", "extract_main", "view_source", "FORMAT_VERSION"]
+__all__ = ["FeatureCache", "extract_features", "fill_feature_cache", "ExtractResult", "view_source", "default_cache_dir",
+           "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 _MANIFEST = "manifest.json"
@@ -271,8 +271,6 @@ def extract_features(
     Returns:
         An :class:`ExtractResult` with the names extracted and skipped.
     """
-    from tqdm.auto import tqdm
-
     if cache.key != teacher.cache_key():
         raise ValueError(f"the cache key {cache.key!r} is not the teacher's {teacher.cache_key()!r}")
     if batch_size < 1:
@@ -343,84 +341,21 @@ def view_source(scene: Any, view: Any) -> Optional[str]:
                        "distortion": repr(dist) if dist is not None else None}, sort_keys=True)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="feature3dgs extract",
-        description="Extract teacher features for every image of a scene into the fp16 feature cache "
-                    "(resumable: images already cached are skipped).")
-    p.add_argument("--data", required=True, help="scene folder (COLMAP, Blender or transforms.json)")
-    p.add_argument("--teacher", required=True, choices=["sam", "clip", "lseg"])
-    p.add_argument("--checkpoint", default=None,
-                   help="sam: .pth (default: the standard file in --weights-dir, downloaded if possible); "
-                        "clip: open_clip pretrained tag or file (default openai); lseg: demo_e200.ckpt (required)")
-    p.add_argument("--model", default=None, help="sam: vit_h (default) | vit_l | vit_b; clip: open_clip model "
-                                                 "name (default ViT-B-16)")
-    p.add_argument("--weights-dir", default=None,
-                   help="where weights are looked up and downloaded (default $FEATURE3DGS_WEIGHTS or "
-                        "~/.cache/feature3dgs/weights; for clip: open_clip's download cache)")
-    p.add_argument("--cache-dir", default=None, help="feature cache root (default <data>/features)")
-    p.add_argument("--resolution", type=int, default=None,
-                   help="network input long side in pixels (clip: 448, lseg: 480; sam is fixed at 1024)")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--device", default=None, help="cuda | cpu | cuda:N (default: cuda when available)")
-    p.add_argument("--split", choices=["all", "train", "test"], default="all")
-    p.add_argument("--images", default=None, help="COLMAP image folder (images, images_2, ...)")
-    p.add_argument("--resolution-scale", type=float, default=1.0, help="scale of the loaded images")
-    p.add_argument("--target-width", type=int, default=None, help="load images at this width instead")
-    p.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
-    p.add_argument("--overwrite", action="store_true", help="re-extract images already cached")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--random-weights-for-testing", action="store_true",
-                   help="use a tiny teacher with RANDOM weights (smoke tests only: the features are meaningless)")
-    return p
+def default_cache_dir() -> Path:
+    """The feature-cache root when none is given: ``$FEATURE3DGS_CACHE/features``, else
+    ``~/.cache/feature3dgs/features``."""
+    root = os.environ.get("FEATURE3DGS_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "feature3dgs") / "features"
 
 
-def extract_main(argv: Optional[Sequence[str]] = None) -> int:
-    """``feature3dgs extract``: returns the process exit code (0 ok, 2 bad input or missing weights,
-    130 interrupted)."""
-    args = _parser().parse_args(list(argv) if argv is not None else None)
-    from feature3dgs.data import load_scene
-    from feature3dgs.distill.teachers import build_teacher
-
-    err = sys.stderr
-    try:
-        kwargs = {"images": args.images} if args.images is not None else {}
-        scene = load_scene(args.data, resolution_scale=args.resolution_scale, target_width=args.target_width,
-                           **kwargs)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: cannot load the scene: {e}", file=err)
-        return 2
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.random_weights_for_testing:
-        print("=" * 78 + "\nWARNING: --random-weights-for-testing: a tiny teacher with RANDOM weights. The features "
-              "are\nmeaningless; use this only to test the pipeline.\n" + "=" * 78, file=err)
-    try:
-        teacher = build_teacher(args.teacher, checkpoint=args.checkpoint, model=args.model,
-                                weights_dir=args.weights_dir, resolution=args.resolution, device=device,
-                                random_weights=args.random_weights_for_testing)
-    except (FileNotFoundError, ValueError, NotImplementedError) as e:
-        print(f"error: {e}", file=err)
-        return 2
-    teacher.amp = bool(args.amp)
-    views = {"all": scene.views, "train": scene.train_views, "test": scene.test_views}[args.split]
-    root = Path(args.cache_dir) if args.cache_dir else Path(args.data) / "features"
-    cache = FeatureCache.for_teacher(root, teacher)
-    items = [(v.name, (lambda v=v: scene.load_image(v)), view_source(scene, v)) for v in views]
-    print(f"{teacher!r}\ncache: {cache.path}\nkey:   {cache.key}\nimages: {len(items)} ({args.split})", file=err)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the random-weights warning was printed above
-            res = extract_features(teacher, items, cache, batch_size=args.batch_size,
-                                   progress=not args.no_progress, overwrite=args.overwrite)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: {len(cache)} images are cached in {cache.path}; run the same command again "
-              "to extract the rest", file=err)
-        return 130
-    shape = cache.shape(views[0].name) if views and cache.has(views[0].name) else None
-    print(f"extracted {len(res.extracted)}, already cached {len(res.skipped)}, in {res.seconds:.1f} s; "
-          f"features {shape} float16 in {cache.path}", file=err)
-    return 0
-
-
-if __name__ == "__main__":  # python -m feature3dgs.distill.cache ...
-    sys.exit(extract_main())
+def fill_feature_cache(scene: Any, teacher: Any, cache_dir: Optional[PathLike] = None, batch_size: int = 1,
+                       progress: bool = True, views: Optional[Sequence[Any]] = None,
+                       overwrite: bool = False) -> tuple[FeatureCache, ExtractResult]:
+    """Extract (resumably) the teacher's features of ``views`` (default: every train and test view)
+    into the cache of ``teacher`` under ``cache_dir`` (default :func:`default_cache_dir`)."""
+    cache = FeatureCache.for_teacher(Path(cache_dir) if cache_dir else default_cache_dir(), teacher)
+    chosen = list(views) if views is not None else list(scene.train_views) + list(scene.test_views)
+    items = [(v.name, (lambda v=v: scene.load_image(v)), view_source(scene, v)) for v in chosen]
+    result = extract_features(teacher, items, cache, batch_size=batch_size, progress=progress,
+                              overwrite=overwrite, total=len(items))
+    return cache, result

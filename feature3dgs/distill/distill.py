@@ -1,39 +1,45 @@
 """Feature distillation: every Gaussian learns a feature from a 2D teacher.
 
 The teacher's feature maps are extracted once into the fp16 on-disk cache
-(feature3dgs.distill.cache) and streamed from it, one view per step. Each
-Gaussian carries a D_render-dim feature; the rendered (D_render,H,W) map is
-resized (bilinearly) to the teacher's grid (h,w) and, with the speed-up, lifted
-to the teacher's dimension by the 1x1-conv decoder (which commutes with the
-resize, so decoding after it is cheaper and identical). The loss is
+(:mod:`feature3dgs.distill.cache`) and streamed from it, one view per step. Each Gaussian carries
+a D_render-dim feature; the rendered (D_render,H,W) map is resized (bilinearly) to the teacher's
+grid (h,w) and, with the speed-up, lifted to the teacher's dimension by the 1x1-conv decoder
+(which commutes with the resize, so decoding after it is cheaper and identical). The loss is
 weight * L1(student, teacher), added to the 3DGS photometric loss.
 
-By default the feature loss also moves geometry and opacity (the original
-Feature 3DGS rasterizer drops that gradient); `feature_to_geometry=False` renders
-the features from detached geometry instead (one extra render per step).
+By default the feature loss also moves geometry and opacity (the original Feature 3DGS
+rasterizer drops that gradient); ``feature_to_geometry=False`` renders the features from detached
+geometry instead (one extra render per step).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from feature3dgs.utils.io import atomic_write_text
+from feature3dgs.distill.cache import FeatureCache, fill_feature_cache
+from feature3dgs.distill.teachers import build_teacher
 from feature3dgs.model.decoder import FeatureDecoder
-from feature3dgs.distill.cache import FeatureCache, extract_features, view_source
-from feature3dgs.model.gaussians import GaussianModel
-from feature3dgs.rendering.kernels import render
-from feature3dgs.training.trainer import TrainBatch, Trainer, TrainConfig, save_png, _safe_name
+from feature3dgs.model.gaussians import FEATURES, GaussianModel
+from feature3dgs.training.config import TrainConfig
+from feature3dgs.training.sink import RunSink
+from feature3dgs.training.trainer import TrainBatch, Trainer, TrainResult
+from feature3dgs.utils.io import safe_name, save_png
 from feature3dgs.utils.visualize import FeaturePCA
+
+__all__ = ["DistillConfig", "DistillResult", "DistillSink", "FeatureMetrics", "TeacherInfo", "FeatureDistillation",
+           "distill", "student_features", "add_features", "feature_metrics", "evaluate_features",
+           "RANDOM_WEIGHTS_WARNING", "TeacherKind"]
+
+TeacherKind = Literal["sam", "clip", "lseg"]
 
 RANDOM_WEIGHTS_WARNING = (
     "\n" + "!" * 78 + "\n"
@@ -42,92 +48,102 @@ RANDOM_WEIGHTS_WARNING = (
     + "!" * 78 + "\n")
 
 
+def _help(text: str, **kw: Any) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
 @dataclass
 class DistillConfig:
-    """Distillation options.
+    """Distillation options (the ``feature3dgs distill`` flags beyond the training ones)."""
 
-    teacher: 'sam', 'clip' or 'lseg'; checkpoint/model/weights_dir: see
-        feature3dgs.distill.teachers.build_teacher; random_weights: a tiny random teacher (tests).
-    render_dim: D_render, the per-Gaussian feature size. None = the teacher's dimension
-        (no decoder); smaller values use the 1x1-conv speed-up decoder (e.g. 64 for SAM).
-    feature_weight: weight of the L1 feature loss; lr_decoder: the decoder's Adam rate
-        (the per-Gaussian features use TrainConfig.lr_features).
-    feature_to_geometry: let the feature loss move means, rotations, scales, opacities.
-    cache_dir: root of the teacher-feature cache (default ~/.cache/feature3dgs/features).
-    extract_batch_size: images per teacher call while filling the cache.
-    """
+    teacher: TeacherKind = _help("the 2D teacher whose features the Gaussians learn", default="sam")
+    checkpoint: Optional[str] = _help("teacher weights: SAM .pth, open_clip tag or file, LSeg .ckpt", default=None)
+    teacher_model: Optional[str] = _help("SAM: vit_h | vit_l | vit_b; CLIP: an open_clip model name", default=None)
+    weights_dir: Optional[str] = _help("folder holding teacher checkpoints", default=None)
+    random_weights: bool = field(default=False, metadata={
+        "help": "a tiny teacher with RANDOM weights: exercises the pipeline, means nothing",
+        "flag": "--random-weights-for-testing"})
+    render_dim: Optional[int] = _help(
+        "per-Gaussian feature size (default: the teacher's; smaller uses the 1x1-conv decoder)", default=None)
+    feature_weight: float = _help("weight of the L1 feature loss", default=1.0)
+    lr_decoder: float = _help("Adam learning rate of the decoder", default=1e-3)
+    feature_to_geometry: bool = _help("let the feature loss move means, rotations, scales and opacities",
+                                      default=True)
+    cache_dir: Optional[str] = _help("teacher feature cache (default ~/.cache/feature3dgs/features)", default=None)
+    extract_batch_size: int = _help("images per teacher call while filling the cache", default=1)
 
-    teacher: str = "sam"
-    checkpoint: Optional[str] = None
-    model: Optional[str] = None
-    weights_dir: Optional[str] = None
-    random_weights: bool = False
-    render_dim: Optional[int] = None
-    feature_weight: float = 1.0
-    lr_decoder: float = 1e-3
-    feature_to_geometry: bool = True
-    cache_dir: Optional[str] = None
-    extract_batch_size: int = 1
+    def validate(self) -> None:
+        if self.teacher not in ("sam", "clip", "lseg"):
+            raise ValueError(f"teacher must be 'sam', 'clip' or 'lseg', got {self.teacher!r}")
+        if self.render_dim is not None and self.render_dim < 1:
+            raise ValueError(f"render_dim must be >= 1, got {self.render_dim}")
+        if not (math.isfinite(self.feature_weight) and self.feature_weight >= 0):
+            raise ValueError(f"feature_weight must be a finite number >= 0, got {self.feature_weight}")
+        if not (math.isfinite(self.lr_decoder) and self.lr_decoder >= 0):
+            raise ValueError(f"lr_decoder must be a finite number >= 0, got {self.lr_decoder}")
+        if self.extract_batch_size < 1:
+            raise ValueError(f"extract_batch_size must be >= 1, got {self.extract_batch_size}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def default_cache_dir() -> Path:
-    import os
+@dataclass
+class TeacherInfo:
+    """The teacher a run was distilled from. ``kind`` is None when the features came from a
+    prepared cache (e.g. the label teacher) rather than a teacher network."""
 
-    root = os.environ.get("FEATURE3DGS_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "feature3dgs") / "features"
-
-
-def fill_feature_cache(scene, teacher, cache_dir: Union[str, Path, None] = None,
-                       batch_size: int = 1, progress: bool = True) -> FeatureCache:
-    """Extracts (resumably) the teacher's features of every train and test view."""
-    cache = FeatureCache.for_teacher(Path(cache_dir) if cache_dir else default_cache_dir(), teacher)
-    views = list(scene.train_views) + list(scene.test_views)
-    items = [(v.name, (lambda v=v: scene.load_image(v)), view_source(scene, v)) for v in views]
-    extract_features(teacher, items, cache, batch_size=batch_size, progress=progress, total=len(items))
-    return cache
+    kind: Optional[TeacherKind]
+    name: str
+    dim: int
+    random_weights: bool
+    cache_key: str
 
 
-def label_embeddings(n_classes: int, dim: int, seed: int = 0) -> Tensor:
-    """(n_classes, dim) fixed random unit vectors: the label teacher's class features."""
-    g = torch.Generator().manual_seed(seed)
-    return F.normalize(torch.randn(n_classes, dim, generator=g), dim=1)
+@dataclass
+class FeatureMetrics:
+    """Student vs teacher on held-out views: feature PSNR (dB; peak = the teacher map's range),
+    mean per-pixel cosine similarity, mean L1; and every view's figures."""
+
+    feature_psnr: float
+    cosine: float
+    l1: float
+    per_view: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-def label_class_count(scene) -> int:
-    """Classes the label teacher embeds: the scene's named classes plus one spare id."""
-    return max(len(scene.class_names or []), 1) + 1
+@dataclass
+class DistillResult:
+    """What :func:`distill` returns."""
+
+    train: TrainResult
+    features: FeatureMetrics
+    feature_loss_curve: list[tuple[int, float]]
+    teacher: TeacherInfo
+    render_dim: int
+    model: GaussianModel
+    decoder: Optional[FeatureDecoder]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The feature_metrics.json form."""
+        return {**self.train.to_dict(), "features": dataclasses.asdict(self.features),
+                "teacher": dataclasses.asdict(self.teacher), "render_dim": self.render_dim}
 
 
-def label_feature_cache(scene, root: Union[str, Path], dim: int = 16, size: Optional[tuple[int, int]] = None,
-                        noise: float = 0.0, seed: int = 0) -> FeatureCache:
-    """A synthetic, multi-view consistent teacher made from the scene's class labels.
+class DistillSink(RunSink, Protocol):
+    """What a distillation writes beyond a training run (implemented by feature3dgs.run.RunDir)."""
 
-    Each class gets a fixed random unit vector of `dim` channels; a view's teacher map is
-    the embedding of its class-label image, area-averaged to `size` (h, w) (default: full
-    resolution), plus Gaussian noise of std `noise` drawn per view. Used to measure
-    distillation (and student-vs-teacher segmentation) where no real teacher can run.
-    """
-    if not scene.has_labels:
-        raise ValueError(f"scene {scene.source_path} has no class labels for a label teacher")
-    n_classes = label_class_count(scene)
-    embed = label_embeddings(n_classes, dim, seed)
-    g = torch.Generator().manual_seed(seed + 1)
-    key = f"labels|dim={dim}|size={size}|noise={noise}|seed={seed}|classes={n_classes}"
-    cache = FeatureCache(Path(root), key)
-    for view in list(scene.train_views) + list(scene.test_views):
-        if cache.has(view.name):
-            continue
-        labels = scene.load_labels(view, "class").clamp(0, n_classes - 1)
-        fmap = embed[labels].permute(2, 0, 1)  # (dim,H,W)
-        if size is not None:
-            fmap = F.adaptive_avg_pool2d(fmap[None], size)[0]
-        if noise > 0:
-            fmap = fmap + noise * torch.randn(fmap.shape, generator=g)
-        cache.save(view.name, fmap)
-    return cache
+    def write_distillation(self, config: DistillConfig, teacher: TeacherInfo, render_dim: int,
+                           decoder: Optional[FeatureDecoder]) -> None:
+        """The teacher record and the decoder."""
+
+    def feature_render_dir(self) -> Path:
+        """The folder of the render | student | teacher panels of the test views."""
+
+    def write_feature_pca(self, pca: FeaturePCA) -> None:
+        """The PCA that coloured the feature panels (the viewer reuses it)."""
+
+    def write_feature_metrics(self, metrics: dict) -> None:
+        """Student-vs-teacher metrics (feature_metrics.json)."""
 
 
 def student_features(rendered: Tensor, size: tuple[int, int], decoder: Optional[FeatureDecoder]) -> Tensor:
@@ -138,7 +154,7 @@ def student_features(rendered: Tensor, size: tuple[int, int], decoder: Optional[
 
 
 class FeatureDistillation:
-    """The feature loss term of the Trainer (a `loss_fns` entry)."""
+    """The feature loss term of the Trainer (a ``loss_fns`` entry)."""
 
     def __init__(self, cache: FeatureCache, weight: float, decoder: Optional[FeatureDecoder],
                  feature_to_geometry: bool = True):
@@ -150,11 +166,8 @@ class FeatureDistillation:
     def rendered_features(self, trainer: Trainer, batch: TrainBatch, out) -> Tensor:
         if self.feature_to_geometry:
             return out.features
-        m, cam = trainer.model, batch.camera
-        detached = render(m.means.detach(), m.params["quats"].detach(), m.scales.detach(),
-                          m.opacities.detach(), m.colors_dc.detach(), cam.viewmat, cam.K, cam.width,
-                          cam.height, features=m.features)
-        return detached.features
+        m = trainer.model
+        return m.render(batch.camera, features=m.features, detach_geometry=True).features
 
     def __call__(self, trainer: Trainer, batch: TrainBatch, out) -> dict[str, Tensor]:
         target = self.cache.load(batch.view.name, device=trainer.device)
@@ -163,11 +176,11 @@ class FeatureDistillation:
 
 
 def add_features(model: GaussianModel, dim: int, seed: int = 0) -> GaussianModel:
-    """A copy of `model` with fresh (N,dim) features (small random values), replacing any."""
-    params = {k: v.detach() for k, v in model.params.items() if k != "features"}
+    """A copy of ``model`` with fresh (N,dim) features (small random values), replacing any."""
+    params = {k: v.detach() for k, v in model.params.items() if k != FEATURES}
     g = torch.Generator().manual_seed(seed)
-    params["features"] = torch.randn(model.num_gaussians, dim, generator=g).to(model.device) * 1e-2
-    return GaussianModel.from_params(params, model.active_sh_degree)
+    params[FEATURES] = torch.randn(model.num_gaussians, dim, generator=g).to(model.device) * 1e-2
+    return GaussianModel(params, model.active_sh_degree)
 
 
 def feature_metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
@@ -181,110 +194,87 @@ def feature_metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
 
 @torch.no_grad()
 def evaluate_features(model: GaussianModel, scene, cache: FeatureCache, decoder: Optional[FeatureDecoder],
-                      split: str = "test", save_dir: Union[str, Path, None] = None,
-                      pca: Optional[FeaturePCA] = None) -> dict[str, Any]:
-    """Student vs teacher on the views of `split`: mean feature PSNR / cosine / L1, and with
-    save_dir a PNG per view: render | student features | teacher features (one shared PCA)."""
+                      split: str = "test", save_dir: Optional[Path] = None,
+                      pca: Optional[FeaturePCA] = None) -> tuple[FeatureMetrics, Optional[FeaturePCA]]:
+    """Student vs teacher on the views of ``split``; with ``save_dir`` a PNG per view:
+    render | student features | teacher features, coloured by one PCA (fitted on the teacher's
+    maps unless given). Returns the metrics and the PCA used (None without ``save_dir``)."""
     views = scene.test_views if split == "test" else scene.train_views
-    device = model.device
     per_view, panels = {}, []
     for view in views:
-        cam = view.camera.to(device)
-        out = model.render(cam, scene.background.to(device), with_features=True)
-        target = cache.load(view.name, device=device)
+        out = model.render(view.camera, scene.background.to(model.device), features=model.features)
+        target = cache.load(view.name, device=model.device)
         pred = student_features(out.features, target.shape[-2:], decoder)
         per_view[view.name] = feature_metrics(pred, target)
         panels.append((view, out.rgb, pred, target))
-    result = {k: sum(v[k] for v in per_view.values()) / max(1, len(per_view))
-              for k in ("feature_psnr", "cosine", "l1")}
-    result["per_view"] = per_view
-    if save_dir is not None and panels:
-        if pca is None:  # fitted once, on the teacher's maps, so colours agree across views
-            pca = FeaturePCA.fit([t for *_, t in panels])
-        for view, rgb, pred, target in panels:
-            h, w = rgb.shape[-2:]
-            up = lambda x: F.interpolate(pca(x)[None], size=(h, w), mode="nearest")[0]  # noqa: E731
-            panel = torch.cat([rgb.clamp(0, 1).cpu(), up(pred), up(target)], dim=2)
-            save_png(panel, Path(save_dir) / f"{_safe_name(view.name)}.png")
-        torch.save(pca.to_dict(), Path(save_dir) / "pca.pt")
-    return result
+    mean = {k: sum(v[k] for v in per_view.values()) / max(1, len(per_view)) for k in ("feature_psnr", "cosine", "l1")}
+    result = FeatureMetrics(**mean, per_view=per_view)
+    if save_dir is None or not panels:
+        return result, None
+    if pca is None:  # fitted once, on the teacher's maps, so colours agree across views
+        pca = FeaturePCA.fit([t for *_, t in panels])
+    for view, rgb, pred, target in panels:
+        h, w = rgb.shape[-2:]
+        up = lambda x: F.interpolate(pca(x)[None], size=(h, w), mode="nearest")[0]  # noqa: E731
+        panel = torch.cat([rgb.clamp(0, 1).cpu(), up(pred), up(target)], dim=2)
+        save_png(panel, Path(save_dir) / f"{safe_name(view.name)}.png")
+    return result, pca
 
 
-def _teacher_record(teacher, dc: DistillConfig) -> dict[str, Any]:
-    """What rebuilds the teacher later (feature3dgs.run): its kind and whether it had
-    random weights, taken from the teacher actually used (None when features came from a cache)."""
+def _teacher_and_cache(scene, dc: DistillConfig, train_config: TrainConfig, teacher,
+                       cache: Optional[FeatureCache]) -> tuple[FeatureCache, TeacherInfo]:
+    if cache is not None:
+        return cache, TeacherInfo(kind=None, name=cache.key.split("|")[0], dim=cache.shape(scene.train_views[0].name)[0],
+                                  random_weights=False, cache_key=cache.key)
     if teacher is None:
-        return {"teacher": None, "random_weights": False}
-    kind = teacher.name.split("-", 1)[0]
-    return {"teacher": kind if kind in ("sam", "clip", "lseg") else dc.teacher,
-            "random_weights": bool(teacher.is_random)}
+        teacher = build_teacher(dc.teacher, checkpoint=dc.checkpoint, model=dc.teacher_model,
+                                weights_dir=dc.weights_dir, random_weights=dc.random_weights)
+    if teacher.is_random:
+        print(RANDOM_WEIGHTS_WARNING, file=sys.stderr, flush=True)
+    cache, _ = fill_feature_cache(scene, teacher, dc.cache_dir, dc.extract_batch_size, train_config.progress)
+    return cache, TeacherInfo(kind=teacher.kind, name=teacher.name, dim=teacher.dim,
+                              random_weights=bool(teacher.is_random), cache_key=teacher.cache_key())
 
 
-def distill(scene, out_dir: Union[str, Path, None], train_config: Optional[TrainConfig] = None,
+def distill(scene, run: Optional[DistillSink] = None, train_config: Optional[TrainConfig] = None,
             distill_config: Optional[DistillConfig] = None, model: Optional[GaussianModel] = None,
-            teacher=None, cache: Optional[FeatureCache] = None) -> dict[str, Any]:
+            teacher=None, cache: Optional[FeatureCache] = None) -> DistillResult:
     """Trains a feature scene: RGB reconstruction plus feature distillation.
 
-    model: start from a trained RGB scene (e.g. load_ply(...)); features are added when it
-    has none of size D_render. Without it, Gaussians are initialised from the scene.
-    teacher: a built teacher (default: from distill_config); cache: teacher features already
-    cached for every view (e.g. label_feature_cache), used instead of a teacher. Writes to out_dir what the
-    Trainer writes (point_cloud.ply with features, checkpoints, logs) plus decoder.pt,
-    distill_config.json, feature_metrics.json and renders/features/*.png. Returns the
-    metrics, including 'feature_loss_curve' [(step, value)].
+    Args:
+        scene: the posed images (:class:`feature3dgs.data.Scene`).
+        run: where to write (a :class:`feature3dgs.run.RunDir`): what the trainer writes plus the
+            decoder, the teacher record, feature metrics and panels. None: nothing is written.
+        model: start from a trained RGB scene; features are added when it has none of size
+            D_render. Without it, Gaussians are initialised from the scene.
+        teacher: a built teacher (default: from ``distill_config``); ``cache``: teacher features
+            already cached for every view (e.g. :func:`~feature3dgs.distill.labels.label_feature_cache`),
+            used instead of a teacher.
     """
-    from feature3dgs.distill.teachers import build_teacher
-
     dc = distill_config or DistillConfig()
+    dc.validate()
     tc = train_config or TrainConfig()
-    if cache is None:
-        if teacher is None:
-            teacher = build_teacher(dc.teacher, checkpoint=dc.checkpoint, model=dc.model,
-                                    weights_dir=dc.weights_dir, random_weights=dc.random_weights)
-        if teacher.is_random:
-            print(RANDOM_WEIGHTS_WARNING, file=sys.stderr, flush=True)
-        cache = fill_feature_cache(scene, teacher, dc.cache_dir, dc.extract_batch_size, tc.progress)
-        teacher_info = {"name": teacher.name, "dim": teacher.dim, "random_weights": teacher.is_random,
-                        "cache_key": teacher.cache_key()}
-    else:
-        teacher_info = {"name": "cached", "dim": cache.shape(scene.train_views[0].name)[0],
-                        "random_weights": False, "cache_key": cache.key}
-    teacher_dim = teacher_info["dim"]
-    render_dim = dc.render_dim or teacher_dim
-    if render_dim < 1:
-        raise ValueError(f"render_dim must be >= 1, got {render_dim}")
-
+    cache, info = _teacher_and_cache(scene, dc, tc, teacher, cache)
+    render_dim = dc.render_dim or info.dim
     tc = dataclasses.replace(tc, feature_dim=render_dim)
     if model is not None and model.feature_dim != render_dim:
         model = add_features(model, render_dim, seed=tc.seed)
-    decoder = FeatureDecoder(render_dim, teacher_dim) if render_dim != teacher_dim else None
+    decoder = FeatureDecoder(render_dim, info.dim) if render_dim != info.dim else None
     loss = FeatureDistillation(cache, dc.feature_weight, decoder, dc.feature_to_geometry)
     curve: list[tuple[int, float]] = []
-    trainer = Trainer(scene, tc, out_dir=out_dir, model=model, loss_fns=[loss],
+    trainer = Trainer(scene, tc, run=run, model=model, loss_fns=[loss],
                       callbacks=[lambda tr, step, logs: curve.append((step, logs["loss/feature"]))])
     trainer.render_features = dc.feature_to_geometry
     if decoder is not None:
         loss.decoder = trainer.register_module("decoder", decoder, dc.lr_decoder)
-    metrics = trainer.train()
-    fm = evaluate_features(trainer.model, scene, cache, loss.decoder, "test",
-                           save_dir=Path(out_dir) / "renders" / "features" if out_dir else None)
-    metrics = dict(metrics or {})
-    metrics["features"] = {k: v for k, v in fm.items() if k != "per_view"}
-    metrics["feature_loss_curve"] = curve
-    metrics["teacher"] = teacher_info
-    metrics["render_dim"] = render_dim
-    if out_dir is not None:
-        out = Path(out_dir)
-        if loss.decoder is not None:
-            from feature3dgs.utils.io import atomic_open
-
-            with atomic_open(out / "decoder.pt", "wb") as f:
-                torch.save(loss.decoder.to_dict(), f)
-        atomic_write_text(out / "distill_config.json", json.dumps(
-            {**dc.to_dict(), **_teacher_record(teacher, dc), "render_dim": render_dim, "teacher_dim": teacher_dim},
-            indent=2))
-        atomic_write_text(out / "feature_metrics.json", json.dumps(
-            {k: v for k, v in metrics.items() if k != "feature_loss_curve"} | {"per_view": fm["per_view"]},
-            indent=2, default=str))
-    metrics["trainer"] = trainer
-    return metrics
+    train_result = trainer.train()
+    fm, pca = evaluate_features(trainer.model, scene, cache, loss.decoder, "test",
+                                save_dir=run.feature_render_dir() if run is not None else None)
+    result = DistillResult(train=train_result, features=fm, feature_loss_curve=curve, teacher=info,
+                           render_dim=render_dim, model=trainer.model, decoder=loss.decoder)
+    if run is not None:
+        run.write_distillation(dc, info, render_dim, loss.decoder)
+        if pca is not None:
+            run.write_feature_pca(pca)
+        run.write_feature_metrics(result.to_dict())
+    return result

@@ -5,6 +5,9 @@ Every per-Gaussian tensor lives in ``model.params`` (an ``nn.ParameterDict``) wi
 along dim 0; densification (:mod:`feature3dgs.training.densify`) treats them all alike, so a parameter
 added there (e.g. by a later training stage) is cloned, split and pruned with the rest.
 
+:meth:`GaussianModel.render` is *the* render of a trained model: training, evaluation,
+distillation, the applications and the viewer all call it.
+
 Raw parameters and their activations (the 3DGS layout, also what the PLY file stores):
 
 =============  ============  =========================================================
@@ -17,19 +20,20 @@ opacities      (N, 1)        logits; opacity = sigmoid
 scales         (N, 3)        log standard deviations; scale = exp
 quats          (N, 4)        rotation (w, x, y, z), normalised on use
 features       (N, D)        optional distilled features (identity), absent when D = 0
+semantics      (N, K)        optional class logits (feature3dgs.apps.semantic), absent when K = 0
 =============  ============  =========================================================
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from feature3dgs.model.camera import Camera
-from feature3dgs.rendering.inputs import RenderOutput
+from feature3dgs.rendering import RenderOutput, render
 
 __all__ = [
     "GaussianModel",
@@ -41,10 +45,15 @@ __all__ = [
     "quat_to_rotmat",
     "random_init_bounds",
     "PARAM_ORDER",
+    "FEATURES",
+    "SEMANTICS",
 ]
 
 SH_C0 = 0.28209479177387814
 PARAM_ORDER = ("means", "sh_dc", "sh_rest", "opacities", "scales", "quats", "features")
+#: the optional per-Gaussian parameters: distilled features (N, D) and class logits (N, K)
+FEATURES = "features"
+SEMANTICS = "semantics"
 
 
 def rgb_to_sh(rgb: Tensor) -> Tensor:
@@ -133,8 +142,9 @@ def random_init_bounds(cameras: Sequence[Camera]) -> tuple[Tensor, Tensor]:
 class GaussianModel(nn.Module):
     """N 3D Gaussians with SH colour and an optional D-dimensional feature vector.
 
-    Build one with :meth:`from_points`, :meth:`random` or :meth:`from_params`; read activated
-    values through the properties; render with :meth:`render`.
+    Build one from raw parameters (``GaussianModel(params, active_sh_degree)``), or with
+    :meth:`from_points` or :meth:`random`; read activated values through the properties; render
+    with :meth:`render`.
     """
 
     def __init__(self, params: Mapping[str, Tensor], active_sh_degree: int = 0):
@@ -161,10 +171,6 @@ class GaussianModel(nn.Module):
         self.active_sh_degree = min(int(active_sh_degree), deg)
 
     # ------------------------------------------------------------------ constructors
-    @classmethod
-    def from_params(cls, params: Mapping[str, Tensor], active_sh_degree: int = 0) -> "GaussianModel":
-        return cls(params, active_sh_degree)
-
     @classmethod
     def from_points(cls, points: Tensor, colors: Optional[Tensor] = None, sh_degree: int = 3,
                     feature_dim: int = 0, init_opacity: float = 0.1) -> "GaussianModel":
@@ -225,7 +231,7 @@ class GaussianModel(nn.Module):
 
     @property
     def feature_dim(self) -> int:
-        return int(self.params["features"].shape[1]) if "features" in self.params else 0
+        return int(self.params[FEATURES].shape[1]) if FEATURES in self.params else 0
 
     @property
     def device(self) -> torch.device:
@@ -259,7 +265,7 @@ class GaussianModel(nn.Module):
 
     @property
     def features(self) -> Optional[Tensor]:
-        return self.params["features"] if "features" in self.params else None
+        return self.params[FEATURES] if FEATURES in self.params else None
 
     @property
     def colors_dc(self) -> Tensor:
@@ -267,18 +273,30 @@ class GaussianModel(nn.Module):
         return sh_to_rgb(self.params["sh_dc"][:, 0])
 
     # ------------------------------------------------------------------ rendering
-    def render(self, camera: Camera, background: Optional[Tensor] = None, *, with_features: bool = False,
-               feature_background: Optional[Tensor] = None, sh_degree: Optional[int] = None) -> RenderOutput:
-        """Render through :func:`feature3dgs.render` at the active SH degree.
+    def render(self, camera: Camera, background: Optional[Tensor] = None, *, features: Optional[Tensor] = None,
+               feature_background: Optional[Tensor] = None, detach_geometry: bool = False,
+               sh_degree: Optional[int] = None) -> RenderOutput:
+        """Render the Gaussians at ``camera`` through :func:`feature3dgs.render`.
 
-        ``with_features`` adds the feature map (only when the model has features); it costs time
-        proportional to D, so RGB-only training leaves it off.
+        Args:
+            camera: the view (moved to the model's device if needed).
+            background: (3,) RGB behind the Gaussians (default black).
+            features: (N, C) per-Gaussian values to blend into ``out.features``: usually
+                ``model.features``, or class logits, object weights, ... (None: RGB only; the
+                cost grows with C, so RGB-only training leaves it off).
+            feature_background: (C,) value behind the Gaussians (default 0).
+            detach_geometry: render from detached means, rotations, scales, opacities and
+                colours, so that only ``features`` (and the backgrounds) get gradients.
+            sh_degree: SH degree to evaluate (default: the active one).
+        Returns:
+            the :class:`RenderOutput` (rgb (3,H,W), features (C,H,W) or None, depth, alpha,
+            radii, means2d).
         """
-        from feature3dgs.rendering.kernels import render
-
-        feats = self.features if with_features else None
-        return render(self.means, self.params["quats"], self.scales, self.opacities, self.sh,
-                      camera.viewmat, camera.K, camera.width, camera.height, features=feats,
+        cam = camera if camera.viewmat.device == self.device else camera.to(self.device)
+        geometry = [self.means, self.params["quats"], self.scales, self.opacities, self.sh]
+        if detach_geometry:
+            geometry = [t.detach() for t in geometry]
+        return render(*geometry, cam.viewmat, cam.K, cam.width, cam.height, features=features,
                       sh_degree=self.active_sh_degree if sh_degree is None else sh_degree,
                       background=background, feature_background=feature_background)
 
@@ -295,12 +313,6 @@ class GaussianModel(nn.Module):
             groups.append({"params": [p], "lr": float(lrs[name]), "name": name})
         return groups
 
-    def replace_params(self, new: Mapping[str, Tensor]) -> None:
-        """Swap in new per-Gaussian tensors (all with the same N); used by densification, which
-        also moves the optimizer state (see :mod:`feature3dgs.training.densify`)."""
-        for name, t in new.items():
-            self.params[name] = t if isinstance(t, nn.Parameter) else nn.Parameter(t)
-
     def raw_state(self) -> dict:
         """Plain-tensor state for checkpoints: {'params': {name: tensor}, 'active_sh_degree': int}."""
         return {"params": {k: v.detach().clone() for k, v in self.params.items()},
@@ -314,5 +326,3 @@ class GaussianModel(nn.Module):
         return (f"N={self.num_gaussians}, sh_degree={self.active_sh_degree}/{self.max_sh_degree}, "
                 f"feature_dim={self.feature_dim}")
 
-    def names(self) -> Iterable[str]:
-        return list(self.params.keys())

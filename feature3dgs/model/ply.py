@@ -33,15 +33,13 @@ import numpy as np
 import torch
 
 from feature3dgs.utils.io import atomic_open
-from feature3dgs.model.gaussians import GaussianModel
+from feature3dgs.model.gaussians import FEATURES, SEMANTICS, GaussianModel
 
 __all__ = ["save_ply", "load_ply", "ply_property_names", "FEATURE_PREFIX", "SEMANTIC_PREFIX"]
 
 FEATURE_PREFIX = "semantic_"
-#: property prefix of the class logits; the parameter name equals
-#: feature3dgs.run.SEMANTIC_PARAM (spelled out here: ply sits below the applications)
+#: property prefix of the class logits (parameter :data:`feature3dgs.model.gaussians.SEMANTICS`)
 SEMANTIC_PREFIX = "sem_"
-_SEMANTIC_PARAM = "semantics"
 _ACTIVE_COMMENT = "feature3dgs active_sh_degree"
 
 
@@ -74,12 +72,12 @@ def save_ply(model: GaussianModel, path: Union[str, Path]) -> Path:
         p["quats"],
     ]
     if model.feature_dim:
-        cols.append(p["features"])
+        cols.append(p[FEATURES])
     num_classes = 0
-    if _SEMANTIC_PARAM in p:
-        sem = p[_SEMANTIC_PARAM]
+    if SEMANTICS in p:
+        sem = p[SEMANTICS]
         if sem.dim() != 2:
-            raise ValueError(f"parameter {_SEMANTIC_PARAM!r} must be (N, K) to be saved, got {tuple(sem.shape)}")
+            raise ValueError(f"parameter {SEMANTICS!r} must be (N, K) to be saved, got {tuple(sem.shape)}")
         num_classes = int(sem.shape[1])
         cols.append(sem)
     data = torch.cat(cols, dim=1).numpy()
@@ -158,8 +156,8 @@ def load_ply(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -
     }
     feats = _indexed(names, FEATURE_PREFIX)
     if feats:
-        params["features"] = cols(feats)
+        params[FEATURES] = cols(feats)
     sem = _indexed(names, SEMANTIC_PREFIX)
     if sem:
-        params[_SEMANTIC_PARAM] = cols(sem)
+        params[SEMANTICS] = cols(sem)
     return GaussianModel(params, active_sh_degree=active).to(device)

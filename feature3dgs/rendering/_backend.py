@@ -14,7 +14,10 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import torch
+
 from feature3dgs.rendering import _build as cfg
+from feature3dgs.version import __version__
 
 _module: ModuleType | None = None
 
@@ -65,3 +68,13 @@ def kernels() -> ModuleType:
         except ImportError:
             _module = _jit_compile()
     return _module
+
+
+def backend_info() -> dict:
+    """Which kernels are compiled and how: {'version', 'cpu': True, 'cuda': bool, 'cuda_archs',
+    'openmp_threads', 'tile_size', 'cuda_device': name or None, ...} (the extension's build_info)."""
+    info = {"version": __version__, "cpu": True}
+    info.update(kernels().build_info())
+    info["cuda_device"] = torch.cuda.get_device_name(0) if info["cuda"] and torch.cuda.is_available() else None
+    return info
+

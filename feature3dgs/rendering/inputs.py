@@ -172,3 +172,48 @@ class RenderOutput:
     alpha: Tensor
     radii: Tensor
     means2d: Tensor
+
+
+@dataclass
+class Projection:
+    """Stage 1 of a render: the N Gaussians in screen space (culled ones: radius 0).
+
+    means2d: (N,2) projected centres in pixels (0 for culled Gaussians).
+    conics: (N,3) (A, B, C) of the inverse 2D covariance, A dx^2 + 2 B dx dy + C dy^2.
+    depths: (N,) camera-space z.
+    radii: (N,) int32 screen radius in pixels, ceil(3 sqrt(largest eigenvalue)); 0 = culled.
+    colors: (N,3) RGB, evaluated from SH at the view direction (or the given plain colours).
+    """
+
+    means2d: Tensor
+    conics: Tensor
+    depths: Tensor
+    radii: Tensor
+    colors: Tensor
+
+
+@dataclass
+class RasterImages:
+    """Stage 2 of a render: the blended images, without the background (channels first).
+
+    rgb: (3,H,W) sum_i w_i c_i; features: (C,H,W) sum_i w_i f_i or None; depth: (1,H,W)
+    sum_i w_i z_i; alpha: (1,H,W) 1 - T.
+    """
+
+    rgb: Tensor
+    features: Tensor | None
+    depth: Tensor
+    alpha: Tensor
+
+
+def composite(inp: RenderInputs, proj: Projection, images: RasterImages) -> RenderOutput:
+    """The render's output: the blended images over the background (rgb + T * background, and
+    features + T * feature_background when one is given), with the projection's radii and
+    means2d."""
+    transmittance = 1 - images.alpha
+    rgb = images.rgb + transmittance * inp.background[:, None, None]
+    feats = images.features
+    if feats is not None and inp.feature_background is not None:
+        feats = feats + transmittance * inp.feature_background[:, None, None]
+    return RenderOutput(rgb=rgb, features=feats, depth=images.depth, alpha=images.alpha, radii=proj.radii,
+                        means2d=proj.means2d)

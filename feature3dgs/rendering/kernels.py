@@ -1,9 +1,10 @@
-"""The public render() call over the compiled kernels.
+"""render() over the compiled kernels, as two stages with autograd.
 
-Two autograd Functions mirror the kernel stages: _Project (3D Gaussians to 2D
-means, conics, depths and colours) and _Rasterize (tile binning, sort and
-blending). Keeping means2d as the tensor between them is what makes
-`means2d.grad` the screen-space gradient used for densification.
+:func:`project` (3D Gaussians to 2D means, conics, depths, radii and, from SH, colours) and
+:func:`rasterize` (tile binning, depth sort and front-to-back blending) mirror the kernel stages;
+:mod:`feature3dgs.rendering.reference` has the same two stages in plain PyTorch, so each stage has
+its oracle. Keeping means2d as the tensor between them is what makes ``means2d.grad`` the
+screen-space gradient used for densification.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import torch
 from torch import Tensor
 
 from feature3dgs.rendering._backend import kernels
-from feature3dgs.rendering.inputs import RenderOutput
-from feature3dgs.rendering.inputs import RenderInputs, validate_render_inputs
+from feature3dgs.rendering.inputs import (Projection, RasterImages, RenderInputs, RenderOutput, composite,
+                                          validate_render_inputs)
+
+__all__ = ["render", "project", "rasterize", "ProjectFunction", "RasterizeFunction"]
 
 
 def _empty_like(t: Tensor) -> Tensor:
@@ -24,7 +27,10 @@ def _grad_or_zeros(g: Tensor | None, like: Tensor) -> Tensor:
     return torch.zeros_like(like) if g is None else g.contiguous()
 
 
-class _Project(torch.autograd.Function):
+class ProjectFunction(torch.autograd.Function):
+    """The kernels' preprocess stage: (means, quats, scales, sh) -> (means2d, conics, depths,
+    radii, colors). Arguments as in :func:`project`; ``sh`` is empty for plain RGB."""
+
     @staticmethod
     def forward(ctx, means, quats, scales, sh, sh_degree, viewmat, K, width, height, near):
         means2d, conics, depths, radii, colors, colors_raw = kernels().preprocess_forward(
@@ -47,7 +53,10 @@ class _Project(torch.autograd.Function):
                 None, None, None, None, None, None)
 
 
-class _Rasterize(torch.autograd.Function):
+class RasterizeFunction(torch.autograd.Function):
+    """The kernels' binning + blending stage: per-Gaussian screen quantities -> (rgb, features,
+    depth, alpha) images without the background. ``features`` is empty when there are none."""
+
     @staticmethod
     def forward(ctx, means2d, conics, colors, opacities, depths, features, radii, width, height):
         rgb, feats, depth, alpha, final_T, last, offsets, ids = kernels().rasterize_forward(
@@ -74,25 +83,22 @@ class _Rasterize(torch.autograd.Function):
                 d_features if features.dim() == 2 else None, None, None, None)
 
 
-def _render_inputs(inp: RenderInputs) -> RenderOutput:
+def project(inp: RenderInputs) -> Projection:
+    """Stage 1: project the N Gaussians of ``inp`` into its camera (see :class:`Projection`)."""
     sh = inp.sh if inp.sh is not None else _empty_like(inp.means)
-    means2d, conics, depths, radii, sh_colors = _Project.apply(
+    means2d, conics, depths, radii, sh_colors = ProjectFunction.apply(
         inp.means, inp.quats, inp.scales, sh, inp.sh_degree, inp.viewmat, inp.K, inp.width,
         inp.height, inp.near)
-    if means2d.requires_grad:
-        means2d.retain_grad()
-    colors = inp.colors if inp.sh is None else sh_colors
+    return Projection(means2d=means2d, conics=conics, depths=depths, radii=radii,
+                      colors=inp.colors if inp.sh is None else sh_colors)
+
+
+def rasterize(inp: RenderInputs, proj: Projection) -> RasterImages:
+    """Stage 2: blend the projected Gaussians front to back in 16x16 tiles (no background)."""
     features = inp.features if inp.features is not None else _empty_like(inp.means)
-    rgb, feats, depth, alpha = _Rasterize.apply(means2d, conics, colors, inp.opacities, depths,
-                                                features, radii, inp.width, inp.height)
-    transmittance = 1 - alpha
-    rgb = rgb + transmittance * inp.background[:, None, None]
-    if inp.features is None:
-        feats = None
-    elif inp.feature_background is not None:
-        feats = feats + transmittance * inp.feature_background[:, None, None]
-    return RenderOutput(rgb=rgb, features=feats, depth=depth, alpha=alpha, radii=radii,
-                        means2d=means2d)
+    rgb, feats, depth, alpha = RasterizeFunction.apply(proj.means2d, proj.conics, proj.colors, inp.opacities,
+                                                       proj.depths, features, proj.radii, inp.width, inp.height)
+    return RasterImages(rgb=rgb, features=feats if inp.features is not None else None, depth=depth, alpha=alpha)
 
 
 def render(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
@@ -130,4 +136,7 @@ def render(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colo
     inp = validate_render_inputs(means, quats, scales, opacities, colors, viewmat, K, width, height,
                                  features=features, sh_degree=sh_degree, near=near,
                                  background=background, feature_background=feature_background)
-    return _render_inputs(inp)
+    proj = project(inp)
+    if proj.means2d.requires_grad:
+        proj.means2d.retain_grad()
+    return composite(inp, proj, rasterize(inp, proj))

@@ -5,8 +5,9 @@ with plain tensor operations and autograd, so it is the oracle of the tests and
 the documentation of the math. It is slow (a Python loop over 16x16 tiles) and
 meant for small scenes. It accepts float64 as well as float32 inputs.
 
-`render` has the same signature and returns the same `RenderOutput` as
-`feature3dgs.render`.
+It has the kernels' two stages under the same names (:func:`project`, :func:`rasterize`, see
+:mod:`feature3dgs.rendering.kernels`), so each stage has its oracle, and :func:`render` has the
+same signature and returns the same `RenderOutput` as `feature3dgs.render`.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import math
 import torch
 from torch import Tensor
 
-from feature3dgs.rendering.inputs import RenderOutput
-from feature3dgs.rendering.inputs import RenderInputs, validate_render_inputs
+from feature3dgs.rendering.inputs import (Projection, RasterImages, RenderInputs, RenderOutput, composite,
+                                          validate_render_inputs)
 
 TILE = 16
 ALPHA_MIN = 1.0 / 255.0
@@ -73,7 +74,7 @@ def sh_to_color(sh: Tensor, degree: int, means: Tensor, cam_center: Tensor) -> T
     return ((basis[:, :, None] * coeffs).sum(dim=1) + 0.5).clamp(min=0.0)
 
 
-def project(inp: RenderInputs, means: Tensor, quats: Tensor, scales: Tensor) -> dict[str, Tensor]:
+def ewa_projection(inp: RenderInputs, means: Tensor, quats: Tensor, scales: Tensor) -> dict[str, Tensor]:
     """EWA projection of Gaussians (M,3),(M,4),(M,3) into the camera of `inp`.
 
     Returns the camera-space mean p_cam (M,3), mean2d (M,2) in pixels, cov2d
@@ -128,7 +129,7 @@ def visible_mask(inp: RenderInputs) -> Tensor:
     finite = (torch.isfinite(inp.means).all(-1) & torch.isfinite(inp.quats).all(-1)
               & torch.isfinite(inp.scales).all(-1))
     with torch.no_grad():
-        proj = project(inp, inp.means, inp.quats, inp.scales)
+        proj = ewa_projection(inp, inp.means, inp.quats, inp.scales)
     z = proj["p_cam"][:, 2]
     ok = finite & (z >= inp.near) & torch.isfinite(proj["p_cam"]).all(-1)
     ok &= (proj["det"] > 0) & torch.isfinite(proj["det"]) & (proj["radius"] > 0)
@@ -165,8 +166,8 @@ def blend_tile(px: Tensor, py: Tensor, mean2d: Tensor, conic: Tensor, opacity: T
     return w.T @ values, T_after[-1]
 
 
-def rasterize(inp: RenderInputs, mean2d: Tensor, conic: Tensor, opacity: Tensor, depth: Tensor,
-              colors: Tensor, features: Tensor | None, radius: Tensor) -> dict[str, Tensor]:
+def blend_tiles(inp: RenderInputs, mean2d: Tensor, conic: Tensor, opacity: Tensor, depth: Tensor,
+                colors: Tensor, features: Tensor | None, radius: Tensor) -> dict[str, Tensor]:
     """Tile-by-tile blending of the visible Gaussians (all inputs indexed alike)."""
     W, H = inp.width, inp.height
     gx, gy = math.ceil(W / TILE), math.ceil(H / TILE)
@@ -200,6 +201,41 @@ def rasterize(inp: RenderInputs, mean2d: Tensor, conic: Tensor, opacity: Tensor,
                 alpha=image[V:V + 1])
 
 
+def project(inp: RenderInputs) -> Projection:
+    """Stage 1: the N Gaussians in screen space; culled Gaussians get radius 0 and zero rows.
+
+    Only the visible Gaussians are projected with autograd (their rows are scattered into
+    zeros), so a culled Gaussian with NaN parameters cannot poison any gradient."""
+    N = inp.means.shape[0]
+    vis = visible_mask(inp)
+    idx = vis.nonzero().squeeze(1)
+    proj = ewa_projection(inp, inp.means[idx], inp.quats[idx], inp.scales[idx])
+    if inp.sh is not None:
+        R, t = inp.viewmat[:3, :3], inp.viewmat[:3, 3]
+        cam_center = -R.T @ t
+        colors_v = sh_to_color(inp.sh[idx], inp.sh_degree, inp.means[idx], cam_center)
+    else:
+        colors_v = inp.colors[idx]
+
+    def scatter(rows: Tensor, width: int) -> Tensor:
+        shape = (N, width) if width else (N,)
+        return torch.zeros(shape, dtype=inp.means.dtype).index_put((idx,), rows)
+
+    colors = scatter(colors_v, 3) if inp.sh is not None else inp.colors
+    radii = torch.zeros(N, dtype=torch.int32).index_put((idx,), proj["radius"].detach().int())
+    return Projection(means2d=scatter(proj["mean2d"], 2), conics=scatter(proj["conic"], 3),
+                      depths=scatter(proj["p_cam"][:, 2], 0), radii=radii, colors=colors)
+
+
+def rasterize(inp: RenderInputs, proj: Projection) -> RasterImages:
+    """Stage 2: front-to-back blending, tile by tile, of the Gaussians with radius > 0."""
+    idx = (proj.radii > 0).nonzero().squeeze(1)
+    feats = inp.features[idx] if inp.features is not None else None
+    img = blend_tiles(inp, proj.means2d[idx], proj.conics[idx], inp.opacities[idx], proj.depths[idx],
+                      proj.colors[idx], feats, proj.radii[idx].to(inp.means.dtype))
+    return RasterImages(rgb=img["rgb"], features=img["features"], depth=img["depth"], alpha=img["alpha"])
+
+
 def render(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
            viewmat: Tensor, K: Tensor, width: int, height: int, *, features: Tensor | None = None,
            sh_degree: int | None = None, near: float = 0.01, background: Tensor | None = None,
@@ -209,28 +245,7 @@ def render(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colo
                                  features=features, sh_degree=sh_degree, near=near,
                                  background=background, feature_background=feature_background,
                                  allow_float64=True, check_device=False)
-    N = inp.means.shape[0]
-    vis = visible_mask(inp)
-    idx = vis.nonzero().squeeze(1)
-    proj = project(inp, inp.means[idx], inp.quats[idx], inp.scales[idx])
-    if inp.sh is not None:
-        R, t = inp.viewmat[:3, :3], inp.viewmat[:3, 3]
-        cam_center = -R.T @ t
-        colors_v = sh_to_color(inp.sh[idx], inp.sh_degree, inp.means[idx], cam_center)
-    else:
-        colors_v = inp.colors[idx]
-    feats_v = inp.features[idx] if inp.features is not None else None
-    # The screen-space means of all N Gaussians (0 when culled); rasterising
-    # from this tensor makes means2d.grad the densification gradient.
-    means2d = torch.zeros(N, 2, dtype=inp.means.dtype).index_put((idx,), proj["mean2d"])
-    if means2d.requires_grad:
-        means2d.retain_grad()
-    img = rasterize(inp, means2d[idx], proj["conic"], inp.opacities[idx], proj["p_cam"][:, 2],
-                    colors_v, feats_v, proj["radius"].detach())
-    radii = torch.zeros(N, dtype=torch.int32).index_put((idx,), proj["radius"].detach().int())
-    rgb = img["rgb"] + (1 - img["alpha"]) * inp.background[:, None, None]
-    feats = img["features"]
-    if feats is not None and inp.feature_background is not None:
-        feats = feats + (1 - img["alpha"]) * inp.feature_background[:, None, None]
-    return RenderOutput(rgb=rgb, features=feats, depth=img["depth"], alpha=img["alpha"],
-                        radii=radii, means2d=means2d)
+    proj = project(inp)
+    if proj.means2d.requires_grad:
+        proj.means2d.retain_grad()
+    return composite(inp, proj, rasterize(inp, proj))

@@ -22,7 +22,8 @@ import torch
 
 from feature3dgs.utils.io import atomic_open
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "checkpoint_path", "FORMAT", "VERSION"]
+__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints", "checkpoint_path",
+           "checkpoint_step", "FORMAT", "VERSION"]
 
 FORMAT = "feature3dgs-checkpoint"
 VERSION = 1
@@ -30,7 +31,23 @@ _NAME = re.compile(r"ckpt_(\d+)\.pt$")
 
 
 def checkpoint_path(folder: Union[str, Path], step: int) -> Path:
+    """The file of the checkpoint of ``step`` in ``folder``: ``ckpt_<step, 7 digits>.pt``."""
     return Path(folder) / f"ckpt_{step:07d}.pt"
+
+
+def checkpoint_step(path: Union[str, Path]) -> Optional[int]:
+    """The step of a checkpoint file name, or None when the name is not ``ckpt_<step>.pt``."""
+    m = _NAME.match(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
+def list_checkpoints(folder: Union[str, Path]) -> list[Path]:
+    """The checkpoint files in ``folder``, by step (oldest first); [] when there is no folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(checkpoint_step(p), p) for p in folder.iterdir() if checkpoint_step(p) is not None]
+    return [p for _, p in sorted(found)]
 
 
 def save_checkpoint(state: dict[str, Any], path: Union[str, Path]) -> Path:
@@ -70,11 +87,5 @@ def latest_checkpoint(folder: Union[str, Path]) -> Optional[Path]:
     folder = Path(folder)
     if (folder / "checkpoints").is_dir():
         folder = folder / "checkpoints"
-    if not folder.is_dir():
-        return None
-    best = None
-    for p in folder.iterdir():
-        m = _NAME.match(p.name)
-        if m and (best is None or int(m.group(1)) > best[0]):
-            best = (int(m.group(1)), p)
-    return None if best is None else best[1]
+    found = list_checkpoints(folder)
+    return found[-1] if found else None

@@ -1,5 +1,6 @@
 """Adaptive density control (3DGS): screen-space gradient statistics, clone / split / prune,
-opacity reset, and the optimizer-state surgery that keeps Adam consistent with the model.
+opacity reset, the optimizer-state surgery that keeps Adam consistent with the model, and
+:class:`DefaultStrategy`, which runs them on the 3DGS schedule.
 
 Every function works on *all* per-Gaussian parameters of the model (``model.params``), so
 features and any parameter a later stage adds are carried along. Adam moments follow their
@@ -19,17 +20,23 @@ from typing import Mapping, Optional
 import torch
 from torch import Tensor, nn
 
+from feature3dgs.model.camera import Camera
 from feature3dgs.model.gaussians import GaussianModel, inverse_sigmoid, quat_to_rotmat
+from feature3dgs.rendering import RenderOutput
+from feature3dgs.training.strategy import Strategy
 
 __all__ = [
     "DensifyStats",
     "ndc_grad_norm",
+    "param_group",
+    "swap_param",
     "append_gaussians",
     "keep_gaussians",
     "clone_gaussians",
     "split_gaussians",
     "reset_opacity",
     "densify_and_prune",
+    "DefaultStrategy",
 ]
 
 
@@ -84,11 +91,6 @@ class DensifyStats:
         return DensifyStats(self.grad_accum[mask_or_index], self.denom[mask_or_index],
                             self.max_radii[mask_or_index])
 
-    def extend(self, n: int) -> "DensifyStats":
-        """Append ``n`` zero rows."""
-        pad = lambda t: torch.cat([t, t.new_zeros(n)])  # noqa: E731
-        return DensifyStats(pad(self.grad_accum), pad(self.denom), pad(self.max_radii))
-
     def state_dict(self) -> dict:
         return {"grad_accum": self.grad_accum, "denom": self.denom, "max_radii": self.max_radii}
 
@@ -98,20 +100,21 @@ class DensifyStats:
 
 
 # ---------------------------------------------------------------------- optimizer surgery
-def _group(optimizer: torch.optim.Optimizer, name: str) -> Optional[dict]:
+def param_group(optimizer: torch.optim.Optimizer, name: str) -> Optional[dict]:
+    """The optimizer's parameter group tagged ``name`` (see GaussianModel.param_groups), or None."""
     for g in optimizer.param_groups:
         if g.get("name") == name:
             return g
     return None
 
 
-def _swap(optimizer: Optional[torch.optim.Optimizer], name: str, old: nn.Parameter, new: nn.Parameter,
-          transform) -> None:
+def swap_param(optimizer: Optional[torch.optim.Optimizer], name: str, old: nn.Parameter, new: nn.Parameter,
+               transform) -> None:
     """Point the optimizer group ``name`` at ``new`` and map each per-row state tensor of ``old``
     through ``transform`` (other state entries, e.g. Adam's step, are kept)."""
     if optimizer is None:
         return
-    group = _group(optimizer, name)
+    group = param_group(optimizer, name)
     if group is None:
         return
     if len(group["params"]) != 1 or group["params"][0] is not old:
@@ -129,7 +132,7 @@ def keep_gaussians(model: GaussianModel, optimizer: Optional[torch.optim.Optimiz
     """Keep the Gaussians selected by ``keep`` (bool mask or index), dropping the rest."""
     for name, old in list(model.params.items()):
         new = nn.Parameter(old.detach()[keep].contiguous())
-        _swap(optimizer, name, old, new, lambda v: v[keep].contiguous())
+        swap_param(optimizer, name, old, new, lambda v: v[keep].contiguous())
         model.params[name] = new
 
 
@@ -146,7 +149,7 @@ def append_gaussians(model: GaussianModel, optimizer: Optional[torch.optim.Optim
     for name, old in list(model.params.items()):
         rows = new_rows[name].detach().to(old.dtype)
         new = nn.Parameter(torch.cat([old.detach(), rows]).contiguous())
-        _swap(optimizer, name, old, new, lambda v, r=rows: torch.cat([v, torch.zeros_like(r)]).contiguous())
+        swap_param(optimizer, name, old, new, lambda v, r=rows: torch.cat([v, torch.zeros_like(r)]).contiguous())
         model.params[name] = new
 
 
@@ -191,7 +194,7 @@ def reset_opacity(model: GaussianModel, optimizer: Optional[torch.optim.Optimize
     old = model.params["opacities"]
     clamped = torch.minimum(torch.sigmoid(old.detach()), torch.full_like(old, max_opacity))
     new = nn.Parameter(inverse_sigmoid(clamped).contiguous())
-    _swap(optimizer, "opacities", old, new, torch.zeros_like)
+    swap_param(optimizer, "opacities", old, new, torch.zeros_like)
     model.params["opacities"] = new
 
 
@@ -250,3 +253,58 @@ def densify_and_prune(model: GaussianModel, optimizer: Optional[torch.optim.Opti
         keep_gaussians(model, optimizer, ~prune)
     counts = {"cloned": n_clone, "split": n_split, "pruned": n_pruned, "n": model.num_gaussians, "n_before": n0}
     return DensifyStats.zeros(model.num_gaussians, model.device), counts
+
+
+class DefaultStrategy(Strategy):
+    """3DGS adaptive density control on its schedule: screen-space gradient statistics after
+    every backward (until ``refine_until``); every ``refine_every`` steps after ``refine_from``,
+    clone / split / prune (:func:`densify_and_prune`); an opacity reset every ``reset_every``
+    steps (and, as 3DGS does on white backgrounds, at ``refine_from``).
+
+    Built by :func:`feature3dgs.training.strategy.make_strategy` from a resolved TrainConfig.
+    """
+
+    def __init__(self, *, extent: float, grad_threshold: float, percent_dense: float, min_opacity: float,
+                 max_world_size: Optional[float], max_screen_size: Optional[float],
+                 max_gaussians: Optional[int], refine_from: int, refine_until: int, refine_every: int,
+                 reset_every: int, reset_at_start: bool, generator: torch.Generator, n: int,
+                 device: torch.device):
+        self.extent = float(extent)
+        self.grad_threshold, self.percent_dense, self.min_opacity = grad_threshold, percent_dense, min_opacity
+        self.max_world_size, self.max_screen_size, self.max_gaussians = max_world_size, max_screen_size, max_gaussians
+        self.refine_from, self.refine_until, self.refine_every = refine_from, refine_until, refine_every
+        self.reset_every, self.reset_at_start = reset_every, reset_at_start
+        self.generator = generator
+        self.stats = DensifyStats.zeros(n, device)
+        self.last: dict = {}
+
+    def after_backward(self, model: GaussianModel, out: RenderOutput, camera: Camera, step: int) -> None:
+        if step < self.refine_until:
+            grad = out.means2d.grad if out.means2d.requires_grad else None
+            self.stats.update(grad, out.radii, camera.width, camera.height)
+
+    def after_optimizer_step(self, model: GaussianModel, optimizer: torch.optim.Optimizer, step: int,
+                             lr_means: float) -> None:
+        if step >= self.refine_until:
+            return
+        if step > self.refine_from and step % self.refine_every == 0:
+            after_reset = step > self.reset_every
+            self.stats, counts = densify_and_prune(
+                model, optimizer, self.stats, self.grad_threshold, self.extent, percent_dense=self.percent_dense,
+                min_opacity=self.min_opacity, max_screen_size=self.max_screen_size if after_reset else None,
+                max_world_size=self.max_world_size if after_reset else None, max_gaussians=self.max_gaussians,
+                generator=self.generator)
+            self.last = {"step": step, **counts}
+        # 3DGS also resets at densify_from on white backgrounds; here only when periodic resets
+        # happen at all (the first one falls inside the densification window).
+        resets = self.reset_every < self.refine_until
+        if step % self.reset_every == 0 or (resets and self.reset_at_start and step == self.refine_from):
+            reset_opacity(model, optimizer)
+
+    def state_dict(self) -> dict:
+        return {"stats": self.stats.state_dict(), "last": dict(self.last)}
+
+    def load_state_dict(self, state: Mapping, device: torch.device) -> None:
+        stats = DensifyStats.from_state_dict(state["stats"])
+        self.stats = DensifyStats(*(t.to(device) for t in (stats.grad_accum, stats.denom, stats.max_radii)))
+        self.last = dict(state.get("last", {}))

@@ -1,7 +1,7 @@
-"""Atomic file writes: write beside the target, fsync, then os.replace.
+"""Atomic file writes, PNG images and file-name-safe view names.
 
-A reader (or a crash) never sees a half-written file: the target either keeps its old contents
-or gets the complete new ones.
+Atomic: write beside the target, fsync, then ``os.replace``. A reader (or a crash) never sees a
+half-written file: the target either keeps its old contents or gets the complete new ones.
 """
 
 from __future__ import annotations
@@ -12,11 +12,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator, Union
 
-__all__ = ["atomic_open", "atomic_write_text"]
+import numpy as np
+import torch
+
+__all__ = ["atomic_open", "atomic_write_text", "save_png", "safe_name", "TEMP_SUFFIX"]
+
+PathLike = Union[str, os.PathLike]
+#: suffix of the temporary files :func:`atomic_open` writes (``.<name>.<random>.tmp``)
+TEMP_SUFFIX = ".tmp"
 
 
 @contextmanager
-def atomic_open(path: Union[str, Path], mode: str = "wb") -> Iterator[IO]:
+def atomic_open(path: PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside ``path``; on a clean exit it replaces ``path``.
 
     On an exception the temporary file is removed and ``path`` is left untouched. The parent
@@ -26,7 +33,7 @@ def atomic_open(path: Union[str, Path], mode: str = "wb") -> Iterator[IO]:
         raise ValueError(f"atomic_open mode must be 'wb' or 'w', got {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
@@ -41,7 +48,29 @@ def atomic_open(path: Union[str, Path], mode: str = "wb") -> Iterator[IO]:
         raise
 
 
-def atomic_write_text(path: Union[str, Path], text: str) -> None:
+def atomic_write_text(path: PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     with atomic_open(path, "w") as f:
         f.write(text)
+
+
+def save_png(image: torch.Tensor, path: PathLike) -> Path:
+    """Save a (3,H,W) (or (1,H,W)) float image in [0, 1] as an 8-bit PNG, atomically."""
+    from PIL import Image
+
+    img = image.detach().float().cpu()
+    if img.dim() != 3 or img.shape[0] not in (1, 3):
+        raise ValueError(f"image must be (3, H, W) or (1, H, W), got {tuple(img.shape)}")
+    if img.shape[0] == 1:
+        img = img.expand(3, -1, -1)
+    a = (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+    with atomic_open(path, "wb") as f:
+        Image.fromarray(a).save(f, format="PNG")
+    return Path(path)
+
+
+def safe_name(name: str) -> str:
+    """A file-name stem for a view name: the extension dropped, path separators and other
+    characters outside ``[A-Za-z0-9._-]`` replaced by ``_``."""
+    stem = name.rsplit(".", 1)[0] if "." in Path(name).name else name
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem.replace("/", "_").replace("\\", "_"))

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import colorsys
+from typing import Optional, Sequence
+
 import numpy as np
 import torch
 from torch import Tensor
+
+from feature3dgs.utils.metrics import label_map
 
 
 @dataclass
@@ -151,3 +156,53 @@ def heatmap(values: Tensor, low: float = 0.0, high: float = 1.0) -> Tensor:
         raise ValueError(f"values must be (H,W), got {tuple(values.shape)}")
     v = (values.detach().float().cpu() - low) / max(high - low, 1e-12)
     return torch.from_numpy(apply_colormap(v.numpy())).permute(2, 0, 1).float() / 255.0
+
+
+# ---------------------------------------------------------------- class label maps
+_BASE_COLORS = [
+    (0.0, 0.0, 0.0), (0.90, 0.10, 0.15), (0.20, 0.70, 0.25), (0.15, 0.35, 0.95), (1.00, 0.85, 0.10),
+    (0.60, 0.20, 0.80), (0.10, 0.85, 0.90), (1.00, 0.50, 0.05), (0.95, 0.40, 0.80), (0.55, 0.85, 0.20),
+    (0.50, 0.30, 0.10), (0.55, 0.55, 0.55), (0.00, 0.45, 0.45), (0.95, 0.95, 0.95), (0.50, 0.00, 0.15),
+    (0.65, 0.75, 1.00), (0.45, 0.45, 0.00), (1.00, 0.75, 0.60), (0.00, 0.20, 0.50), (0.75, 1.00, 0.70),
+]
+
+
+def class_palette(k: int) -> Tensor:
+    """(K, 3) float32 colours in [0, 1], one per class; class 0 (background) is black.
+
+    The first 20 are hand-picked distinct colours; beyond them the hues follow the golden
+    ratio with alternating brightness.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    cols = list(_BASE_COLORS[:k])
+    i = 0
+    while len(cols) < k:
+        h = (i * 0.6180339887498949 + 0.1) % 1.0
+        s = 0.55 + 0.4 * ((i // 2) % 2)
+        v = 0.95 if i % 2 == 0 else 0.6
+        cols.append(colorsys.hsv_to_rgb(h, s, v))
+        i += 1
+    return torch.tensor(cols, dtype=torch.float32)
+
+
+def colorize_labels(labels: Tensor, palette: Optional[Tensor] = None, ignore_index: Optional[int] = None,
+                    ignore_color: Sequence[float] = (1.0, 1.0, 1.0)) -> Tensor:
+    """(3, H, W) float image of an (H, W) integer label map (default palette:
+    :func:`class_palette` of max label + 1); ``ignore_index`` pixels get ``ignore_color``."""
+    t = torch.as_tensor(labels)
+    if t.dim() != 2:
+        raise ValueError(f"labels must be (H, W), got {tuple(t.shape)}")
+    if palette is None:
+        counted = t if ignore_index is None else t[t != ignore_index]
+        palette = class_palette(int(counted.max()) + 1 if counted.numel() else 1)
+    pal = torch.as_tensor(palette, dtype=torch.float32)
+    if pal.dim() != 2 or pal.shape[1] != 3:
+        raise ValueError(f"palette must be (K, 3), got {tuple(pal.shape)}")
+    lab = label_map(t, pal.shape[0], t.shape[0], t.shape[1], ignore_index)
+    ign = lab == ignore_index if ignore_index is not None else torch.zeros_like(lab, dtype=torch.bool)
+    pal = pal.to(lab.device)
+    img = pal[torch.where(ign, torch.zeros_like(lab), lab)]
+    if ignore_index is not None:
+        img[ign] = torch.tensor(ignore_color, dtype=torch.float32, device=img.device)
+    return img.permute(2, 0, 1).contiguous()

@@ -30,6 +30,9 @@ import torch
 
 from feature3dgs.model.camera import Camera
 from feature3dgs.viewer.camera_convert import (camera_from_client, scene_up_direction, viser_pose_from_camera)
+from feature3dgs.rendering.device import resolve_device
+from feature3dgs.run import RunDir
+from feature3dgs.viewer.curves import plot_curves, save_curves
 from feature3dgs.viewer.session import ViewerSession
 
 __all__ = ["ViewerServer", "serve", "require_viser", "default_max_resolution"]
@@ -519,13 +522,11 @@ class ViewerServer:
                 self._report_error(event.client, "save", e)
 
     def _setup_curves(self) -> None:
-        run = self.session.scene.run_dir
-        if run is None or not (Path(run) / "log.csv").is_file():
+        log = RunDir(self.session.scene.run_dir).log_path() if self.session.scene.run_dir is not None else None
+        if log is None:
             return
-        from feature3dgs.viewer.curves import plot_curves, save_curves
-
         try:
-            image = plot_curves(Path(run) / "log.csv")
+            image = plot_curves(log)
         except (ValueError, OSError) as e:
             if self.verbose:
                 print(f"training curves not shown: {e}")
@@ -533,11 +534,11 @@ class ViewerServer:
         gui = self.server.gui
         with gui.add_folder("Training curves", expand_by_default=False):
             gui.add_image(image, format="png")
-            b = gui.add_button("Save curves.png", hint=f"write {Path(run) / 'curves.png'}")
+            b = gui.add_button("Save curves.png", hint=f"write {log.parent / 'curves.png'}")
 
         @b.on_click
         def _(event) -> None:
-            out = Path(run) / "curves.png"
+            out = log.parent / "curves.png"
             try:
                 save_curves(image, out)
                 if event.client is not None:
@@ -581,8 +582,7 @@ def serve(scene_dir: PathLike, host: str = "127.0.0.1", port: int = 8080, *,
         the running :class:`ViewerServer`; call ``.stop()`` (or use it as a context manager).
     """
     require_viser()
-    if device is None or device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     session = ViewerSession.open(scene_dir, device=device, weights_dir=weights_dir)
     cams: list[Camera] = []
     try:

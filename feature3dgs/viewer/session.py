@@ -10,9 +10,9 @@ on (the *prompt camera*); a new prompt on a camera with another pose starts a ne
 
 from __future__ import annotations
 
-import json
-import shutil
+import dataclasses
 import threading
+import time
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -20,40 +20,32 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from feature3dgs.apps.edit import delete, extract, recolor
+from feature3dgs.apps.mask_fusion import gaussian_mask_votes
+from feature3dgs.apps.query import LERF_NEGATIVES, relevancy_map
+from feature3dgs.apps.segment import sam_masks_on_view, select_by_clicks
+from feature3dgs.apps.semantic import render_semantic_logits
 from feature3dgs.model.camera import Camera
-from feature3dgs.run import FeatureScene, load_feature_scene
 from feature3dgs.model.gaussians import GaussianModel
+from feature3dgs.run import Run, RunDir, load_run
+from feature3dgs.training.config import background_arg
+from feature3dgs.utils.visualize import FeaturePCA, class_palette, colorize_labels, depth_to_image
 from feature3dgs.viewer import overlay
 from feature3dgs.viewer.camera_convert import same_pose
-from feature3dgs.utils.visualize import FeaturePCA, depth_to_image
 
-__all__ = ["ViewerSession", "MODES", "PCA_FILE", "LERF_NEGATIVES"]
+__all__ = ["ViewerSession", "MODES"]
 
 PathLike = Union[str, Path]
 
 #: every render mode the viewer knows; :meth:`ViewerSession.available_modes` lists a scene's
 MODES = ("rgb", "depth", "alpha", "pca", "relevancy", "semantic")
-#: where distillation saves the PCA of its feature images (FeaturePCA.to_dict()), in the run folder
-PCA_FILE = Path("renders") / "features" / "pca.pt"
-#: LERF's canonical negative phrases for relevancy maps
-LERF_NEGATIVES = ("object", "things", "stuff", "texture")
-#: a record of the edits, written beside a saved edit
-EDIT_LOG = "viewer_edits.json"
-
-
-def _parse_background(value) -> Tensor:
-    from feature3dgs.data.images import parse_background
-
-    if isinstance(value, str) and "," in value:  # the CLI's "R,G,B" form, as config.json keeps it
-        value = [float(x) for x in value.split(",")]
-    return parse_background(value if value is not None else "black")
 
 
 class ViewerSession:
     """A loaded feature scene plus the viewer's state.
 
     Attributes:
-        scene: the :class:`FeatureScene` (replaced by edits; the original is in ``history[0]``).
+        scene: the :class:`~feature3dgs.run.Run` (replaced by edits; the original is in ``history[0]``).
         mode: current render mode, one of :data:`MODES`.
         query: current text query ('' when none).
         prompt_camera: the camera the current prompts refer to (None before the first prompt).
@@ -65,14 +57,14 @@ class ViewerSession:
         selection: (N,) bool selected Gaussians, or None.
     """
 
-    def __init__(self, scene: FeatureScene, *, background=None, pca: Optional[FeaturePCA] = None,
+    def __init__(self, scene: Run, *, background=None, pca: Optional[FeaturePCA] = None,
                  weights_dir: Optional[str] = None, negatives: Optional[Sequence[str]] = LERF_NEGATIVES,
                  source_path: Optional[PathLike] = None):
         """
         Args:
             scene: the loaded scene.
             background: RGB background (name or 3 floats in [0, 1]); default: the run's config.
-            pca: feature PCA for the 'pca' mode; default: the run's saved ``renders/features/pca.pt``
+            pca: feature PCA for the 'pca' mode; default: the one the run saved (RunDir.PCA)
                 (fitted on the first rendered view when absent).
             weights_dir: where the teacher's weights are (SAM prompts, text queries).
             negatives: canonical phrases for relevancy (LERF); None or () for plain cosine.
@@ -82,10 +74,11 @@ class ViewerSession:
         self.scene = scene
         self.weights_dir = weights_dir
         self.negatives = tuple(negatives or ())
-        self.background = _parse_background(background if background is not None
-                                            else scene.train_config.get("background"))
+        if background is None:
+            background = scene.train_config.background if scene.train_config is not None else (0.0, 0.0, 0.0)
+        self.background = torch.tensor(background_arg(background))
         if source_path is None and scene.run_dir is not None:
-            source_path = Path(scene.run_dir) / "point_cloud.ply"
+            source_path = RunDir(scene.run_dir).file(RunDir.PLY)
         self.source_path = Path(source_path).resolve() if source_path is not None else None
         self.pca = pca
         self.pca_source = "given" if pca is not None else None
@@ -104,10 +97,10 @@ class ViewerSession:
 
     @classmethod
     def open(cls, path: PathLike, device: Union[str, torch.device] = "cpu", **kwargs) -> "ViewerSession":
-        """Load a run folder (or a .ply) with :func:`load_feature_scene` and wrap it."""
+        """Load a run folder (or a .ply) with :func:`~feature3dgs.run.load_run` and wrap it."""
         p = Path(path)
-        scene = load_feature_scene(p, device=device)
-        src = p if p.suffix.lower() == ".ply" else p / "point_cloud.ply"
+        scene = load_run(p, device=device)
+        src = p if p.suffix.lower() == ".ply" else RunDir(p).file(RunDir.PLY)
         return cls(scene, source_path=src, **kwargs)
 
     # ------------------------------------------------------------------ properties
@@ -128,18 +121,18 @@ class ViewerSession:
         """The scene can answer text queries (CLIP / LSeg teacher, or a set teacher with a text encoder)."""
         if self.scene.model.features is None:
             return False
-        if self.scene._teacher is not None:
-            return hasattr(self.scene._teacher, "encode_text")
-        return self.scene.teacher_name in ("clip", "lseg")
+        if self.scene.teacher_override is not None:
+            return hasattr(self.scene.teacher_override, "encode_text")
+        return self.scene.teacher_kind in ("clip", "lseg")
 
     @property
     def has_sam(self) -> bool:
         """The scene was distilled from SAM (its prompt decoder can segment rendered features)."""
         if self.scene.model.features is None:
             return False
-        if self.scene._teacher is not None:
-            return hasattr(self.scene._teacher, "predict_masks")
-        return self.scene.teacher_name == "sam"
+        if self.scene.teacher_override is not None:
+            return hasattr(self.scene.teacher_override, "predict_masks")
+        return self.scene.teacher_kind == "sam"
 
     def available_modes(self) -> list[str]:
         """The render modes this scene supports, in :data:`MODES` order."""
@@ -197,24 +190,19 @@ class ViewerSession:
         return torch.stack([self._text_embedding(n) for n in self.negatives])
 
     def _load_saved_pca(self) -> None:
-        run = self.scene.run_dir
-        if run is None or not (Path(run) / PCA_FILE).is_file():
+        if self.scene.run_dir is None:
             return
-        data = torch.load(Path(run) / PCA_FILE, map_location="cpu", weights_only=True)
-        self.pca = FeaturePCA.from_dict(data)
-        self.pca_source = str(Path(run) / PCA_FILE)
+        run = RunDir(self.scene.run_dir)
+        self.pca = run.read_feature_pca()
+        if self.pca is not None:
+            self.pca_source = str(run.file(RunDir.PCA))
 
     # ------------------------------------------------------------------ rendering
     def _render(self, camera: Camera, feature_blocks: Sequence[Tensor]):
-        from feature3dgs.rendering.kernels import render
-
-        m = self.scene.model
-        cam = camera.to(self.device)
-        feats = torch.cat([b.to(self.device, torch.float32) for b in feature_blocks], dim=1) if feature_blocks else None
+        feats = (torch.cat([b.to(self.device, torch.float32) for b in feature_blocks], dim=1)
+                 if feature_blocks else None)
         with torch.no_grad():
-            return render(m.means, m.params["quats"], m.scales, m.opacities, m.sh, cam.viewmat, cam.K, cam.width,
-                          cam.height, features=feats, sh_degree=m.active_sh_degree,
-                          background=self.background.to(self.device))
+            return self.scene.model.render(camera, self.background.to(self.device), features=feats)
 
     def _decode(self, feats: Tensor) -> Tensor:
         dec = self.scene.decoder
@@ -236,8 +224,6 @@ class ViewerSession:
         return self.pca(decoded)
 
     def _semantic_image(self, camera: Camera, rgb_alpha: Tensor) -> Tensor:
-        from feature3dgs.apps.semantic import class_palette, colorize_labels, render_semantic_logits
-
         logits = render_semantic_logits(self.scene.model, camera.to(self.device))
         img = colorize_labels(logits.argmax(0), class_palette(logits.shape[0])).float().cpu()
         a = rgb_alpha.cpu()
@@ -279,8 +265,6 @@ class ViewerSession:
                 if not self.query:
                     img = rgb  # nothing to score yet: show the scene
                 else:
-                    from feature3dgs.apps.segment import relevancy_map
-
                     rel = relevancy_map(self._decode(feats), self._text_embedding(self.query),
                                         self._negatives_embedding())
                     heat = torch.from_numpy(overlay.apply_colormap(rel.cpu().numpy())).permute(2, 0, 1) / 255.0
@@ -297,8 +281,6 @@ class ViewerSession:
         Returns:
             (H, W, 3) uint8.
         """
-        import time
-
         t0 = time.perf_counter()
         with self._lock:
             img, weight = self.render_mode_image(camera, mode, selection_weight=overlays)
@@ -337,10 +319,6 @@ class ViewerSession:
         """Forget the prompts and the mask (the 3D selection stays)."""
         with self._lock:
             self._clear_prompts()
-
-    def clear_selection(self) -> None:
-        with self._lock:
-            self.selection = None
 
     def _use_camera(self, camera: Optional[Camera]) -> Camera:
         if camera is None:
@@ -421,7 +399,7 @@ class ViewerSession:
     def _require_sam(self) -> None:
         if not self.has_sam:
             raise ValueError("box prompts need a scene distilled from SAM (its prompt decoder segments the "
-                             f"rendered features); this scene's teacher is {self.scene.teacher_name!r}")
+                             f"rendered features); this scene's teacher is {self.scene.teacher_kind!r}")
 
     def _require_features(self) -> None:
         if self.scene.model.features is None:
@@ -433,8 +411,6 @@ class ViewerSession:
         return "sam" if self.has_sam else ("similarity" if self.scene.model.features is not None else "none")
 
     def _run_similarity(self) -> np.ndarray:
-        from feature3dgs.apps.segment import select_by_clicks
-
         if not any(self.labels):
             self.mask = np.zeros((self.prompt_camera.height, self.prompt_camera.width), dtype=bool)
             self.mask_info = {"score": None, "pixels": 0, "candidates": 1, "timings": {}}
@@ -449,8 +425,6 @@ class ViewerSession:
         return self.mask
 
     def _run_sam(self) -> np.ndarray:
-        from feature3dgs.apps.segment import sam_masks_on_view
-
         teacher = self.scene.teacher(self.weights_dir)
         cam = self.prompt_camera.to(self.device)
         pts = np.asarray(self.points, dtype=np.float32).reshape(-1, 2) if self.points else None
@@ -460,14 +434,14 @@ class ViewerSession:
         multi = boxes is None and len(self.points) == 1
         res = sam_masks_on_view(self.scene.model, cam, self.scene.decoder, teacher, pts, labels, boxes,
                                 multimask_output=multi)
-        masks, scores = res["masks"].cpu(), res["scores"].cpu()
+        masks, scores = res.masks.cpu(), res.scores.cpu()
         # the best-scoring candidate that selects anything (an empty mask says nothing to the user)
         nonempty = masks.flatten(1).any(1)
         order = torch.argsort(scores, descending=True).tolist()
         best = next((i for i in order if bool(nonempty[i])), order[0])
         self.mask = masks[best].numpy().astype(bool)
         self.mask_info = {"score": float(scores[best]), "pixels": int(self.mask.sum()),
-                          "candidates": int(masks.shape[0]), "timings": res["timings"]}
+                          "candidates": int(masks.shape[0]), "timings": dataclasses.asdict(res.timings)}
         return self.mask
 
     # ------------------------------------------------------------------ selection and edits
@@ -485,8 +459,6 @@ class ViewerSession:
                 raise ValueError("no mask to select from: click on the object (or draw a box) first")
             mask = torch.from_numpy(self.mask)
             cam = self.prompt_camera.to(self.device)
-            from feature3dgs.apps.mask_fusion import gaussian_mask_votes
-
             votes = gaussian_mask_votes(self.scene.model, [cam], [mask.to(self.device)])
             self.selection = (torch.as_tensor(votes).reshape(-1) > threshold).to(self.device)
             return self.selection
@@ -521,16 +493,12 @@ class ViewerSession:
     def delete_selected(self) -> int:
         """Remove the selected Gaussians (lifting the mask first when nothing is selected).
         Returns the new number of Gaussians."""
-        from feature3dgs.apps.edit import delete
-
         with self._lock:
             sel = self._selection_or_lift()
             return self._apply("delete", delete(self.scene.model, sel), {"selected": int(sel.sum())})
 
     def extract_selected(self) -> int:
         """Keep only the selected Gaussians. Returns the new number of Gaussians."""
-        from feature3dgs.apps.edit import extract
-
         with self._lock:
             sel = self._selection_or_lift()
             return self._apply("extract", extract(self.scene.model, sel), {"selected": int(sel.sum())})
@@ -538,8 +506,6 @@ class ViewerSession:
     def recolor_selected(self, rgb: Sequence[float]) -> int:
         """Give the selected Gaussians the constant colour ``rgb`` (3 floats in [0, 1]); the selection
         is kept. Returns the number of Gaussians recoloured."""
-        from feature3dgs.apps.edit import recolor
-
         color = [float(c) for c in rgb]
         if len(color) != 3 or not all(0.0 <= c <= 1.0 for c in color):
             raise ValueError(f"rgb must be 3 values in [0, 1], got {list(rgb)}")
@@ -572,10 +538,8 @@ class ViewerSession:
         Returns:
             the PLY path.
         """
-        from feature3dgs.utils.io import atomic_open, atomic_write_text
-
         out = Path(out_dir).expanduser()
-        ply = (out / "point_cloud.ply").resolve()
+        ply = (out / RunDir.PLY).resolve()
         if self.source_path is not None and ply == self.source_path:
             raise ValueError(f"refusing to overwrite the original scene {self.source_path}; "
                              "choose another output folder")
@@ -585,13 +549,12 @@ class ViewerSession:
             raise FileExistsError(f"{ply} exists; choose a new folder (or pass overwrite=True)")
         with self._lock:
             path = self.scene.save(out)
+            run = RunDir(out)
             if self.pca is not None:
-                with atomic_open(out / PCA_FILE, "wb") as f:
-                    torch.save(self.pca.to_dict(), f)
-            if self.scene.run_dir is not None and (Path(self.scene.run_dir) / "log.csv").is_file():
-                shutil.copyfile(Path(self.scene.run_dir) / "log.csv", out / "log.csv")
-            atomic_write_text(out / EDIT_LOG, json.dumps(
-                {"source": str(self.source_path) if self.source_path else None, "edits": self.edits}, indent=2))
+                run.write_feature_pca(self.pca)
+            if self.scene.run_dir is not None:
+                run.copy_log_from(RunDir(self.scene.run_dir))
+            run.write_edit_log(str(self.source_path) if self.source_path else None, self.edits)
             return path
 
     def default_save_dir(self) -> Path:

@@ -70,6 +70,7 @@ class Teacher(abc.ABC):
     """A frozen 2D feature extractor.
 
     Attributes:
+        kind: which teacher family it is: 'sam', 'clip' or 'lseg' (what ``build_teacher`` takes).
         name: short identifier, e.g. 'sam-vit_h', 'clip-ViT-B-16', 'lseg-vitl16'.
         dim: feature channels D.
         is_random: True when the weights are random (tests, smoke runs): features are then
@@ -82,6 +83,7 @@ class Teacher(abc.ABC):
         amp: run the network under float16 autocast on CUDA (outputs are float32 either way).
     """
 
+    kind: str
     name: str
     dim: int
     is_random: bool

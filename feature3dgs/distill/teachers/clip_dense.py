@@ -22,18 +22,12 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn.functional as F
 
+from feature3dgs.utils.optional import require
+
 from ._weights import file_digest, offline
 from .base import LanguageTeacher, grid_size, resize_to_grid
 
 __all__ = ["DenseClipTeacher", "maskclip_features", "interpolate_pos_embed"]
-
-
-def _require_open_clip():
-    try:
-        import open_clip
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("the CLIP teacher needs open_clip: pip install open-clip-torch") from e
-    return open_clip
 
 
 def interpolate_pos_embed(pos: torch.Tensor, gh: int, gw: int, num_prefix: int = 1) -> torch.Tensor:
@@ -102,11 +96,13 @@ class DenseClipTeacher(LanguageTeacher):
     module docstring for the feature definition and grid.
     """
 
+    kind = "clip"
+
     version = 1
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, *, model_name: str, weights_id: str,
                  is_random: bool, resolution: int = 448):
-        oc = _require_open_clip()
+        oc = require("open_clip", "open-clip-torch", "the CLIP teacher")
         self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -150,7 +146,7 @@ class DenseClipTeacher(LanguageTeacher):
         Raises:
             FileNotFoundError: the weights are not available locally and cannot be downloaded.
         """
-        oc = _require_open_clip()
+        oc = require("open_clip", "open-clip-torch", "the CLIP teacher")
         is_file = pretrained is not None and os.path.isfile(pretrained)
         tag_cfg = {} if is_file else oc.get_pretrained_cfg(model_name, pretrained)
         if not is_file and not tag_cfg:
@@ -182,7 +178,7 @@ class DenseClipTeacher(LanguageTeacher):
     def tiny_random(cls, seed: int = 0, resolution: int = 64, embed_dim: int = 512) -> "DenseClipTeacher":
         """A tiny open_clip ``CLIP`` (2-layer ViT/16 of width 32, 2-layer text transformer of width
         32, the real BPE tokenizer and a 512-d joint space) with random weights."""
-        oc = _require_open_clip()
+        oc = require("open_clip", "open-clip-torch", "the CLIP teacher")
         from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
         with torch.random.fork_rng(devices=[]):

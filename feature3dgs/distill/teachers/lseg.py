@@ -463,6 +463,8 @@ def build_lseg_from_state_dict(
 class LSegTeacher(LanguageTeacher):
     """LSeg per-pixel CLIP features (see the module docstring), with ``encode_text``."""
 
+    kind = "lseg"
+
     version = 1
 
     def __init__(self, net: LSegNet, *, weights_id: str, is_random: bool, resolution: int = 480):

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from feature3dgs.utils.optional import require
+
 from ._weights import file_digest, resolve_weights
 from .base import Teacher, check_image
 
@@ -41,15 +43,6 @@ SAM_CHECKPOINTS = {
 ArrayLike = Union[torch.Tensor, np.ndarray, list, tuple]
 
 
-def _require_sam():
-    try:
-        import segment_anything  # noqa: F401
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("the SAM teacher needs the segment-anything package: "
-                          "pip install segment-anything") from e
-    return segment_anything
-
-
 class SamTeacher(Teacher):
     """SAM's image encoder as a 256-channel teacher (see the module docstring for the grid).
 
@@ -61,10 +54,12 @@ class SamTeacher(Teacher):
         model_type: 'vit_h', 'vit_l', 'vit_b' or 'tiny'.
     """
 
+    kind = "sam"
+
     version = 1
 
     def __init__(self, sam_model, *, model_type: str, weights_id: str, is_random: bool):
-        _require_sam()
+        require("segment_anything", "segment-anything", "the SAM teacher")
         from segment_anything.utils.transforms import ResizeLongestSide
 
         self.sam_model = sam_model.eval()
@@ -108,7 +103,7 @@ class SamTeacher(Teacher):
             FileNotFoundError: no checkpoint and no way to download it (the message names the
                 file, the folder and the URL).
         """
-        sam_mod = _require_sam()
+        sam_mod = require("segment_anything", "segment-anything", "the SAM teacher")
         if model_type not in SAM_CHECKPOINTS:
             raise ValueError(f"SAM model_type must be one of {sorted(SAM_CHECKPOINTS)}, got {model_type!r}")
         fname = SAM_CHECKPOINTS[model_type]
@@ -130,7 +125,7 @@ class SamTeacher(Teacher):
         two-way transformer. Preprocessing (resize, normalisation, padding) is SAM's. About half a
         second per image on one CPU core.
         """
-        _require_sam()
+        require("segment_anything", "segment-anything", "the SAM teacher")
         import segment_anything.modeling as m
 
         grid = img_size // 16
