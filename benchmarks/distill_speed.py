@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from feature3dgs.data import builtin_scene, load_scene  # noqa: E402
-from feature3dgs.distill.distill import DistillConfig, distill, label_feature_cache  # noqa: E402
+from feature3dgs.distill.distill import DistillConfig, distill  # noqa: E402
+from feature3dgs.distill.labels import label_feature_cache  # noqa: E402
 from feature3dgs.training.config import TrainConfig  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--teacher-dim", type=int, default=256)
     parser.add_argument("--render-dim", type=int, default=64)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default=None)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "distill_speed.json")
     args = parser.parse_args(argv)
 
@@ -46,16 +47,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         cache = label_feature_cache(scene, Path(tmp), dim=args.teacher_dim)
         for render_dim in (args.teacher_dim, args.render_dim):
-            tc = TrainConfig(iterations=args.steps, device=args.device, lpips="none", tensorboard=False,
+            tc = TrainConfig(iterations=args.steps, device=args.device, lpips=None, tensorboard=False,
                              progress=False, save_test_renders=False, eval_every=0)
             t0 = time.perf_counter()
             m = distill(scene, None, tc, DistillConfig(render_dim=render_dim), cache=cache)
             wall = time.perf_counter() - t0
-            f = m["features"]
+            f, t = m.features, m.train
             rows.append(dict(render_dim=render_dim, decoder=render_dim != args.teacher_dim,
-                             ms_per_step=1e3 * m["train_time_s"] / m["step"], wall_s=wall,
-                             n_gaussians=m["n_gaussians"], feature_psnr=f["feature_psnr"],
-                             cosine=f["cosine"], rgb_psnr=m["test"]["psnr"], device=m["device"]))
+                             ms_per_step=1e3 * t.train_time_s / t.step, wall_s=wall,
+                             n_gaussians=t.n_gaussians, feature_psnr=f.feature_psnr,
+                             cosine=f.cosine, rgb_psnr=t.eval.psnr, device=t.device))
     base = rows[0]["ms_per_step"]
     print(f"distillation on {scene.source_path}, teacher dim {args.teacher_dim}, {args.steps} steps, "
           f"device {rows[0]['device']}, git {git_revision()}")

@@ -13,6 +13,7 @@ D_render -> 256 decoder, seen by a camera at the image sizes given.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -27,6 +28,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from feature3dgs.model.camera import Camera, intrinsics_from_fov, look_at  # noqa: E402
 from feature3dgs.model.decoder import FeatureDecoder  # noqa: E402
 from feature3dgs.model.gaussians import GaussianModel  # noqa: E402
+from feature3dgs.rendering.device import resolve_device  # noqa: E402
 from feature3dgs.apps.segment import sam_masks_on_view  # noqa: E402
 from bench_utils import git_revision, write_result  # noqa: E402
 
@@ -67,12 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder", default="vit_b", choices=["vit_b", "vit_l", "vit_h", "none"],
                         help="SAM image encoder timed for comparison ('none' skips it)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default=None)
     parser.add_argument("--out", type=Path, default=None, help="JSON (default results/sam_prompt_speed-DEVICE.json)")
     args = parser.parse_args(argv)
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     sam = build_sam(args.encoder if args.encoder != "none" else "vit_b").to(device)
     model = random_model(args.gaussians, args.render_dim, device)
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         labels = torch.tensor([1, 0])
         timings = []
         for _ in range(args.repeats + 1):  # the first call warms up
-            timings.append(sam_masks_on_view(model, cam, decoder, sam, points, labels)["timings"])
+            timings.append(dataclasses.asdict(sam_masks_on_view(model, cam, decoder, sam, points, labels).timings))
         timings = timings[1:]
         med = {k: statistics.median(t[k] for t in timings) for k in timings[0]}
         row = dict(size=size, **med, feature_path_ms=sum(med.values()))

@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from feature3dgs.data import builtin_scene, load_scene  # noqa: E402
-from feature3dgs.distill.distill import (DistillConfig, distill, label_class_count, label_embeddings,  # noqa: E402
-                                 label_feature_cache)
+from feature3dgs.distill.distill import DistillConfig, distill  # noqa: E402
+from feature3dgs.distill.labels import label_class_count, label_embeddings, label_feature_cache  # noqa: E402
 from feature3dgs.utils.metrics import confusion_matrix, segmentation_metrics  # noqa: E402
 from feature3dgs.apps.query import semantic_segmentation  # noqa: E402
 from feature3dgs.training.config import TrainConfig  # noqa: E402
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=16)
     parser.add_argument("--noise", type=float, default=0.3)
     parser.add_argument("--teacher-size", type=int, default=64)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default=None)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "student_vs_teacher.json")
     args = parser.parse_args(argv)
 
@@ -54,12 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     size = (args.teacher_size, args.teacher_size)
     with tempfile.TemporaryDirectory() as tmp:
         cache = label_feature_cache(scene, Path(tmp), dim=args.dim, size=size, noise=args.noise)
-        tc = TrainConfig(iterations=args.steps, device=args.device, lpips="none", tensorboard=False,
+        tc = TrainConfig(iterations=args.steps, device=args.device, lpips=None, tensorboard=False,
                          progress=False, save_test_renders=False, eval_every=0)
         t0 = time.perf_counter()
         m = distill(scene, None, tc, DistillConfig(render_dim=args.dim), cache=cache)
         wall = time.perf_counter() - t0
-        model = m["trainer"].model
+        model = m.model
         conf_t = torch.zeros(n_classes, n_classes, dtype=torch.int64)
         conf_s = torch.zeros_like(conf_t)
         with torch.no_grad():
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     print("student beats teacher" if verdict else "student does NOT beat teacher")
     result = dict(benchmark="student_vs_teacher", torch=torch.__version__, git=git_revision(),
                   date=time.strftime("%Y-%m-%d"), steps=args.steps, noise=args.noise, teacher_size=size,
-                  dim=args.dim, wall_s=wall, rgb_test_psnr=m["test"]["psnr"],
+                  dim=args.dim, wall_s=wall, rgb_test_psnr=m.train.eval.psnr,
                   teacher={k: v for k, v in rows["teacher"].items() if k != "iou_per_class"},
                   student={k: v for k, v in rows["student"].items() if k != "iou_per_class"},
                   student_beats_teacher=verdict)

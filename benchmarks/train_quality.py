@@ -34,7 +34,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_utils import git_revision  # noqa: E402
 from feature3dgs.utils.io import atomic_write_text  # noqa: E402
-from feature3dgs.training.trainer import Trainer, TrainConfig, load_scene_for  # noqa: E402
+from feature3dgs.run import RunDir  # noqa: E402
+from feature3dgs.training.config import TrainConfig  # noqa: E402
+from feature3dgs.training.trainer import Trainer, load_scene_for  # noqa: E402
 
 SCENES = {
     "lego_200": dict(background="white", init="random", init_random_points=20_000),
@@ -52,7 +54,7 @@ def main(argv=None) -> int:
     ap.add_argument("--schedule-length", type=int, default=None, help="default: --steps (scaled 3DGS schedule)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--device", default=None)
     ap.add_argument("--work-dir", default=None, help="run outputs (PLY, renders); default: a temp folder")
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra TrainConfig fields")
@@ -70,7 +72,7 @@ def main(argv=None) -> int:
                       **{**SCENES[args.scene], **extra})
     scene = load_scene_for(cfg)
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix=f"f3dgs_{args.scene}_"))
-    trainer = Trainer(scene, cfg, out_dir=work)
+    trainer = Trainer(scene, cfg, run=RunDir(work))
     device = str(trainer.device)
     out_json = Path(args.results) / f"train_quality-{args.scene}-{device}.json"
     record = {
@@ -98,32 +100,32 @@ def main(argv=None) -> int:
         logs = trainer.train_step()
         trainer.train_time += time.perf_counter() - t0
         if trainer.step % args.eval_every == 0 or trainer.step == args.steps:
-            m = trainer.evaluate("test", lpips="none")
-            row = {"step": trainer.step, "psnr": m["psnr"], "ssim": m["ssim"], "n_gaussians": len(trainer.model),
+            m = trainer.evaluate("test", lpips=False)
+            row = {"step": trainer.step, "psnr": m.psnr, "ssim": m.ssim, "n_gaussians": len(trainer.model),
                    "train_time_s": trainer.train_time, "train_loss": logs["loss"]}
             record["curve"].append(row)
             record.update(steps_done=trainer.step, train_time_s=trainer.train_time,
                           s_per_step=trainer.train_time / trainer.step, wall_s=time.time() - wall0,
-                          test_psnr=m["psnr"], test_ssim=m["ssim"], n_gaussians=len(trainer.model))
+                          test_psnr=m.psnr, test_ssim=m.ssim, n_gaussians=len(trainer.model))
             atomic_write_text(out_json, json.dumps(record, indent=2))
             print(f"step {trainer.step:6d}  test PSNR {m['psnr']:6.2f}  SSIM {m['ssim']:.4f}  "
                   f"N {len(trainer.model):7d}  {trainer.train_time / trainer.step:.3f} s/step  "
                   f"train {trainer.train_time:7.0f} s", flush=True)
-    final = trainer.evaluate("test", save_dir=work / "renders" / "test", lpips="alex")
+    final = trainer.evaluate("test", save_dir=work / "renders" / "test")
     from feature3dgs.model.ply import save_ply
 
     save_ply(trainer.model, work / "point_cloud.ply")
-    record.update(test_psnr=final["psnr"], test_ssim=final["ssim"], test_lpips=final["lpips"],
-                  lpips_note=final["lpips_note"], per_view=final["per_view"], wall_s=time.time() - wall0,
-                  n_test_views=final["n_views"])
+    record.update(test_psnr=final.psnr, test_ssim=final.ssim, test_lpips=final.lpips,
+                  lpips_note=final.lpips_note, per_view=final.to_dict()["per_view"], wall_s=time.time() - wall0,
+                  n_test_views=final.n_views)
     atomic_write_text(out_json, json.dumps(record, indent=2))
     print("\n| scene | steps | test PSNR | test SSIM | LPIPS | Gaussians | train time | s/step |")
     print("|---|---|---|---|---|---|---|---|")
-    lp = "n/a" if final["lpips"] is None else f"{final['lpips']:.4f}"
-    print(f"| {args.scene} | {trainer.step} | {final['psnr']:.2f} | {final['ssim']:.4f} | {lp} | "
+    lp = "n/a" if final.lpips is None else f"{final.lpips:.4f}"
+    print(f"| {args.scene} | {trainer.step} | {final.psnr:.2f} | {final.ssim:.4f} | {lp} | "
           f"{len(trainer.model)} | {trainer.train_time:.0f} s | {trainer.train_time / trainer.step:.3f} |")
-    if final["lpips_note"]:
-        print(final["lpips_note"])
+    if final.lpips_note:
+        print(final.lpips_note)
     print(f"wrote {out_json}")
     return 0
 

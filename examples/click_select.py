@@ -19,7 +19,9 @@ from pathlib import Path
 import torch
 
 from feature3dgs.data import builtin_scene, load_scene
-from feature3dgs.distill.distill import DistillConfig, distill, label_feature_cache
+from feature3dgs.distill.distill import DistillConfig, distill
+from feature3dgs.distill.labels import label_feature_cache
+from feature3dgs.run import RunDir
 from feature3dgs.apps.edit import extract, select_gaussians_by_clicks
 from feature3dgs.run import load_run
 from feature3dgs.apps.segment import click_features, select_by_clicks
@@ -46,10 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         scene = load_scene(data_path)
         with tempfile.TemporaryDirectory() as tmp:
             cache = label_feature_cache(scene, Path(tmp), dim=16)
-            tc = TrainConfig(data=str(data_path), iterations=60 if args.quick else args.iterations, lpips="none",
+            tc = TrainConfig(data=str(data_path), iterations=60 if args.quick else args.iterations, lpips=None,
                              tensorboard=False, progress=not args.quick, max_gaussians=4000 if args.quick else None,
                              init_random_points=2000 if args.quick else 100_000, save_test_renders=False)
-            distill(scene, args.out / "run", tc, DistillConfig(render_dim=16), cache=cache)
+            distill(scene, RunDir(args.out / "run"), tc, DistillConfig(render_dim=16), cache=cache)
         args.run = args.out / "run"
     fs = load_run(args.run)
     data = fs.load_data()

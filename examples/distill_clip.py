@@ -19,6 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_common_args, build_teacher_or_tiny, run  # noqa: E402
 
+from feature3dgs.data import builtin_scene, load_scene  # noqa: E402
 from feature3dgs.distill.distill import student_features  # noqa: E402
 
 
@@ -30,16 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     teacher = build_teacher_or_tiny("clip", allow_random=args.clip_pretrained is None,
                                     checkpoint=args.clip_pretrained, model=args.clip_model)
-    metrics = run(args, teacher)
-
-    trainer = metrics["trainer"]
-    scene = trainer.scene
+    result = run(args, teacher)
+    scene = load_scene(args.data or builtin_scene(), background=args.background)
     names = scene.class_names or ["object", "ground"]
     view = scene.test_views[0]
     with torch.no_grad():
-        out = trainer.model.render(view.camera, features=trainer.model.features)
-        decoder = trainer.aux_modules.get("decoder")
-        feats = student_features(out.features, out.features.shape[-2:], decoder)
+        out = result.model.render(view.camera, features=result.model.features)
+        feats = student_features(out.features, out.features.shape[-2:], result.decoder)
         feats = torch.nn.functional.normalize(feats, dim=0)
         text = teacher.encode_text([f"a photo of a {n}" for n in names]).to(feats)
         scores = torch.einsum("nd,dhw->nhw", text, feats)

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     # 1. SAM in every view, prompt carried through the rendered depth, fused per Gaussian.
     mv = multiview_sam_masks(fs.model, fs.decoder, fs.teacher(), cams[0], torch.tensor([[x, y]], dtype=torch.float32),
                              torch.tensor([1]), cams)
-    used = [(c, m) for c, m in zip(cams, mv["masks"]) if m is not None]
+    used = [(c, m) for c, m in zip(cams, mv.masks) if m is not None]
     print(f"click ({x}, {y}) on {src.name}: carried into {len(used) - 1} of {len(cams) - 1} views")
     if used:
         fused = fuse_object(fs.model, [c for c, _ in used], [m for _, m in used], "optimize", steps=steps)

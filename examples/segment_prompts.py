@@ -48,11 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{view.name} ({W}x{H}), {fs.model.num_gaussians} Gaussians on {fs.device}:")
     for name, p in prompts.items():
         res = sam_masks_on_view(fs.model, cam, fs.decoder, teacher, **p)
-        t = res["timings"]
-        mask = res["masks"][0].cpu()
+        t = res.timings
+        mask = res.masks[0].cpu()
         save_png(overlay_mask(rgb, mask), args.out / "masks" / f"{name.replace('+', '_')}.png")
-        print(f"  {name:>15}: mask {int(mask.sum()):6d} px, SAM score {float(res['scores'][0]):.3f}; "
-              f"render {t['render_ms']:.1f} + decode {t['decode_ms']:.1f} + mask {t['mask_ms']:.1f} ms")
+        print(f"  {name:>15}: mask {int(mask.sum()):6d} px, SAM score {float(res.scores[0]):.3f}; "
+              f"render {t.render_ms:.1f} + decode {t.decode_ms:.1f} + mask {t.mask_ms:.1f} ms")
     if teacher.is_random:
         print("(SAM with RANDOM weights: the masks mean nothing)")
     print(f"wrote {args.out / 'masks'}")

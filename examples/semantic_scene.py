@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from feature3dgs.data import builtin_scene, load_scene
+from feature3dgs.model.gaussians import SEMANTICS
 from feature3dgs.run import Run, load_run
 from feature3dgs.apps.semantic import SemanticTrainer, evaluate_semantics, fit_semantics
 from feature3dgs.training.config import TrainConfig
@@ -39,15 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         data_path = builtin_scene()
         data = load_scene(data_path)
-        tc = TrainConfig(data=str(data_path), iterations=100 if args.quick else args.iterations, lpips="none",
+        tc = TrainConfig(data=str(data_path), iterations=100 if args.quick else args.iterations, lpips=None,
                          tensorboard=False, progress=not args.quick, save_test_renders=False,
                          max_gaussians=4000 if args.quick else None,
                          init_random_points=2000 if args.quick else 100_000)
-        trainer = SemanticTrainer(data, tc, out_dir=None)
+        trainer = SemanticTrainer(data, tc)
         trainer.train()
         model = trainer.model
-        fs = Run(model=model, train_config={"data": str(data_path)})
-    k = int(model.params["semantics"].shape[1])
+        fs = Run(model=model, train_config=tc)
+    k = int(model.params[SEMANTICS].shape[1])
     names = data.class_names or [f"class_{i}" for i in range(k)]
     m = evaluate_semantics(model, data, save_dir=args.out / "semantic")
     print(f"held-out views: mIoU {m['miou']:.3f}, pixel accuracy {m['pixel_accuracy']:.3f}, "

@@ -3,6 +3,8 @@ hand-built scene of two Gaussian clusters, and the segmentation metrics on hand-
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import pytest
@@ -13,8 +15,8 @@ from feature3dgs.model.decoder import FeatureDecoder
 from feature3dgs.apps.edit import delete, extract, gaussian_scores, recolor, select_gaussians
 from feature3dgs.model.gaussians import GaussianModel
 from feature3dgs.utils.metrics import confusion_matrix, segmentation_metrics
-from feature3dgs.apps.segment import (relevancy_map, render_decoded_features, sam_masks_on_view,
-                                 select_by_clicks, semantic_segmentation, text_relevancy)
+from feature3dgs.apps.query import relevancy_map, semantic_segmentation, text_relevancy
+from feature3dgs.apps.segment import render_decoded_features, sam_masks_on_view, select_by_clicks
 from scenes import cluster_camera, two_clusters
 
 D = 8
@@ -189,13 +191,13 @@ def test_sam_masks_on_view(scene):
     model = scene["model"]
     cam = make_camera()
     out = sam_masks_on_view(model, cam, dec, teacher, points=[(18, 24)], labels=[1])
-    assert out["masks"].shape == (1, H, W) and out["masks"].dtype == torch.bool
-    assert out["scores"].shape == (1,)
-    assert set(out["timings"]) == {"render_ms", "decode_ms", "mask_ms"}
-    assert all(v >= 0 for v in out["timings"].values())
+    assert out.masks.shape == (1, H, W) and out.masks.dtype == torch.bool
+    assert out.scores.shape == (1,)
+    assert set(dataclasses.asdict(out.timings)) == {"render_ms", "decode_ms", "mask_ms"}
+    assert all(v >= 0 for v in dataclasses.asdict(out.timings).values())
     out = sam_masks_on_view(model, cam, dec, teacher, boxes=[[5, 5, 30, 40], [34, 5, 60, 40]],
                             multimask_output=True)
-    assert out["masks"].shape == (6, H, W) and out["scores"].shape == (6,)
+    assert out.masks.shape == (6, H, W) and out.scores.shape == (6,)
     with pytest.raises(ValueError):
         sam_masks_on_view(model, cam, FeatureDecoder(D, 32), teacher, points=[(1, 1)])
 

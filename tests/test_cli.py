@@ -52,7 +52,7 @@ def test_train_writes_every_output(trained, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["step"] == 30 and metrics["test"]["n_views"] == 2 and metrics["test"]["psnr"] > 5
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["config"]["iterations"] == 30 and cfg["config"]["background"] == "white"
+    assert cfg["config"]["iterations"] == 30 and cfg["config"]["background"] == [1.0, 1.0, 1.0]
     assert cfg["config"]["densify_every"] == 10  # resolved schedule recorded
     rows = list(csv.DictReader(open(out / "log.csv")))
     tags = {r["tag"] for r in rows}
@@ -75,10 +75,10 @@ def test_train_resume_continues(trained, tmp_path):
 
 
 def test_render_and_eval(trained, scene_dir, tmp_path, capsys):
-    assert main(["render", "--model", str(trained), "--out", str(tmp_path / "r"), "--split", "train"]) == 0
+    assert main(["render", str(trained), "--out", str(tmp_path / "r"), "--split", "train"]) == 0
     assert len(list((tmp_path / "r").glob("*.png"))) == 6
     capsys.readouterr()
-    assert main(["eval", "--model", str(trained), "--lpips", "none"]) == 0
+    assert main(["eval", str(trained), "--lpips", "none"]) == 0
     text = capsys.readouterr().out
     assert "mean (2 views)" in text and "PSNR" in text
     ev = json.loads((trained / "eval_test.json").read_text())
@@ -87,10 +87,10 @@ def test_render_and_eval(trained, scene_dir, tmp_path, capsys):
     # a bare PLY needs --data
     ply = tmp_path / "model.ply"
     ply.write_bytes((trained / "point_cloud.ply").read_bytes())
-    assert main(["eval", "--model", str(ply), "--lpips", "none", "--json", str(tmp_path / "e.json")]) == 2
+    assert main(["eval", str(ply), "--lpips", "none", "--out", str(tmp_path / "e.json")]) == 2
     assert "--data is required" in capsys.readouterr().err
-    assert main(["eval", "--model", str(ply), "--data", str(scene_dir), "--background", "white", "--lpips", "none",
-                 "--json", str(tmp_path / "e.json")]) == 0
+    assert main(["eval", str(ply), "--data", str(scene_dir), "--background", "white", "--lpips", "none",
+                 "--out", str(tmp_path / "e.json")]) == 0
     assert json.loads((tmp_path / "e.json").read_text())["psnr"] == pytest.approx(saved["psnr"], abs=1e-4)
 
 
@@ -101,7 +101,7 @@ def test_cli_errors(tmp_path, capsys, scene_dir):
     assert "--data is required" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path / "o"), "--resume"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
-    assert main(["render", "--model", str(tmp_path / "nope")]) == 2
+    assert main(["render", str(tmp_path / "nope")]) == 2
     assert "not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--data", str(scene_dir), "--out", str(tmp_path / "o"), "--background", "purple"])
@@ -117,18 +117,28 @@ def test_fresh_run_refuses_folder_with_checkpoints(trained, scene_dir, tmp_path,
     assert main(args) == 2
     assert "--resume" in capsys.readouterr().err
     assert main(args + ["--overwrite"]) == 0
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["ckpt_0000004.pt", "ckpt_0000005.pt"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["ckpt_0000005.pt"]  # keeps the last
     rows = list(csv.DictReader(open(out / "log.csv")))
     assert max(int(r["step"]) for r in rows) == 5  # a fresh log
 
 
-def test_nan_loss_exit_status(scene_dir, tmp_path, capsys):
+def test_nan_loss_exit_status(scene_dir, tmp_path, capsys, monkeypatch):
+    """A run whose loss turns NaN stops with exit status 1 and writes no final outputs (a NaN
+    learning rate, the old way to provoke this, is now refused as an option)."""
+    from feature3dgs.training.trainer import Trainer
+
+    plain = Trainer.loss_terms
+    monkeypatch.setattr(Trainer, "loss_terms",
+                        lambda self, b, o: {**plain(self, b, o), "poison": torch.tensor(float("nan"))})
     out = tmp_path / "o"
-    rc = main(["train", "--data", str(scene_dir), "--out", str(out), "--iterations", "20", "--lr-sh-dc", "nan", *FAST])
+    rc = main(["train", "--data", str(scene_dir), "--out", str(out), "--iterations", "20", *FAST])
     assert rc == 1
     err = capsys.readouterr().err
-    assert "non-finite parameters (sh_dc) after the optimizer step at step 1" in err
+    assert "non-finite loss at step 1" in err and "poison=nan" in err
     assert not (out / "point_cloud.ply").exists() and not (out / "metrics.json").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--data", str(scene_dir), "--out", str(out), "--lr-sh-dc", "nan", *FAST])
+    assert exit_info.value.code == 2 and "--lr-sh-dc" in capsys.readouterr().err
 
 
 def test_info_and_python_m(capsys):

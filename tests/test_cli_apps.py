@@ -10,8 +10,9 @@ import torch
 
 from feature3dgs.cli.main import main
 from feature3dgs.data import load_scene, make_synthetic_scene
-from feature3dgs.distill.distill import DistillConfig, distill, label_feature_cache
-from feature3dgs.run import load_run
+from feature3dgs.distill.distill import DistillConfig, distill
+from feature3dgs.distill.labels import label_feature_cache
+from feature3dgs.run import RunDir, load_run
 from feature3dgs.model.ply import load_ply
 from feature3dgs.utils.metrics import confusion_matrix, segmentation_metrics
 from feature3dgs.apps.segment import click_features, select_by_clicks, stroke_pixels
@@ -21,7 +22,7 @@ BOX = 2  # class id of the box in the synthetic scene
 
 
 def _config(data, **kw) -> TrainConfig:
-    base = dict(data=str(data), iterations=30, progress=False, lpips="none", tensorboard=False,
+    base = dict(data=str(data), iterations=30, progress=False, lpips=None, tensorboard=False,
                 init_random_points=1500, max_gaussians=3000, save_test_renders=False)
     return TrainConfig(**(base | kw))
 
@@ -40,7 +41,7 @@ def runs(data_dir, tmp_path_factory):
     out = {}
     for teacher, dim in (("sam", 8), ("clip", 8)):
         dc = DistillConfig(teacher=teacher, random_weights=True, render_dim=dim, cache_dir=str(tmp / "cache"))
-        distill(scene, tmp / teacher, _config(data_dir), dc)
+        distill(scene, RunDir(tmp / teacher), _config(data_dir), dc)
         out[teacher] = tmp / teacher
     return out
 
@@ -51,20 +52,20 @@ def label_run(data_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("label_run")
     scene = load_scene(data_dir)
     cache = label_feature_cache(scene, tmp / "cache", dim=16)
-    distill(scene, tmp / "run", _config(data_dir, iterations=150), DistillConfig(render_dim=16), cache=cache)
+    distill(scene, RunDir(tmp / "run"), _config(data_dir, iterations=150), DistillConfig(render_dim=16), cache=cache)
     return tmp / "run", scene
 
 
 def test_feature_scene_loads_what_distill_wrote(runs, label_run):
     fs = load_run(runs["sam"])
-    assert fs.teacher_name == "sam" and fs.decoder is not None and fs.decoder.in_dim == 8
+    assert fs.teacher_kind == "sam" and fs.decoder is not None and fs.decoder.in_dim == 8
     assert fs.teacher().is_random and fs.teacher().dim == fs.decoder.out_dim == 256
     data = fs.load_data()
     assert len(data.test_views) == 2
     assert fs.render_features(data.test_views[0].camera).shape == (256, 48, 48)
     # A run from cached features has no teacher to rebuild, and says so.
     fs_label = load_run(label_run[0])
-    assert fs_label.teacher_name is None
+    assert fs_label.teacher_kind is None
     with pytest.raises(ValueError, match="no teacher"):
         fs_label.encode_text(["box"])
     with pytest.raises(ValueError, match="no text encoder"):
@@ -79,7 +80,7 @@ def test_feature_scene_save_never_overwrites_and_round_trips(runs, tmp_path):
     again = load_run(tmp_path / "copy")
     torch.testing.assert_close(again.model.features, fs.model.features)
     torch.testing.assert_close(again.decoder.conv.weight, fs.decoder.conv.weight)
-    assert again.distill_config == fs.distill_config and again.train_config == fs.train_config
+    assert again.distillation == fs.distillation and again.train_config == fs.train_config
 
 
 def test_load_feature_scene_errors(tmp_path):
@@ -135,7 +136,7 @@ def test_edit_command_changes_exactly_top_k(runs, tmp_path, action):
                  "--color", "0,1,0", "--max-views", "2", "--out", str(out)]) == 0
     e = json.loads((out / "edit.json").read_text())
     edited = load_run(out)  # a complete run folder: decoder and teacher come along
-    assert edited.decoder is not None and edited.teacher_name == "clip"
+    assert edited.decoder is not None and edited.teacher_kind == "clip"
     n = src.num_gaussians
     assert e["n_selected"] == 50 and e["n_before"] == n
     expected = {"delete": n - 50, "extract": 50, "recolor": n}[action]

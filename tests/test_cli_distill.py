@@ -30,7 +30,8 @@ def test_extract_then_distill_reuses_the_cache(tmp_path, capsys):
     assert "RANDOM weights" in captured.err and "cosine" in captured.out
     assert load_ply(out / "point_cloud.ply").feature_dim == 8
     cfg = json.loads((out / "distill_config.json").read_text())
-    assert cfg["teacher"] == "clip" and cfg["render_dim"] == 8 and cfg["teacher_dim"] == 512
+    assert cfg["teacher"]["kind"] == "clip" and cfg["teacher"]["random_weights"] is True
+    assert cfg["render_dim"] == 8 and cfg["teacher_dim"] == 512 and cfg["config"]["render_dim"] == 8
     assert len(FeatureCache.find(cache_dir)) == 1  # same key: nothing extracted anew
 
 
@@ -45,7 +46,7 @@ def test_distill_errors_name_the_problem(tmp_path, capsys):
 
 def test_init_model_from_ply_checkpoint_or_folder(tmp_path):
     from feature3dgs.training.checkpoint import save_checkpoint
-    from feature3dgs.cli.distill import load_init_model
+    from feature3dgs.run import load_model
     from feature3dgs.model.gaussians import GaussianModel
     from feature3dgs.model.ply import save_ply
 
@@ -53,5 +54,5 @@ def test_init_model_from_ply_checkpoint_or_folder(tmp_path):
     save_ply(model, tmp_path / "run" / "point_cloud.ply")
     save_checkpoint({"model": model.raw_state()}, tmp_path / "ckpt.pt")
     for path in (tmp_path / "run", tmp_path / "run" / "point_cloud.ply", tmp_path / "ckpt.pt"):
-        loaded = load_init_model(path)
+        loaded = load_model(path)
         assert torch.allclose(loaded.means, model.means) and loaded.num_gaussians == 20

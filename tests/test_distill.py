@@ -9,11 +9,13 @@ import torch
 
 from feature3dgs.data import load_scene, make_synthetic_scene
 from feature3dgs.model.decoder import FeatureDecoder
-from feature3dgs.distill.distill import (DistillConfig, FeatureDistillation, distill, label_feature_cache,
-                                 student_features)
+from feature3dgs.distill.distill import DistillConfig, FeatureDistillation, distill, student_features
+from feature3dgs.distill.labels import label_feature_cache
 from feature3dgs.model.gaussians import GaussianModel
 from feature3dgs.model.ply import load_ply
-from feature3dgs.training.trainer import TrainBatch, TrainConfig
+from feature3dgs.run import RunDir
+from feature3dgs.training.config import TrainConfig
+from feature3dgs.training.trainer import TrainBatch
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,7 @@ def scene_and_cache(tmp_path_factory):
 
 
 def quick_config(**kw) -> TrainConfig:
-    base = dict(iterations=120, progress=False, lpips="none", tensorboard=False, init_random_points=1500,
+    base = dict(iterations=120, progress=False, lpips=None, tensorboard=False, init_random_points=1500,
                 max_gaussians=4000, save_test_renders=False)
     return TrainConfig(**(base | kw))
 
@@ -38,10 +40,10 @@ def loss_drop(curve) -> float:
 def test_distillation_with_decoder_lowers_feature_loss_5x(scene_and_cache):
     scene, cache, tmp = scene_and_cache
     out = tmp / "with_decoder"
-    m = distill(scene, out, quick_config(), DistillConfig(render_dim=4, lr_decoder=1e-2), cache=cache)
-    assert m["render_dim"] == 4 and m["teacher"]["dim"] == 16
-    assert loss_drop(m["feature_loss_curve"]) >= 5, m["feature_loss_curve"][::20]
-    assert m["features"]["cosine"] > 0.8  # held-out views
+    m = distill(scene, RunDir(out), quick_config(), DistillConfig(render_dim=4, lr_decoder=1e-2), cache=cache)
+    assert m.render_dim == 4 and m.teacher.dim == 16 and m.teacher.kind is None  # a prepared cache, no network
+    assert loss_drop(m.feature_loss_curve) >= 5, m.feature_loss_curve[::20]
+    assert m.features.cosine > 0.8  # held-out views
     # Saved: PLY with 4 feature channels, the decoder, the config, PCA panels.
     model = load_ply(out / "point_cloud.ply")
     assert model.feature_dim == 4
@@ -54,8 +56,8 @@ def test_distillation_with_decoder_lowers_feature_loss_5x(scene_and_cache):
 def test_distillation_without_decoder_trains(scene_and_cache):
     scene, cache, _ = scene_and_cache
     m = distill(scene, None, quick_config(lr_features=2e-2), DistillConfig(), cache=cache)
-    assert m["render_dim"] == 16 and "decoder" not in m["trainer"].aux_modules
-    assert loss_drop(m["feature_loss_curve"]) >= 2, m["feature_loss_curve"][::20]
+    assert m.render_dim == 16 and m.decoder is None
+    assert loss_drop(m.feature_loss_curve) >= 2, m.feature_loss_curve[::20]
 
 
 def test_distilling_onto_a_trained_rgb_scene_adds_features(scene_and_cache):
@@ -63,7 +65,7 @@ def test_distilling_onto_a_trained_rgb_scene_adds_features(scene_and_cache):
     rgb_only = GaussianModel.from_points(scene.points[:500], scene.colors[:500], sh_degree=1)
     m = distill(scene, None, quick_config(iterations=20, sh_degree=1), DistillConfig(render_dim=8),
                 model=rgb_only, cache=cache)
-    assert m["trainer"].model.feature_dim == 8
+    assert m.model.feature_dim == 8
 
 
 @pytest.mark.parametrize("to_geometry", [True, False])

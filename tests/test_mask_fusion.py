@@ -3,6 +3,8 @@ separated Gaussian clusters, a Gaussian hidden behind one of them, and several c
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import pytest
@@ -280,27 +282,28 @@ def test_multiview_sam_masks_end_to_end(scene):
     right = cam_at((0.0, 0.0, 0.0), (3.0, 0.0, 3.0), name="right")     # sees B but not A
     dsts = [cams[1], cams[2], away, right]
     res = multiview_sam_masks(model, dec, teacher, src, uv, [1, 0], dsts)
-    assert set(res) == {"masks", "scores", "points", "labels", "carried"}
-    assert all(len(v) == len(dsts) for v in res.values())
+    fields = dataclasses.asdict(res)
+    assert set(fields) == {"masks", "scores", "points", "labels", "carried"}
+    assert all(len(getattr(res, k)) == len(dsts) for k in fields)
     for k in (0, 1):
-        m = res["masks"][k]
+        m = res.masks[k]
         assert m.shape == (H, W) and m.dtype == torch.bool
-        assert isinstance(res["scores"][k], float)
-        assert res["points"][k].shape == (2, 2) and res["labels"][k].tolist() == [1, 0]
-    assert res["masks"][2] is None and res["masks"][3] is None  # no visible positive point
-    assert res["points"][2] is None and res["scores"][3] is None
-    assert res["carried"][2].visible.tolist() == [False, False]
-    assert res["carried"][3].visible.tolist() == [False, True]  # B's point survives, A's does not
+        assert isinstance(res.scores[k], float)
+        assert res.points[k].shape == (2, 2) and res.labels[k].tolist() == [1, 0]
+    assert res.masks[2] is None and res.masks[3] is None  # no visible positive point
+    assert res.points[2] is None and res.scores[3] is None
+    assert res.carried[2].visible.tolist() == [False, False]
+    assert res.carried[3].visible.tolist() == [False, True]  # B's point survives, A's does not
     # the carried points are the surface points under the clicks, seen from the destinations
     with torch.no_grad():
         out = model.render(src)
     z_src = (out.depth[0] / out.alpha[0])[int(uv[0, 1]), int(uv[0, 0])]
     P, _ = lift_points(uv[:1], torch.full((H, W), float(z_src)), src)
     exp, _ = cams[1].project(P.float())
-    torch.testing.assert_close(res["points"][0][:1], exp, atol=1e-3, rtol=0)
+    torch.testing.assert_close(res.points[0][:1], exp, atol=1e-3, rtol=0)
     # multimask: best of three
     res3 = multiview_sam_masks(model, dec, teacher, src, uv[:1], None, cams[1:2], multimask_output=True)
-    assert res3["masks"][0].shape == (H, W)
+    assert res3.masks[0].shape == (H, W)
     with pytest.raises(ValueError, match="labels"):
         multiview_sam_masks(model, dec, teacher, src, uv, [0, 0], dsts)
     with pytest.raises(ValueError, match="labels"):

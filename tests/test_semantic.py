@@ -20,15 +20,16 @@ from feature3dgs.model.ply import load_ply, save_ply
 from feature3dgs.rendering.kernels import render
 from feature3dgs.rendering.reference import render as ref_render
 from feature3dgs.utils.metrics import confusion_matrix, segmentation_metrics
-from feature3dgs.apps.semantic import (EMPTY_LOGIT, SemanticLoss, SemanticTrainer, add_semantic_logits, class_palette,
-                                  colorize_labels, empty_logits, fit_semantics, predict_semantic_map,
-                                  render_semantic_logits, save_semantic, semantic_logits, semantic_loss)
+from feature3dgs.apps.semantic import (EMPTY_LOGIT, SemanticLoss, SemanticTrainer, add_semantic_logits, empty_logits,
+                                       fit_semantics, predict_semantic_map, render_semantic_logits, semantic_logits,
+                                       semantic_loss)
+from feature3dgs.utils.visualize import class_palette, colorize_labels
 from feature3dgs.training.config import TrainConfig
 from scenes import cluster_camera, two_clusters
 
 W, H = 64, 48
 N_PER = 20
-QUIET = dict(progress=False, lpips="none", tensorboard=False, eval_every=0, checkpoint_every=0,
+QUIET = dict(progress=False, lpips=None, tensorboard=False, eval_every=0, checkpoint_every=0,
              save_test_renders=False)
 
 
@@ -242,19 +243,19 @@ def test_ply_round_trip_and_semantic_json(clusters, tmp_path):
     back = load_ply(tmp_path / "point_cloud.ply")
     assert torch.equal(back.params[SEMANTICS], m.params[SEMANTICS].detach())
     names = ["background", "cluster_a", "cluster_b"]
-    path = save_semantic(tmp_path, names)
-    assert path.name == SEMANTIC_FILE and json.loads(path.read_text()) == {"class_names": names}
+    path = RunDir(tmp_path).write_class_names(names)
+    assert path.name == RunDir.SEMANTIC and json.loads(path.read_text()) == {"class_names": names}
     assert not list(tmp_path.glob(".*.tmp"))  # atomic write leaves no temporary file
     fs = load_run(tmp_path)
     assert fs.class_names == names and fs.has_semantics
     assert torch.equal(fs.semantic_logits, m.params[SEMANTICS].detach())
-    save_semantic(tmp_path, names[:2])  # a count that does not match the logits is caught on load
+    RunDir(tmp_path).write_class_names(names[:2])  # a count that does not match the logits is caught on load
     with pytest.raises(ValueError, match="classes"):
         load_run(tmp_path)
     with pytest.raises(ValueError, match="class_names"):
-        save_semantic(tmp_path, [])
+        RunDir(tmp_path).write_class_names([])
     with pytest.raises(ValueError, match="class_names"):
-        save_semantic(tmp_path, "background")
+        RunDir(tmp_path).write_class_names("background")
 
 
 def test_densification_and_edits_carry_the_logits(clusters):

@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from feature3dgs.model.camera import Camera, intrinsics_from_fov, look_at
-from feature3dgs.run import Run, load_run
+from feature3dgs.run import Run, RunDir, load_run
 from feature3dgs.model.gaussians import GaussianModel, rgb_to_sh
 from feature3dgs.viewer import overlay
 from feature3dgs.viewer.camera_convert import (camera_from_viser, frame_size, matrix_to_wxyz, same_pose,
@@ -36,7 +36,7 @@ from feature3dgs.viewer.curves import main as curves_main
 from feature3dgs.viewer.curves import plot_curves, read_log
 from feature3dgs.apps.mask_fusion import gaussian_mask_votes
 from feature3dgs.utils.visualize import class_palette
-from feature3dgs.viewer.session import PCA_FILE, ViewerSession
+from feature3dgs.viewer.session import ViewerSession
 from feature3dgs.utils.visualize import FeaturePCA
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def build_sam_scene(root: Path) -> Path:
     ``python examples/distill_sam.py --quick`` on a quarter of the views, with the feature cache
     inside ``root``."""
     out = root / "sam_run"
-    if (out / "point_cloud.ply").is_file() and (out / PCA_FILE).is_file():
+    if (out / "point_cloud.ply").is_file() and (out / RunDir.PCA).is_file():
         return out
     from feature3dgs.data import builtin_scene, load_scene
     from feature3dgs.distill.distill import DistillConfig, distill
@@ -61,10 +61,10 @@ def build_sam_scene(root: Path) -> Path:
     # a quarter of the training views (and two test views): extracting the teacher's features
     # of all 28 views would take most of the time; the viewer reads all views' cameras later
     scene = dataclasses.replace(full, train_views=full.train_views[::4], test_views=full.test_views[:2])
-    tc = TrainConfig(data=str(data), background="black", iterations=30, device="cpu", lpips="none",
+    tc = TrainConfig(data=str(data), background="black", iterations=30, device="cpu", lpips=None,
                      tensorboard=False, progress=False, max_gaussians=4000, init_random_points=2000)
     dc = DistillConfig(teacher="sam", random_weights=True, render_dim=64, cache_dir=str(root / "cache"))
-    distill(scene, out, tc, dc, teacher=build_teacher("sam", random_weights=True))
+    distill(scene, RunDir(out), tc, dc, teacher=build_teacher("sam", random_weights=True))
     return out
 
 
@@ -196,7 +196,7 @@ def test_scene_up_direction():
 def test_modes_and_their_images(session, shared, sam_run):
     cam = shared["cams"][0]
     assert session.available_modes() == ["rgb", "depth", "alpha", "pca"]
-    assert session.pca_source == str(sam_run / PCA_FILE)
+    assert session.pca_source == str(sam_run / RunDir.PCA)
     with pytest.raises(ValueError, match="language teacher"):
         session.set_mode("relevancy")
     with pytest.raises(ValueError, match="semantic"):
@@ -224,7 +224,7 @@ def test_modes_and_their_images(session, shared, sam_run):
     assert np.abs(frames["alpha"][..., 0].astype(int) - np.round(out.alpha[0].clamp(0, 1).numpy() * 255)).max() <= 1
     assert not np.array_equal(frames["depth"], frames["alpha"])
     # PCA: the distillation's saved projection of the decoded features
-    pca = FeaturePCA.from_dict(torch.load(sam_run / PCA_FILE, weights_only=True))
+    pca = FeaturePCA.from_dict(torch.load(sam_run / RunDir.PCA, weights_only=True))
     with torch.no_grad():
         want = pca(session.scene.decoder(out.features))
     assert np.abs(frames["pca"].astype(int) - np.round(want.permute(1, 2, 0).numpy() * 255)).max() <= 1
@@ -342,7 +342,7 @@ def _expected_mask(session, cam, points=None, labels=None, boxes=None):
     multi = boxes is None and points is not None and len(points) == 1
     res = sam_masks_on_view(session.model, cam, session.scene.decoder, session.scene.teacher(), points, labels,
                             boxes, multimask_output=multi)
-    masks, scores = res["masks"], res["scores"]
+    masks, scores = res.masks, res.scores
     order = torch.argsort(scores, descending=True).tolist()
     best = next((i for i in order if bool(masks[i].any())), order[0])
     return masks[best].numpy()
@@ -517,14 +517,14 @@ def test_save_writes_a_new_scene_and_never_the_original(session, sam_run, tmp_pa
     back = load_run(out)
     assert back.model.num_gaussians == n - int(sel.sum())
     assert torch.equal(back.model.means, session.model.means.detach())
-    assert back.decoder is not None and back.distill_config["teacher"] == "sam"
-    assert (out / PCA_FILE).is_file() and (out / "log.csv").is_file()
+    assert back.decoder is not None and back.teacher_kind == "sam"
+    assert (out / RunDir.PCA).is_file() and (out / "log.csv").is_file()
     record = json.loads((out / "viewer_edits.json").read_text())
     assert record["source"] == str((sam_run / "point_cloud.ply").resolve())
     assert [e["op"] for e in record["edits"]] == ["delete"]
     # the saved scene opens in the viewer again, with the same PCA colours
     again = ViewerSession.open(out)
-    assert again.pca_source == str(out / PCA_FILE) and again.num_gaussians == back.model.num_gaussians
+    assert again.pca_source == str(out / RunDir.PCA) and again.num_gaussians == back.model.num_gaussians
     # a bare .ply source is protected too
     bare = ViewerSession.open(ply)
     with pytest.raises(ValueError, match="refusing to overwrite"):

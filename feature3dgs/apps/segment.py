@@ -21,6 +21,7 @@ from feature3dgs.distill.distill import student_features
 from feature3dgs.model.gaussians import GaussianModel
 
 __all__ = [
+    "render_decoded_features",
     "SamMasks",
     "StageTimings",
     "sam_masks_on_view",
@@ -34,6 +35,16 @@ def _check_map(features: Tensor, what: str = "features") -> Tensor:
     if features.dim() != 3:
         raise ValueError(f"{what} must be (D, H, W), got {tuple(features.shape)}")
     return features
+
+
+def render_decoded_features(model: GaussianModel, camera: Camera, decoder: Optional[FeatureDecoder] = None,
+                            background: Optional[Tensor] = None) -> Tensor:
+    """The feature map at ``camera``, lifted by ``decoder`` when given: (D_teacher, H, W) (or
+    (D_render, H, W) without a decoder). Differentiable; wrap in ``torch.no_grad()`` for inference."""
+    if model.features is None:
+        raise ValueError("the model has no features to render")
+    feats = model.render(camera, background, features=model.features).features
+    return decoder(feats) if decoder is not None else feats
 
 
 @dataclass

@@ -200,7 +200,7 @@ class SemanticTrainer(Trainer):
     ignore_index, semantic_to_geometry, kind.
     """
 
-    def __init__(self, scene, config=None, out_dir=None, model: Optional[GaussianModel] = None, loss_fns=(),
+    def __init__(self, scene, config=None, run=None, model: Optional[GaussianModel] = None, loss_fns=(),
                  callbacks=(), *, num_classes: Optional[int] = None, lr_semantics: float = 0.05,
                  semantic_weight: float = 0.1, ignore_index: Optional[int] = None,
                  semantic_to_geometry: bool = True, kind: str = "class"):
@@ -216,7 +216,7 @@ class SemanticTrainer(Trainer):
         if model is not None and (SEMANTICS not in model.params
                                   or model.params[SEMANTICS].shape[1] != self.num_classes):
             model = add_semantic_logits(model, self.num_classes)
-        super().__init__(scene, config, out_dir=out_dir, model=model, loss_fns=loss_fns, callbacks=callbacks)
+        super().__init__(scene, config, run=run, model=model, loss_fns=loss_fns, callbacks=callbacks)
         self.semantic_loss = SemanticLoss(semantic_weight, kind, ignore_index, to_geometry=semantic_to_geometry)
         self.loss_fns.append(self.semantic_loss)
 

@@ -31,6 +31,7 @@ from feature3dgs.apps.query import LERF_NEGATIVES, relevancy_map, text_relevancy
 from feature3dgs.apps.segment import click_features, sam_masks_on_view, select_by_clicks, stroke_pixels
 from feature3dgs.apps.semantic import evaluate_semantics, fit_semantics
 from feature3dgs.cli.args import numbers, split_list
+from feature3dgs.model.gaussians import SEMANTICS
 from feature3dgs.rendering.device import resolve_device
 from feature3dgs.run import load_run
 from feature3dgs.utils.io import atomic_open, atomic_write_text, safe_name, save_png
@@ -371,7 +372,7 @@ def cmd_semantic(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     model, curve = fit_semantics(fs.model, data, steps=args.steps, lr=args.lr)
     wall = time.perf_counter() - t0
-    k = int(model.params["semantics"].shape[1])
+    k = int(model.params[SEMANTICS].shape[1])
     names = list(data.class_names) if data.class_names and len(data.class_names) == k else [f"class_{i}" for i in range(k)]
     fitted = fs.with_model(model)
     fitted.class_names = names

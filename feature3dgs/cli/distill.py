@@ -59,7 +59,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
     tc.validate()
     dc.validate()
     scene = load_scene_for(tc)
-    model = load_model(args.init_model) if args.init_model else None
+    model = None
+    if args.init_model:
+        try:
+            model = load_model(args.init_model)
+        except (OSError, ValueError) as e:
+            raise CLIError(f"--init-model: {e}") from None
     run = RunDir(args.out)
     result = distill(scene, run, tc, dc, model=model)
     print_result(result.train, run.path)

@@ -79,12 +79,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         path = run.latest_checkpoint() if args.resume == "latest" else Path(args.resume)
         if path is None:
             raise CLIError(f"--resume: no checkpoint found in {run.path / RunDir.CHECKPOINTS}")
-        changed = given(args, TrainConfig)
+        state = run.load_checkpoint(path)
+        saved = TrainConfig.from_dict(state["config"])
+        changed = {k: v for k, v in given(args, TrainConfig).items() if getattr(saved, k) != v}
         frozen = sorted(set(changed) - set(RUN_OPTION_KEYS) - set(SCENE_KEYS))
         if frozen:
             raise CLIError(f"--resume keeps the run's model, learning rates and schedule; these options cannot "
                            f"change: {', '.join('--' + k.replace('_', '-') for k in frozen)}")
-        trainer = Trainer.from_checkpoint(run.load_checkpoint(path), run=run, overrides=changed)
+        trainer = Trainer.from_checkpoint(state, run=run, overrides=changed)
         print(f"resuming from {path} at step {trainer.step}", file=sys.stderr)
     else:
         old = run.checkpoints()

@@ -39,7 +39,7 @@ from feature3dgs.model.camera import Camera
 from feature3dgs.model.gaussians import GaussianModel, random_init_bounds
 from feature3dgs.rendering import RenderOutput
 from feature3dgs.rendering.device import resolve_device
-from feature3dgs.training.checkpoint import load_checkpoint
+from feature3dgs.training.checkpoint import load_checkpoint, save_checkpoint
 from feature3dgs.training.config import TrainConfig
 from feature3dgs.training.densify import DefaultStrategy
 from feature3dgs.training.evaluate import EvalResult, evaluate_model
@@ -381,10 +381,13 @@ class Trainer:
         self.train_time = float(state.get("train_time", 0.0))
         self.extent = float(state.get("extent", self.extent))
 
-    def save_checkpoint(self):
-        """Write a checkpoint of the current step through the run sink; returns its path."""
+    def save_checkpoint(self, path: Union[str, Path, None] = None) -> Path:
+        """Write a checkpoint of the current step to ``path``, or (default) into the run folder
+        (keeping its newest ``keep_checkpoints``); returns the file."""
+        if path is not None:
+            return save_checkpoint(self.state_dict(), path)
         if self.run is None:
-            raise ValueError("save_checkpoint needs a run folder: build the trainer with run=RunDir(...)")
+            raise ValueError("save_checkpoint needs a path or a run folder (Trainer(..., run=RunDir(...)))")
         return self.run.save_checkpoint(self.state_dict(), self.step, self.config.keep_checkpoints)
 
     @classmethod
