@@ -297,12 +297,14 @@ def load_blender(
     if not train_json.is_file():
         raise SceneNotFoundError(f"Blender scene: {train_json} not found", path=train_json)
     meta = read_json(train_json)
-    train = _frames_to_views(meta, train_json, list(enumerate(meta["frames"])), resolution_scale, target_width, "raise", undistort)
+    train = _frames_to_views(meta, train_json, list(enumerate(meta["frames"])), resolution_scale, target_width,
+                             "raise", undistort)
     test: list[View] = []
     test_json = root / "transforms_test.json"
     if test_json.is_file():
         tmeta = read_json(test_json)
-        test = _frames_to_views(tmeta, test_json, list(enumerate(tmeta["frames"])), resolution_scale, target_width, "raise", undistort)
+        test = _frames_to_views(tmeta, test_json, list(enumerate(tmeta["frames"])), resolution_scale,
+                                target_width, "raise", undistort)
     if not train:
         raise format_error(train_json, "frames", "no frames")
     xyz, rgb = _points(meta, root, train_json)

@@ -184,12 +184,14 @@ def parse_background(background: "Sequence[float] | str | torch.Tensor") -> torc
     if isinstance(background, str):
         names = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
         if background.lower() not in names:
-            raise SceneOptionError(f"background must be 'white', 'black' or 3 floats, got {background!r}", key="background")
+            raise SceneOptionError(f"background must be 'white', 'black' or 3 floats, got {background!r}",
+                                   key="background")
         background = names[background.lower()]
     try:
         bg = torch.as_tensor(np.asarray(background, dtype=np.float32)).flatten()
     except (TypeError, ValueError):
-        raise SceneOptionError(f"background must be 'white', 'black' or 3 floats in [0, 1], got {background!r}", key="background") from None
+        raise SceneOptionError(f"background must be 'white', 'black' or 3 floats in [0, 1], got {background!r}",
+                               key="background") from None
     if bg.numel() != 3:
         raise SceneOptionError(f"background must have 3 values, got {bg.numel()}", key="background")
     if not torch.isfinite(bg).all() or (bg < 0).any() or (bg > 1).any():

@@ -34,12 +34,12 @@ def read_ply_points(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     if not path.is_file():
         raise SceneNotFoundError(f"PLY file not found: {path}", path=path)
     try:
-        # mmap=False: the data are copied out below anyway, and a memory map of a file that is
-        # shorter than its header declares would only fail later.
-        ply = plyfile.PlyData.read(str(path), mmap=False)
+        # Memory-mapped (plyfile's default) for binary files: plyfile then checks the declared
+        # vertex count against the file size instead of allocating it first.
+        ply = plyfile.PlyData.read(str(path))
     except plyfile.PlyParseError as e:
         raise format_error(path, "ply", f"not a valid PLY file ({e})") from None
-    except (ValueError, TypeError, EOFError, UnicodeDecodeError, OSError) as e:
+    except (ValueError, TypeError, EOFError, UnicodeDecodeError, OSError, MemoryError) as e:
         raise format_error(path, "ply", f"not a valid PLY file ({type(e).__name__}: {e})") from None
     if "vertex" not in [el.name for el in ply.elements]:
         raise format_error(path, "vertex", "the PLY file has no 'vertex' element")
