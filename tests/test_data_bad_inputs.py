@@ -10,6 +10,7 @@ missing files or folders.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import struct
@@ -482,19 +483,29 @@ def test_test_every_none_means_no_test_views(tmp_path):
 
 # ============================================================================ images, directly
 def test_image_check_and_decode_name_the_file(tmp_path):
-    """check_image (run at load for every image) and every decoder name a bad file; a JPEG cut
-    short in its entropy-coded data is found by the 1/8-scale draft decode."""
-    big = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    """check_image (run at load for every image) and the decoders name a bad file. A JPEG cut
+    anywhere is found (no end marker after its last scan), baseline or progressive, also when an
+    EXIF thumbnail with its own end marker sits in front."""
+    big = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
     jpg = tmp_path / "a.jpg"
-    Image.fromarray(big).save(jpg, quality=90)
-    assert check_image(jpg) == (640, 480)
-    for keep in (0.95, 0.5, 0.1):
-        _truncate(jpg, keep)
-        with pytest.raises(SceneFormatError, match=r"a\.jpg: cannot decode image"):
-            check_image(jpg)
-        with pytest.raises(SceneFormatError, match=r"a\.jpg"):
-            read_image_u8(jpg)
-        Image.fromarray(big).save(jpg, quality=90)
+    buf = io.BytesIO()
+    Image.fromarray(big[::8, ::8]).save(buf, format="JPEG")
+    thumb = buf.getvalue()  # a complete JPEG (with its own scan and end marker) inside APP1
+    for variant in ("baseline", "progressive", "exif thumbnail"):
+        Image.fromarray(big).save(jpg, quality=90, progressive=variant == "progressive")
+        full = jpg.read_bytes()
+        if variant == "exif thumbnail":
+            app1 = b"Exif\x00\x00" + thumb
+            full = full[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + full[2:]
+            jpg.write_bytes(full)
+        assert check_image(jpg) == (160, 120) and read_image_u8(jpg).shape == (120, 160, 3)
+        for keep in np.linspace(0.05, 0.995, 15):
+            jpg.write_bytes(full[: int(len(full) * keep)])
+            with pytest.raises(SceneFormatError, match=r"a\.jpg: cannot decode image"):
+                check_image(jpg)
+    jpg.write_bytes(full[: len(full) // 2])
+    with pytest.raises(SceneFormatError, match=r"a\.jpg: cannot decode image.*truncated"):
+        read_image_u8(jpg)  # met at decode time: named too
     png = _png(tmp_path / "b.png", (64, 48))
     assert check_image(png) == (64, 48)
     _truncate(png, 0.9)

@@ -68,9 +68,11 @@ def image_size(path: Path) -> tuple[int, int]:
 def check_image(path: Path) -> tuple[int, int]:
     """Check that an image file is complete, cheaply, and return its (width, height).
 
-    PNG: every chunk's CRC is verified through IEND (no decompression). JPEG: the whole
-    entropy-coded stream is decoded at 1/8 scale (PIL's draft mode), which finds truncation and
-    most corruption at a fraction of a full decode. Other formats: a full decode.
+    PNG: every chunk's CRC is verified through IEND (PIL's verify; no decompression). JPEG: the
+    file must hold an end-of-image marker after its last start-of-scan marker (a truncated file
+    has none; libjpeg itself only fails on truncation, treating other corruption as warnings).
+    Other formats: a full decode. A file that passes and still fails to decode later raises a
+    SceneFormatError naming it then.
 
     Raises:
         SceneFormatError: naming the file when it is missing, truncated or corrupt.
@@ -83,9 +85,12 @@ def check_image(path: Path) -> tuple[int, int]:
                 raise ValueError(f"empty image {size[0]}x{size[1]}")
             if im.format == "PNG":
                 im.verify()
+            elif im.format == "JPEG":
+                data = path.read_bytes()
+                sos = data.rfind(b"\xff\xda")
+                if sos < 0 or data.find(b"\xff\xd9", sos) < 0:
+                    raise OSError("image file is truncated (no end-of-image marker after the last scan)")
             else:
-                if im.format == "JPEG":
-                    im.draft(im.mode, (max(1, size[0] // 8), max(1, size[1] // 8)))
                 im.load()
     return size
 
