@@ -163,7 +163,7 @@ def load_colmap(
 
     Intrinsics are scaled per axis by (image size / COLMAP camera size), so image folders at a
     lower resolution than the reconstruction are handled; an image whose aspect ratio differs
-    from its camera's is refused. Every image is checked (header, and a cheap decode) here.
+    from its camera's is refused. Every image is checked for completeness here (images.check_image).
 
     Raises:
         SceneFormatError: (or its subclasses SceneNotFoundError, SceneOptionError) naming the
