@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import io
 import json
 import math
 import pickle
@@ -239,8 +241,9 @@ def colmap_scenes(tmp_path_factory):
 @pytest.mark.parametrize("kind", ["text", "binary"])
 def test_colmap_loader(colmap_scenes, kind):
     roots, images, xyz, rgb = colmap_scenes
-    with pytest.warns(UserWarning, match=r"k1=0\.01.*ignored"):
-        scene = load_scene(roots[kind])
+    # The pinhole cameras of the model as stored: distortion kept out of the way.
+    with pytest.warns(UserWarning, match=r"k1=0\.01.*ignored \(undistort=False\)"):
+        scene = load_scene(roots[kind], undistort=False)
     assert scene.format == "colmap"
     names = [f"frame_{k:02d}.jpg" for k in range(_N_IMAGES)]
     assert [v.name for v in scene.test_views] == [names[0], names[8]]
@@ -272,13 +275,13 @@ def test_colmap_loader(colmap_scenes, kind):
 
 def test_colmap_text_and_binary_agree(colmap_scenes):
     roots, *_ = colmap_scenes
-    with pytest.warns(UserWarning):
-        a = load_scene(roots["text"])
-        b = load_scene(roots["binary"])
+    a = load_scene(roots["text"])
+    b = load_scene(roots["binary"])
     for va, vb in zip(a.views, b.views):
         assert va.name == vb.name
         assert torch.equal(va.camera.viewmat, vb.camera.viewmat)
         assert torch.equal(va.camera.K, vb.camera.K)
+        assert va.distortion == vb.distortion
     assert torch.equal(a.points, b.points) and torch.equal(a.colors, b.colors)
     assert a.extent == pytest.approx(b.extent)
 
@@ -286,7 +289,7 @@ def test_colmap_text_and_binary_agree(colmap_scenes):
 def test_colmap_lower_resolution_folder_pairs_in_sorted_order(colmap_scenes):
     roots, *_ = colmap_scenes
     with pytest.warns(UserWarning) as rec:
-        scene = load_colmap(roots["binary"], images="images_2", resolution_scale=0.5)
+        scene = load_colmap(roots["binary"], images="images_2", resolution_scale=0.5, undistort=False)
     assert any("sorted order" in str(w.message) for w in rec)
     names = sorted(v.name for v in scene.views)
     for view in scene.views:
@@ -303,9 +306,35 @@ def test_colmap_lower_resolution_folder_pairs_in_sorted_order(colmap_scenes):
         assert img.shape == (3, 15, 20)
         assert img.mean().item() == pytest.approx(_grey(k) / 255, abs=2 / 255)
     # Factor form: images=2 is the same folder.
-    with pytest.warns(UserWarning):
+    with pytest.warns(UserWarning, match="sorted order"):
         same = load_colmap(roots["binary"], images=2)
     assert same.train_views[0].image_path.parent.name == "images_2"
+
+
+def test_colmap_small_distortion_is_undistorted_by_default(colmap_scenes):
+    """k1 = 0.01 (SIMPLE_RADIAL) is corrected by default, as COLMAP's image_undistorter does:
+    the camera zooms in just enough (pincushion) and the principal point stays."""
+    roots, *_ = colmap_scenes
+    scene = load_scene(roots["binary"])
+    for view in scene.views:
+        cam = view.camera
+        if view.distortion is None:  # the PINHOLE camera
+            _assert_K(cam, [[70, 0, 40], [0, 72, 30], [0, 0, 1]])
+            continue
+        assert view.distortion.k1 == 0.01 and not view.distortion.fisheye
+        # At 80x60 the corner moves by 0.2 px, within the half pixel the policy allows: K kept.
+        _assert_K(cam, [[75, 0, 41], [0, 75, 29], [0, 0, 1]])
+        # The resampling table takes each pixel centre (i + 0.5, j + 0.5) to its source in the
+        # photo, by the SIMPLE_RADIAL model (OpenCV's tables put pixel centres at integers).
+        mx, my = view.undistortion.maps()
+        for i, j in ((0, 0), (79, 0), (13, 59), (40, 29)):
+            x, y = (i + 0.5 - 41) / 75, (j + 0.5 - 29) / 75
+            c = 1 + 0.01 * (x * x + y * y)
+            assert mx[j, i] + 0.5 == pytest.approx(x * c * 75 + 41, abs=2e-3)
+            assert my[j, i] + 0.5 == pytest.approx(y * c * 75 + 29, abs=2e-3)
+        assert abs(mx[0, 0]) > 0.15 and abs(my[0, 0]) > 0.1  # the corner really moves
+    with pytest.raises(ValueError, match="undistort: expected True or False"):
+        load_scene(roots["binary"], undistort="never")
 
 
 def _undistorted_pattern(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -313,7 +342,8 @@ def _undistorted_pattern(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def test_colmap_undistortion(tmp_path):
-    """A SIMPLE_RADIAL image with k = 0.2 is resampled to the pinhole camera of the same K."""
+    """A SIMPLE_RADIAL image with k = 0.2 is resampled to the pinhole camera of the new-K policy:
+    same size and principal point, focal length scaled up until no pixel lacks a source."""
     f, cx, cy, k = 50.0, 32.0, 24.0, 0.2
     W, H = 64, 48
     # Distorted image: for each distorted pixel centre, invert r_u (1 + k r_u^2) = r_d by Newton.
@@ -335,24 +365,33 @@ def test_colmap_undistortion(tmp_path):
     for n in ("a.png", "b.png"):
         Image.fromarray(np.repeat(np.rint(val * 255).astype(np.uint8)[..., None], 3, 2)).save(root / "images" / n)
 
-    scene = load_colmap(root, test_every=0, background=(1.0, 0.0, 0.0))
+    scene = load_colmap(root, test_every=None, background=(1.0, 0.0, 0.0))
     view = scene.train_views[0]
     assert view.distortion is not None and view.distortion.k1 == k
+    cam = view.camera
+    # Pincushion: the same focal length would leave the corners without a source, so it grows;
+    # the corner pixel centre then maps to within the photo, and just so (the smallest zoom).
+    fn = cam.fx
+    assert cam.fy == fn and (cam.cx, cam.cy) == (cx, cy) and 1.05 < fn / f < 1.6
+    def source_of(px, py, focal):
+        x, y = (px - cx) / focal, (py - cy) / focal
+        c = 1 + k * (x * x + y * y)
+        return x * c * f + cx, y * c * f + cy
+    sx, sy = source_of(0.5, 0.5, fn)
+    assert -1e-3 <= sx <= 0.05 or -1e-3 <= sy <= 0.05  # the tightest side touches the border
+    assert sx >= -1e-3 and sy >= -1e-3
+    assert min(source_of(0.5, 0.5, fn * 0.99)) < 0        # 1% less zoom: outside
     img = scene.load_image(view)
-    mask = scene.load_mask(view)[0]
-    xu, yu = np.meshgrid((u - cx) / f, (v - cy) / f)
+    assert scene.load_mask(view) is None                   # no blank border to mask
+    xu, yu = np.meshgrid((u - cx) / fn, (v - cy) / fn)
     expect = torch.tensor(_undistorted_pattern(xu, yu), dtype=torch.float32)
-    inner = mask > 0.999
-    assert inner.float().mean() > 0.6
-    err = (img[0] - expect).abs()[inner]
+    err = (img[0] - expect).abs()
     assert err.max() < 0.025
-    # Pincushion distortion (k > 0): the corners of the pinhole image lie outside the photo.
-    assert mask[0, 0] == 0 and mask[H // 2, W // 2] == 1
-    assert img[:, 0, 0].tolist() == [1.0, 0.0, 0.0]  # composited on the background
     # Without undistortion the image differs from the pinhole pattern: the test is sensitive.
-    with pytest.warns(UserWarning, match="undistort='never'"):
-        raw = load_colmap(root, test_every=0, undistort="never")
-    err_raw = (raw.load_image(raw.train_views[0])[0] - expect).abs()[inner]
+    with pytest.warns(UserWarning, match=r"undistort=False"):
+        raw = load_colmap(root, test_every=None, undistort=False)
+    _assert_K(raw.train_views[0].camera, [[f, 0, cx], [0, f, cy], [0, 0, 1]])
+    err_raw = (raw.load_image(raw.train_views[0])[0] - expect).abs()
     assert err_raw.max() > 4 * err.max()
 
 
@@ -368,17 +407,18 @@ def test_colmap_errors(tmp_path, colmap_scenes):
     (bad / "images.txt").write_text("")
     with pytest.raises(ValueError, match=r"cameras\.txt.*PINHOLE needs 4"):
         load_colmap(tmp_path / "bad")
-    (bad / "cameras.txt").write_text("1 OPENCV_FISHEYE 10 10 1 1 5 5 0 0 0 0\n")
+    (bad / "cameras.txt").write_text("1 FOV 10 10 1 1 5 5 0.1\n")
     (bad / "images.txt").write_text("1 1 0 0 0 0 0 0 1 a.png\n\n")
     (tmp_path / "bad" / "images").mkdir()
     Image.new("RGB", (10, 10)).save(tmp_path / "bad" / "images" / "a.png")
-    with pytest.raises(ValueError, match="OPENCV_FISHEYE"):
+    with pytest.raises(ValueError, match=r"cameras\.txt: camera 1 model: FOV is not supported"):
         load_colmap(tmp_path / "bad")
+    (bad / "cameras.txt").write_text("1 PINHOLE 10 10 10 10 5 5\n")
     (bad / "images.txt").write_text("1 1 0 0 0 0 0 1 a.png\n\n")  # a value missing
     with pytest.raises(ValueError, match=r"images\.txt"):
         load_colmap(tmp_path / "bad")
     (bad / "images.bin").write_bytes(struct.pack("<Q", 3))  # truncated binary takes precedence
-    with pytest.raises(ValueError, match="truncated"):
+    with pytest.raises(ValueError, match=r"images\.bin: number of images: the file declares 3 images"):
         load_colmap(tmp_path / "bad")
 
 
@@ -446,7 +486,7 @@ def test_blender_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="transforms_train.json"):
         load_scene(tmp_path)
     (tmp_path / "transforms_train.json").write_text("{\"frames\": [")
-    with pytest.raises(ValueError, match=r"transforms_train\.json: malformed JSON"):
+    with pytest.raises(ValueError, match=r"transforms_train\.json: json: malformed JSON"):
         load_scene(tmp_path)
     (tmp_path / "transforms_train.json").write_text("{\"camera_angle_x\": 0.5}")
     with pytest.raises(ValueError, match="'frames' list"):
@@ -474,10 +514,11 @@ def test_transforms_json_loader(tmp_path):
     (root / "transforms.json").write_text(json.dumps(meta))
     assert detect_format(root) == "transforms"
     with pytest.warns(UserWarning) as rec:
-        scene = load_scene(root)
+        scene = load_scene(root, undistort=False)
     msgs = " | ".join(str(w.message) for w in rec)
     assert "1 listed image(s) not found" in msgs and "f_05" in msgs
-    assert "non-zero distortion (k1)" in msgs
+    assert "non-zero distortion (radial-tangential k1=0.1) ignored (undistort=False)" in msgs
+    assert "10 image(s) differ in size from the declared w/h (e.g. images/f_00.png is 32x24)" in msgs
     names = [f"images/f_{k:02d}.png" for k in range(11) if k != 5]
     assert [v.name for v in scene.test_views] == [names[0], names[8]]
     assert len(scene.train_views) == 8
@@ -490,11 +531,180 @@ def test_transforms_json_loader(tmp_path):
         _assert_K(cam, [[fx / 2, 0, 15.5], [0, 26.0, 11.5], [0, 0, 1]])
         assert cam.center.tolist() == pytest.approx([3 * math.cos(k), 3 * math.sin(k), 1.0], abs=1e-5)
         assert scene.load_image(view)[0, 0, 0].item() == pytest.approx(10 * k / 255, abs=1e-6)
-    # A json file path works too, and test_every=0 keeps every view for training.
+    # A json file path works too, and test_every=None keeps every view for training; by default
+    # the k1 = 0.1 of the file is undistorted (pincushion: the focal length grows).
     with pytest.warns(UserWarning):
-        all_train = load_transforms(root / "transforms.json", test_every=0, target_width=16)
+        all_train = load_transforms(root / "transforms.json", test_every=None)
     assert len(all_train.train_views) == 10 and not all_train.test_views
-    assert all_train.train_cameras[0].width == 16 and all_train.train_cameras[0].height == 12
+    cam = all_train.view("images/f_00.png").camera
+    assert cam.width == 32 and cam.height == 24
+    assert all_train.view("images/f_00.png").distortion.k1 == 0.1
+    assert cam.fx / 25.0 == pytest.approx(cam.fy / 26.0) and cam.fx > 25.0 * 1.01
+    assert (cam.cx, cam.cy) == pytest.approx((15.5, 11.5))
+    with pytest.warns(UserWarning):
+        small = load_transforms(root / "transforms.json", test_every=None, target_width=16)
+    assert small.train_cameras[0].width == 16 and small.train_cameras[0].height == 12
+
+
+# ============================================================================ undistortion round trip
+# A checkerboard on a plane is photographed through a known lens (rendered here with the model's
+# own formulas, supersampled, independently of OpenCV), stored as a COLMAP or a transforms.json
+# scene, and loaded: the board's corners, found by OpenCV's chessboard detector in the loaded
+# image, must lie where the loaded pinhole camera projects them, within 0.5 px.
+_BOARD = dict(nx=7, ny=5, square=0.12)  # inner corners, square side in normalised units
+_CB_W, _CB_H = 320, 240
+_CB_K = dict(fx=220.0, fy=218.0, cx=161.3, cy=118.7)
+_LENSES = {
+    # name: (fisheye, coefficients, COLMAP model)
+    "radtan_barrel": (False, dict(k1=-0.28, k2=0.09, p1=0.0015, p2=-0.002, k3=-0.01), "FULL_OPENCV"),
+    "radtan_pincushion": (False, dict(k1=0.15, k2=0.02, p1=-0.001, p2=0.0015, k3=0.0), "OPENCV"),
+    "fisheye": (True, dict(k1=0.05, k2=-0.02, k3=0.005, k4=-0.001), "OPENCV_FISHEYE"),
+}
+
+
+def _lens_distort(x, y, fisheye, c):
+    """The lens model, written out: normalised undistorted -> distorted coordinates."""
+    if fisheye:
+        r = np.hypot(x, y)
+        th = np.arctan(r)
+        t2 = th * th
+        thd = th * (1 + t2 * (c["k1"] + t2 * (c["k2"] + t2 * (c["k3"] + t2 * c["k4"]))))
+        s = np.where(r > 1e-12, thd / np.maximum(r, 1e-12), 1.0)
+        return x * s, y * s
+    r2 = x * x + y * y
+    radial = 1 + r2 * (c["k1"] + r2 * (c["k2"] + r2 * c["k3"]))
+    return (x * radial + 2 * c["p1"] * x * y + c["p2"] * (r2 + 2 * x * x),
+            y * radial + c["p1"] * (r2 + 2 * y * y) + 2 * c["p2"] * x * y)
+
+
+def _lens_undistort(xd, yd, fisheye, c):
+    """Invert _lens_distort by Newton's method (numerical 2x2 Jacobian); checks convergence."""
+    x, y = xd.copy(), yd.copy()
+    h = 1e-7
+    for _ in range(12):
+        fx_, fy_ = _lens_distort(x, y, fisheye, c)
+        rx, ry = fx_ - xd, fy_ - yd
+        ax, ay = _lens_distort(x + h, y, fisheye, c)
+        bx, by = _lens_distort(x, y + h, fisheye, c)
+        j11, j21, j12, j22 = (ax - fx_) / h, (ay - fy_) / h, (bx - fx_) / h, (by - fy_) / h
+        det = j11 * j22 - j12 * j21
+        x -= (j22 * rx - j12 * ry) / det
+        y -= (-j21 * rx + j11 * ry) / det
+    fx_, fy_ = _lens_distort(x, y, fisheye, c)
+    assert max(np.abs(fx_ - xd).max(), np.abs(fy_ - yd).max()) < 1e-9
+    return x, y
+
+
+def _board_corners() -> np.ndarray:
+    """(nx * ny, 2) normalised coordinates of the inner corners, centred on the optical axis."""
+    nx, ny, sq = _BOARD["nx"], _BOARD["ny"], _BOARD["square"]
+    gx = (np.arange(nx) - (nx - 1) / 2) * sq
+    gy = (np.arange(ny) - (ny - 1) / 2) * sq
+    return np.stack(np.meshgrid(gx, gy), -1).reshape(-1, 2)
+
+
+def _board_value(x, y) -> np.ndarray:
+    """Grey level in [0, 1] of the board at normalised plane coordinates: (nx + 1) x (ny + 1)
+    squares on a white plane. Edges are smooth (the clipped product of two sines, about 4 px wide
+    here), so that sampling at pixel centres does not alias and each inner corner is an exact
+    saddle point at its grid position."""
+    nx, ny, sq = _BOARD["nx"], _BOARD["ny"], _BOARD["square"]
+    a = (x / sq + (nx + 1) / 2) * np.pi
+    b = (y / sq + (ny + 1) / 2) * np.pi
+    inside = (a >= 0) & (a <= (nx + 1) * np.pi) & (b >= 0) & (b <= (ny + 1) * np.pi)
+    return np.where(inside, np.clip(0.5 - 2.0 * np.sin(a) * np.sin(b), 0.0, 1.0), 1.0)
+
+
+@functools.lru_cache(maxsize=None)
+def _distorted_board(lens: str) -> bytes:
+    """The photo of the board through ``lens``: (H, W) grey PNG bytes, sampled at pixel centres."""
+    fisheye, c, _ = _LENSES[lens]
+    k = _CB_K
+    uu, vv = np.meshgrid(np.arange(_CB_W) + 0.5, np.arange(_CB_H) + 0.5)
+    x, y = _lens_undistort((uu - k["cx"]) / k["fx"], (vv - k["cy"]) / k["fy"], fisheye, c)
+    buf = io.BytesIO()
+    Image.fromarray(np.rint(32 + 192 * _board_value(x, y)).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _write_board_scene(root: Path, lens: str, loader: str) -> Path:
+    fisheye, c, colmap_model = _LENSES[lens]
+    k = _CB_K
+    png = _distorted_board(lens)
+    if loader == "colmap":
+        names = ("a.png", "b.png")
+        if colmap_model == "FULL_OPENCV":
+            params = [c["k1"], c["k2"], c["p1"], c["p2"], c["k3"], 0.0, 0.0, 0.0]
+        elif colmap_model == "OPENCV":
+            params = [c["k1"], c["k2"], c["p1"], c["p2"]]
+        else:
+            params = [c["k1"], c["k2"], c["k3"], c["k4"]]
+        q = np.array([1.0, 0, 0, 0])
+        _write_colmap_text(root / "sparse" / "0",
+                           {1: (colmap_model, _CB_W, _CB_H, [k["fx"], k["fy"], k["cx"], k["cy"], *params])},
+                           {1: (q, np.zeros(3), 1, names[0]), 2: (q, np.ones(3), 1, names[1])},
+                           np.zeros((0, 3)), np.zeros((0, 3), np.uint8))
+        (root / "images").mkdir()
+        for n in names:
+            (root / "images" / n).write_bytes(png)
+        return root
+    (root / "images").mkdir(parents=True)
+    frames = []
+    for n in ("a.png", "b.png"):
+        (root / "images" / n).write_bytes(png)
+        frames.append({"file_path": f"images/{n}", "transform_matrix": np.eye(4).tolist()})
+    meta = {"fl_x": k["fx"], "fl_y": k["fy"], "cx": k["cx"], "cy": k["cy"], "w": _CB_W, "h": _CB_H,
+            "camera_model": "OPENCV_FISHEYE" if fisheye else "OPENCV", **c, "frames": frames}
+    (root / "transforms.json").write_text(json.dumps(meta))
+    return root
+
+
+def _corner_errors(scene) -> np.ndarray:
+    """Distances (px) between detected board corners and their pinhole projections."""
+    import cv2
+
+    view = scene.train_views[0]
+    cam = view.camera
+    grey = np.ascontiguousarray(scene.load_image_u8(view)[..., 0].numpy())
+    found, corners = cv2.findChessboardCorners(grey, (_BOARD["nx"], _BOARD["ny"]))
+    assert found, "chessboard not detected in the loaded image"
+    crit = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 100, 1e-4)
+    win = max(3, round(7 * cam.width / _CB_W))  # the smooth edges need a window of about 15 px
+    corners = cv2.cornerSubPix(grey, corners, (win, win), (-1, -1), crit).reshape(-1, 2) + 0.5  # i + 0.5 centres
+    g = _board_corners()
+    expect = np.stack([cam.fx * g[:, 0] + cam.cx, cam.fy * g[:, 1] + cam.cy], 1)
+    d = np.linalg.norm(expect[:, None, :] - corners[None, :, :], axis=2)
+    assert len(set(d.argmin(1).tolist())) == len(g)  # one detected corner per board corner
+    return d.min(1)
+
+
+@pytest.mark.parametrize("loader", ["colmap", "transforms"])
+@pytest.mark.parametrize("lens", sorted(_LENSES))
+def test_undistortion_round_trip_checkerboard(tmp_path, lens, loader):
+    fisheye, c, _ = _LENSES[lens]
+    root = _write_board_scene(tmp_path / "s", lens, loader)
+    scene = load_scene(root, test_every=None)
+    view = scene.train_views[0]
+    assert view.distortion is not None and view.distortion.fisheye == fisheye
+    cam = view.camera
+    assert (cam.width, cam.height) == (_CB_W, _CB_H)
+    assert (cam.cx, cam.cy) == pytest.approx((_CB_K["cx"], _CB_K["cy"]), abs=1e-4)
+    zoom = cam.fx / _CB_K["fx"]
+    assert cam.fy / _CB_K["fy"] == pytest.approx(zoom, rel=1e-6)
+    if lens == "radtan_pincushion":
+        assert 1.05 < zoom < 1.5  # zoomed in: no pixel without a source
+    else:
+        assert zoom == 1.0        # barrel and fisheye keep K
+    err = _corner_errors(scene)  # about 0.1 px here; 0.04 px for an undistorted photo
+    assert err.max() < 0.5 and err.mean() < 0.2, err
+    # The same scene read as pinhole images: corners off by pixels (the test can fail).
+    with pytest.warns(UserWarning, match="undistort=False"):
+        raw = load_scene(root, test_every=None, undistort=False)
+    assert _corner_errors(raw).max() > 2.0
+    # Half resolution: undistortion runs on the resized image, errors scale with it.
+    half = load_scene(root, test_every=None, resolution_scale=0.5)
+    assert half.train_views[0].camera.width == _CB_W // 2
+    assert _corner_errors(half).max() < 0.5
 
 
 # ============================================================================ synthetic
@@ -683,17 +893,25 @@ def test_fern_colmap_real():
     if not root.is_dir():
         pytest.skip(f"{root} not present")
     with pytest.warns(UserWarning) as rec:
-        scene = load_scene(root, images="images_8")
+        raw = load_scene(root, images="images_8", undistort=False)
     msgs = " | ".join(str(w.message) for w in rec)
-    assert "sorted order" in msgs and "k1=0.0197505" in msgs
+    assert "sorted order" in msgs and "k1=0.0197505" in msgs and "undistort=False" in msgs
+    f = 3260.526332880590 * 504 / 4032
+    _assert_K(raw.test_views[0].camera, [[f, 0, 252], [0, f, 189], [0, 0, 1]], rel=1e-6)
+    # By default the k1 = 0.02 of fern is corrected (the 0.05 threshold of old left it alone).
+    with pytest.warns(UserWarning) as rec:
+        scene = load_scene(root, images="images_8")
+    assert [str(w.message) for w in rec if "distortion" in str(w.message)] == []
     assert (len(scene.train_views), len(scene.test_views)) == (17, 3)
     assert [v.name for v in scene.test_views] == ["IMG_4026.JPG", "IMG_4034.JPG", "IMG_4042.JPG"]
     assert scene.test_views[0].image_path.name == "image000.png"
     assert scene.test_views[1].image_path.name == "image008.png"
+    assert scene.test_views[0].distortion.k1 == pytest.approx(0.0197505, rel=1e-5)
     cam = scene.test_views[0].camera
-    f = 3260.526332880590 * 504 / 4032
     assert (cam.width, cam.height) == (504, 378)
-    _assert_K(cam, [[f, 0, 252], [0, f, 189], [0, 0, 1]], rel=1e-6)
+    zoom = cam.fx / f
+    assert 1.0 < zoom < 1.03  # pincushion: zoomed in just enough to leave no blank border
+    _assert_K(cam, [[f * zoom, 0, 252], [0, f * zoom, 189], [0, 0, 1]], rel=1e-6)
     assert scene.points.shape == (10091, 3)
     # Text and binary copies of the model agree.
     sp = root / "sparse" / "0"

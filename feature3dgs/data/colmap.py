@@ -8,7 +8,9 @@ Layout::
       masks/   optional: <image name>.png or <image stem>.png, 255 = valid
 
 COLMAP poses are world-to-camera in OpenCV axes already, so ``viewmat = [R(q) | t]``.
-Supported camera models: SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL, RADIAL, OPENCV.
+Supported camera models: SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL, RADIAL, OPENCV, FULL_OPENCV
+(radial-tangential), OPENCV_FISHEYE, SIMPLE_RADIAL_FISHEYE, RADIAL_FISHEYE (fisheye). Distorted
+images are undistorted at load by default (see :mod:`feature3dgs.data.undistort`).
 """
 
 from __future__ import annotations
@@ -23,29 +25,49 @@ import torch
 from feature3dgs.model.camera import Camera
 from . import images as io
 from .colmap_io import ColmapCamera, ColmapModel, find_sparse_dir, qvec_to_rotmat, read_model
-from .scene import DEFAULT_CACHE_BYTES, Scene, View, final_scale, split_every
-from .undistort import DEFAULT_DISTORTION_THRESHOLD, Distortion
+from .errors import SceneNotFoundError, format_error
+from .scene import DEFAULT_CACHE_BYTES, Scene, View, check_resolution, final_scale, split_every, view_camera
+from .undistort import Distortion
+from .validate import check_bool, check_test_every, finite_points, image_scale
 
-SUPPORTED_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
+SUPPORTED_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "FULL_OPENCV",
+                    "OPENCV_FISHEYE", "SIMPLE_RADIAL_FISHEYE", "RADIAL_FISHEYE")
 IMAGE_FOLDERS = ("images", "images_2", "images_4", "images_8")
 
 
-def camera_intrinsics(cam: ColmapCamera) -> tuple[float, float, float, float, Distortion]:
-    """(fx, fy, cx, cy) in pixels of the COLMAP camera's own size, and its distortion."""
+def camera_intrinsics(cam: ColmapCamera, source: Optional[Path] = None) -> tuple[float, float, float, float, Distortion]:
+    """(fx, fy, cx, cy) in pixels of the COLMAP camera's own size, and its distortion.
+
+    COLMAP's parameter order per model: SIMPLE_PINHOLE f cx cy; PINHOLE fx fy cx cy;
+    SIMPLE_RADIAL f cx cy k; RADIAL f cx cy k1 k2; OPENCV fx fy cx cy k1 k2 p1 p2;
+    FULL_OPENCV fx fy cx cy k1 k2 p1 p2 k3 k4 k5 k6; OPENCV_FISHEYE fx fy cx cy k1 k2 k3 k4;
+    SIMPLE_RADIAL_FISHEYE f cx cy k; RADIAL_FISHEYE f cx cy k1 k2 (COLMAP's fisheye models are
+    OpenCV's equidistant model with the remaining coefficients 0).
+    """
     p = [float(v) for v in cam.params]
-    if cam.model == "SIMPLE_PINHOLE":
+    m = cam.model
+    if m == "SIMPLE_PINHOLE":
         return p[0], p[0], p[1], p[2], Distortion()
-    if cam.model == "PINHOLE":
+    if m == "PINHOLE":
         return p[0], p[1], p[2], p[3], Distortion()
-    if cam.model == "SIMPLE_RADIAL":
+    if m == "SIMPLE_RADIAL":
         return p[0], p[0], p[1], p[2], Distortion(k1=p[3])
-    if cam.model == "RADIAL":
+    if m == "RADIAL":
         return p[0], p[0], p[1], p[2], Distortion(k1=p[3], k2=p[4])
-    if cam.model == "OPENCV":
+    if m == "OPENCV":
         return p[0], p[1], p[2], p[3], Distortion(k1=p[4], k2=p[5], p1=p[6], p2=p[7])
-    raise ValueError(
-        f"COLMAP camera {cam.id} uses model {cam.model}, which is not supported "
-        f"(supported: {', '.join(SUPPORTED_MODELS)}); run `colmap image_undistorter` first"
+    if m == "FULL_OPENCV":
+        return p[0], p[1], p[2], p[3], Distortion(k1=p[4], k2=p[5], p1=p[6], p2=p[7], k3=p[8], k4=p[9],
+                                                  k5=p[10], k6=p[11])
+    if m == "OPENCV_FISHEYE":
+        return p[0], p[1], p[2], p[3], Distortion(k1=p[4], k2=p[5], k3=p[6], k4=p[7], fisheye=True)
+    if m == "SIMPLE_RADIAL_FISHEYE":
+        return p[0], p[0], p[1], p[2], Distortion(k1=p[3], fisheye=True)
+    if m == "RADIAL_FISHEYE":
+        return p[0], p[0], p[1], p[2], Distortion(k1=p[3], k2=p[4], fisheye=True)
+    raise format_error(
+        source or "COLMAP model", f"camera {cam.id} model",
+        f"{m} is not supported (supported: {', '.join(SUPPORTED_MODELS)}); run `colmap image_undistorter` first",
     )
 
 
@@ -63,12 +85,13 @@ def _image_folder(root: Path, images: Union[str, int, None]) -> Path:
     if images is not None:
         folder = root / images
         if not folder.is_dir():
-            raise FileNotFoundError(f"image folder not found: {folder}")
+            raise SceneNotFoundError(f"image folder not found: {folder} (the images option)", path=folder,
+                                     key="images")
         return folder
     for name in IMAGE_FOLDERS:
         if (root / name).is_dir():
             return root / name
-    raise FileNotFoundError(f"no image folder in {root}: expected one of {', '.join(IMAGE_FOLDERS)}")
+    raise SceneNotFoundError(f"no image folder in {root}: expected one of {', '.join(IMAGE_FOLDERS)}", path=root)
 
 
 def pair_image_files(names: Sequence[str], folder: Path) -> list[Path]:
@@ -96,9 +119,10 @@ def pair_image_files(names: Sequence[str], folder: Path) -> list[Path]:
         )
         return files
     missing = next(n for n, p in zip(names, out) if p is None)
-    raise FileNotFoundError(
+    raise SceneNotFoundError(
         f"image {missing!r} of the COLMAP model not found in {folder}, and the folder holds "
-        f"{len(files)} images for {len(names)} model images, so they cannot be paired by order"
+        f"{len(files)} images for {len(names)} model images, so they cannot be paired by order",
+        path=folder / missing,
     )
 
 
@@ -117,9 +141,8 @@ def load_colmap(
     resolution_scale: float = 1.0,
     target_width: Optional[int] = None,
     background: Union[Sequence[float], str] = (0.0, 0.0, 0.0),
-    test_every: int = 8,
-    undistort: str = "auto",
-    distortion_threshold: float = DEFAULT_DISTORTION_THRESHOLD,
+    test_every: Optional[int] = 8,
+    undistort: bool = True,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
 ) -> Scene:
     """Load a COLMAP scene.
@@ -130,25 +153,33 @@ def load_colmap(
             None picks the first of images, images_2, images_4, images_8 that exists.
         resolution_scale: extra factor applied to the image size (1.0 = as stored).
         target_width: instead of ``resolution_scale``, the width in pixels to load at.
-        background: compositing colour for RGBA images and undistortion borders.
-        test_every: views sorted by name with index % test_every == 0 are test (0: none).
-        undistort: 'auto' undistorts images when a distortion coefficient has magnitude >=
-            ``distortion_threshold`` and otherwise ignores it with a warning; 'always'
-            undistorts any non-zero distortion; 'never' ignores it with a warning.
-        distortion_threshold: see ``undistort`` (default 0.05).
+        background: compositing colour for RGBA images.
+        test_every: views sorted by name with index % test_every == 0 are test (an integer >= 2),
+            or None for no test views.
+        undistort: undistort the images of every camera with a non-zero distortion coefficient
+            (default), to the pinhole camera of :mod:`~feature3dgs.data.undistort`'s new-K policy;
+            False uses them as pinhole images (with a warning when a coefficient is non-zero).
         cache_bytes: byte budget of the decoded-image cache.
 
     Intrinsics are scaled per axis by (image size / COLMAP camera size), so image folders at a
-    lower resolution than the reconstruction are handled. Undistorted views keep their K.
+    lower resolution than the reconstruction are handled; an image whose aspect ratio differs
+    from its camera's is refused. Every image is checked for completeness here (images.check_image).
+
+    Raises:
+        SceneFormatError: (or its subclasses SceneNotFoundError, SceneOptionError) naming the
+            file and key for anything missing or invalid.
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"COLMAP scene folder not found: {root}")
-    if undistort not in ("auto", "always", "never"):
-        raise ValueError(f"undistort must be 'auto', 'always' or 'never', got {undistort!r}")
-    model: ColmapModel = read_model(find_sparse_dir(root))
+        raise SceneNotFoundError(f"COLMAP scene folder not found: {root}", path=root)
+    undistort = check_bool(undistort, root, "undistort")
+    check_test_every(test_every, root)
+    check_resolution(resolution_scale, target_width)
+    sparse = find_sparse_dir(root)
+    model: ColmapModel = read_model(sparse)
     if not model.images:
-        raise ValueError(f"COLMAP model under {root} has no registered images")
+        raise format_error(sparse, "images", "the COLMAP model has no registered images")
+    cam_file = next(p for p in (sparse / "cameras.bin", sparse / "cameras.txt") if p.is_file())
     folder = _image_folder(root, images)
     masks = root / "masks" if (root / "masks").is_dir() else None
 
@@ -159,38 +190,33 @@ def load_colmap(
     ignored: dict[int, Distortion] = {}
     for im, path in zip(ordered, files):
         cc = model.cameras[im.camera_id]
-        fx, fy, cx, cy, dist = camera_intrinsics(cc)
-        w_img, h_img = io.image_size(path)
-        sx, sy = w_img / cc.width, h_img / cc.height
-        if abs(sx / sy - 1.0) > 0.02:
-            raise ValueError(
-                f"image {path} is {w_img}x{h_img} but its COLMAP camera {cc.id} is {cc.width}x{cc.height}: "
-                "aspect ratios differ (wrong image paired with this pose?)"
-            )
+        fx, fy, cx, cy, dist = camera_intrinsics(cc, cam_file)
+        w_img, h_img = io.check_image(path)
+        sx, sy = image_scale((cc.width, cc.height), (w_img, h_img), path,
+                             f"COLMAP camera {cc.id} in {cam_file.name}")
         K = np.array([[fx * sx, 0.0, cx * sx], [0.0, fy * sy, cy * sy], [0.0, 0.0, 1.0]])
         cam = Camera(viewmat_from_colmap(im.qvec, im.tvec), torch.from_numpy(K), w_img, h_img, name=im.name)
-        factor = final_scale(w_img, resolution_scale, target_width)
-        if factor != 1.0:
-            cam = cam.scaled(factor)
-        use_dist: Optional[Distortion] = None
-        if not dist.is_zero():
-            if undistort == "always" or (undistort == "auto" and dist.max_abs >= distortion_threshold):
-                use_dist = dist
-            else:
-                ignored[cc.id] = dist
-        views.append(View(cam, path, mask_path=_mask_file(masks, im.name, path), distortion=use_dist))
+        cam, und = view_camera(cam, dist, final_scale(w_img, resolution_scale, target_width), undistort,
+                               cam_file, f"camera {cc.id}")
+        if not dist.is_zero() and not undistort:
+            ignored[cc.id] = dist
+        mask = _mask_file(masks, im.name, path)
+        if mask is not None:
+            io.check_image(mask)
+        views.append(View(cam, path, mask_path=mask, undistortion=und))
 
     for cam_id, d in ignored.items():
-        why = f"below the threshold {distortion_threshold}" if undistort == "auto" else "undistort='never'"
         warnings.warn(
-            f"COLMAP camera {cam_id} ({model.cameras[cam_id].model}) has distortion "
-            f"k1={d.k1:g} k2={d.k2:g} p1={d.p1:g} p2={d.p2:g}; ignored ({why}), images used as pinhole",
+            f"{cam_file}: camera {cam_id} ({model.cameras[cam_id].model}) has distortion {d.describe()}; "
+            "ignored (undistort=False), images used as pinhole",
             stacklevel=2,
         )
 
-    train, test = split_every(views, test_every)
-    points = model.xyz.astype(np.float32) if len(model.xyz) else None
-    colors = model.rgb.astype(np.float32) / 255.0 if len(model.xyz) else None
+    train, test = split_every(views, test_every, root)
+    points = colors = None
+    if len(model.xyz):
+        xyz, rgb = finite_points(model.xyz, model.rgb, model.points_path)
+        points, colors = xyz.astype(np.float32), rgb.astype(np.float32) / 255.0
     return Scene(
         train_views=train,
         test_views=test,

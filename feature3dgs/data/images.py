@@ -7,14 +7,19 @@ decoded images can be kept compactly as uint8.
 
 from __future__ import annotations
 
+import contextlib
+import struct
 import threading
+import zlib
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, Hashable, Sequence
+from typing import Callable, Hashable, Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
+
+from .errors import SceneFormatError, SceneNotFoundError, SceneOptionError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -27,17 +32,31 @@ def is_image_file(path: Path) -> bool:
 def list_images(folder: Path) -> list[Path]:
     """Image files directly in ``folder``, sorted by name."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"image folder not found: {folder}")
+        raise SceneNotFoundError(f"image folder not found: {folder}", path=folder)
     return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
 
 
-def _open(path: Path) -> Image.Image:
+#: What PIL (and its codecs) raise for a file that is not a valid image or ends early.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, Image.DecompressionBombError)
+
+
+@contextlib.contextmanager
+def _decoding(path: Path) -> Iterator[None]:
+    """Turn any decoder failure inside the block into a SceneFormatError naming the file."""
     try:
-        return Image.open(path)
+        yield
     except FileNotFoundError:
-        raise FileNotFoundError(f"image file not found: {path}") from None
-    except OSError as e:  # PIL.UnidentifiedImageError is an OSError
-        raise ValueError(f"cannot decode image {path}: {e}") from None
+        raise SceneNotFoundError(f"image file not found: {path}", path=path) from None
+    except SceneFormatError:
+        raise
+    except _DECODE_ERRORS as e:
+        raise SceneFormatError(f"{path}: cannot decode image ({type(e).__name__}: {e}); "
+                               "the file is corrupt, truncated or not an image", path=path, key="image") from None
+
+
+def _open(path: Path) -> Image.Image:
+    with _decoding(path):
+        return Image.open(path)
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -46,12 +65,42 @@ def image_size(path: Path) -> tuple[int, int]:
         return im.size
 
 
+def check_image(path: Path) -> tuple[int, int]:
+    """Check that an image file is complete, cheaply, and return its (width, height).
+
+    PNG: every chunk's CRC is verified through IEND (PIL's verify; no decompression). JPEG: the
+    file must hold an end-of-image marker after its last start-of-scan marker (a truncated file
+    has none; libjpeg itself only fails on truncation, treating other corruption as warnings).
+    Other formats: a full decode. A file that passes and still fails to decode later raises a
+    SceneFormatError naming it then.
+
+    Raises:
+        SceneFormatError: naming the file when it is missing, truncated or corrupt.
+    """
+    path = Path(path)
+    with _decoding(path):
+        with Image.open(path) as im:
+            size = im.size
+            if size[0] <= 0 or size[1] <= 0:
+                raise ValueError(f"empty image {size[0]}x{size[1]}")
+            if im.format == "PNG":
+                im.verify()
+            elif im.format == "JPEG":
+                data = path.read_bytes()
+                sos = data.rfind(b"\xff\xda")
+                if sos < 0 or data.find(b"\xff\xd9", sos) < 0:
+                    raise OSError("image file is truncated (no end-of-image marker after the last scan)")
+            else:
+                im.load()
+    return size
+
+
 def read_image_u8(path: Path) -> np.ndarray:
     """Decode a colour image to (H, W, 3) or (H, W, 4) uint8 (RGBA when it has transparency).
 
     Grey images are expanded to RGB; 16-bit images are reduced to 8 bits.
     """
-    with _open(path) as im:
+    with _open(path) as im, _decoding(path):
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):
             a = np.asarray(im, dtype=np.float64)
             a = np.clip(a / 257.0 + 0.5, 0, 255).astype(np.uint8)
@@ -65,7 +114,7 @@ def read_image_u8(path: Path) -> np.ndarray:
 
 def read_gray(path: Path) -> np.ndarray:
     """Decode an image as one channel, (H, W) uint8 (used for masks)."""
-    with _open(path) as im:
+    with _open(path) as im, _decoding(path):
         if im.mode in ("RGBA", "LA", "PA"):
             # A mask stored with transparency: the alpha channel is the mask.
             return np.asarray(im.getchannel("A"), dtype=np.uint8).copy()
@@ -74,13 +123,14 @@ def read_gray(path: Path) -> np.ndarray:
 
 def read_label(path: Path) -> np.ndarray:
     """Decode an integer label image (8- or 16-bit PNG) to (H, W) int32 ids, unchanged values."""
-    with _open(path) as im:
+    with _open(path) as im, _decoding(path):
         if im.mode == "P":
             a = np.asarray(im)  # palette indices are the labels
         elif im.mode in ("L", "I", "I;16", "I;16B", "I;16L"):
             a = np.asarray(im)
         else:
-            raise ValueError(f"label image {path} has mode {im.mode}; expected a single-channel integer PNG")
+            raise SceneFormatError(f"{path}: label image has mode {im.mode}; expected a single-channel integer PNG",
+                                   path=path, key="mode")
         return a.astype(np.int32)
 
 
@@ -93,14 +143,18 @@ def read_depth(path: Path, png_scale: float = 1e-3) -> np.ndarray:
     path = Path(path)
     if path.suffix.lower() == ".npy":
         if not path.is_file():
-            raise FileNotFoundError(f"depth file not found: {path}")
-        a = np.load(path)
+            raise SceneNotFoundError(f"depth file not found: {path}", path=path)
+        try:
+            a = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise SceneFormatError(f"{path}: cannot read depth array ({e})", path=path, key="depth") from None
         if a.ndim == 3 and a.shape[-1] == 1:
             a = a[..., 0]
-        if a.ndim != 2:
-            raise ValueError(f"depth file {path} must hold an (H, W) array, got shape {a.shape}")
+        if a.ndim != 2 or not np.issubdtype(a.dtype, np.number):
+            raise SceneFormatError(f"{path}: depth file must hold an (H, W) numeric array, got {a.dtype} {a.shape}",
+                                   path=path, key="depth")
         return a.astype(np.float32)
-    with _open(path) as im:
+    with _open(path) as im, _decoding(path):
         return (np.asarray(im, dtype=np.float64) * png_scale).astype(np.float32)
 
 
@@ -135,13 +189,18 @@ def parse_background(background: "Sequence[float] | str | torch.Tensor") -> torc
     if isinstance(background, str):
         names = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
         if background.lower() not in names:
-            raise ValueError(f"background must be 'white', 'black' or 3 floats, got {background!r}")
+            raise SceneOptionError(f"background must be 'white', 'black' or 3 floats, got {background!r}",
+                                   key="background")
         background = names[background.lower()]
-    bg = torch.as_tensor(np.asarray(background, dtype=np.float32)).flatten()
+    try:
+        bg = torch.as_tensor(np.asarray(background, dtype=np.float32)).flatten()
+    except (TypeError, ValueError):
+        raise SceneOptionError(f"background must be 'white', 'black' or 3 floats in [0, 1], got {background!r}",
+                               key="background") from None
     if bg.numel() != 3:
-        raise ValueError(f"background must have 3 values, got {bg.numel()}")
-    if (bg < 0).any() or (bg > 1).any():
-        raise ValueError(f"background values must lie in [0, 1], got {bg.tolist()}")
+        raise SceneOptionError(f"background must have 3 values, got {bg.numel()}", key="background")
+    if not torch.isfinite(bg).all() or (bg < 0).any() or (bg > 1).any():
+        raise SceneOptionError(f"background values must lie in [0, 1], got {bg.tolist()}", key="background")
     return bg
 
 

@@ -8,6 +8,7 @@ so the default budget (1 GiB) holds part of it and the rest is decoded again whe
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -17,7 +18,9 @@ import torch
 
 from feature3dgs.model.camera import Camera
 from . import images as io
-from .undistort import Distortion, remap, undistort_coords
+from .errors import SceneFormatError, SceneOptionError
+from .undistort import Distortion, Undistortion
+from .validate import check_test_every
 
 DEFAULT_CACHE_BYTES = 1 << 30
 
@@ -32,7 +35,8 @@ class View:
         mask_path: optional mask image (255 = valid / foreground).
         depth_path: optional depth (16-bit PNG scaled by ``depth_scale``, or float .npy in metres).
         instance_path, class_path: optional integer label PNGs (0 = background).
-        distortion: lens distortion of the image file; when set, images are undistorted at load.
+        undistortion: when set, the files are distorted and are resampled to ``camera`` at load
+            (see :mod:`feature3dgs.data.undistort`); None: the files are pinhole images.
         depth_scale: metres per integer unit of a depth PNG (1e-3: millimetres).
     """
 
@@ -42,12 +46,17 @@ class View:
     depth_path: Optional[Path] = None
     instance_path: Optional[Path] = None
     class_path: Optional[Path] = None
-    distortion: Optional[Distortion] = None
+    undistortion: Optional[Undistortion] = None
     depth_scale: float = 1e-3
 
     @property
     def name(self) -> str:
         return self.camera.name
+
+    @property
+    def distortion(self) -> Optional[Distortion]:
+        """The lens distortion the image files are corrected for at load, or None."""
+        return None if self.undistortion is None else self.undistortion.distortion
 
 
 ViewRef = Union[View, Camera, str]
@@ -83,7 +92,8 @@ class Scene:
         self._by_name: dict[str, View] = {}
         for v in self.views:
             if v.name in self._by_name:
-                raise ValueError(f"duplicate view name {v.name!r} in scene {self.source_path}")
+                raise SceneFormatError(f"{self.source_path}: duplicate view name {v.name!r}",
+                                       path=self.source_path, key=v.name)
             self._by_name[v.name] = v
         if self.points is not None:
             self.points = torch.as_tensor(np.asarray(self.points, dtype=np.float32)).reshape(-1, 3)
@@ -139,31 +149,23 @@ class Scene:
         return radius if radius > 1e-8 else 1.0
 
     # ------------------------------------------------------------------ pixels
-    def _undistort(self, a: np.ndarray, view: View, nearest: bool) -> tuple[np.ndarray, Optional[np.ndarray]]:
-        if view.distortion is None or view.distortion.is_zero():
-            return a, None
-        cam = view.camera
-        coords = undistort_coords(cam.K.cpu().numpy(), cam.width, cam.height, view.distortion)
-        return remap(a, coords, nearest=nearest)
+    @staticmethod
+    def _undistort(a: np.ndarray, view: View, nearest: bool) -> np.ndarray:
+        return a if view.undistortion is None else view.undistortion.apply(a, nearest=nearest)
 
     def _image_u8(self, view: View) -> torch.Tensor:
         cam = view.camera
 
         def load() -> torch.Tensor:
             a = io.resize_u8(io.read_image_u8(view.image_path), cam.width, cam.height)
-            a, valid = self._undistort(a, view, nearest=False)
-            if valid is not None:
-                alpha = np.where(valid, a[..., 3] if a.shape[2] == 4 else 255, 0).astype(np.uint8)
-                a = np.concatenate([a[..., :3], alpha[..., None]], axis=2)
-            return io.to_tensor_u8(a)
+            return io.to_tensor_u8(self._undistort(a, view, nearest=False))
 
         return self._cache.get(("image", str(view.image_path), cam.width, cam.height), load)
 
     def load_image(self, ref: ViewRef) -> torch.Tensor:
         """The view's image at its camera's size.
 
-        RGBA images (and pixels outside the source after undistortion) are composited over
-        ``self.background``.
+        RGBA images are composited over ``self.background``.
 
         Returns:
             (3, H, W) float32 in [0, 1] on the CPU.
@@ -177,16 +179,13 @@ class Scene:
 
     def load_mask(self, ref: ViewRef) -> Optional[torch.Tensor]:
         """(1, H, W) float32 in [0, 1]: the mask file if the view has one, else the image's alpha
-        channel (which also marks undistortion's invalid border), else None."""
+        channel, else None."""
         view = self.view(ref)
         cam = view.camera
         if view.mask_path is not None:
             def load() -> torch.Tensor:
                 m = io.resize_u8(io.read_gray(view.mask_path), cam.width, cam.height)
-                m, valid = self._undistort(m, view, nearest=False)
-                if valid is not None:
-                    m = np.where(valid, m, 0).astype(np.uint8)
-                return io.to_tensor_u8(m)
+                return io.to_tensor_u8(self._undistort(m, view, nearest=False))
 
             m = self._cache.get(("mask", str(view.mask_path), cam.width, cam.height), load)
             return (m.to(torch.float32) / 255.0)[None]
@@ -200,10 +199,7 @@ class Scene:
 
         def load() -> torch.Tensor:
             a = io.resize_nearest(read(path), cam.width, cam.height)
-            a, valid = self._undistort(a, view, nearest=True)
-            if valid is not None:
-                a = np.where(valid, a, 0).astype(a.dtype)
-            return io.to_tensor_u8(a)
+            return io.to_tensor_u8(self._undistort(a, view, nearest=True))
 
         return self._cache.get((kind, str(path), cam.width, cam.height), load)
 
@@ -241,9 +237,13 @@ class Scene:
         )
 
 
-def split_every(items: Sequence, every: int) -> tuple[list, list]:
-    """Split a sorted sequence into (train, test): index % every == 0 is test; every <= 0: no test."""
-    if every <= 0:
+def split_every(items: Sequence, every: Optional[int], source: Optional[Path] = None) -> tuple[list, list]:
+    """Split a sorted sequence into (train, test): index % every == 0 is test; None: no test.
+
+    ``every`` must be an integer >= 2 (see :func:`~.validate.check_test_every`).
+    """
+    every = check_test_every(every, source if source is not None else "scene")
+    if every is None:
         return list(items), []
     train = [x for i, x in enumerate(items) if i % every != 0]
     test = [x for i, x in enumerate(items) if i % every == 0]
@@ -252,12 +252,54 @@ def split_every(items: Sequence, every: int) -> tuple[list, list]:
 
 def final_scale(width: int, resolution_scale: float, target_width: Optional[int]) -> float:
     """The factor that takes a camera of ``width`` pixels to the requested resolution."""
+    check_resolution(resolution_scale, target_width)
     if target_width is not None:
-        if resolution_scale != 1.0:
-            raise ValueError("give either resolution_scale or target_width, not both")
-        if target_width <= 0:
-            raise ValueError(f"target_width must be positive, got {target_width}")
         return target_width / width
-    if resolution_scale <= 0:
-        raise ValueError(f"resolution_scale must be positive, got {resolution_scale}")
     return float(resolution_scale)
+
+
+def check_resolution(resolution_scale: float, target_width: Optional[int]) -> None:
+    """Refuse a non-positive or non-finite ``resolution_scale``, a ``target_width`` that is not a
+    positive integer, and both given at once (SceneOptionError naming the argument)."""
+    bad = isinstance(resolution_scale, bool) or not isinstance(resolution_scale, (int, float, np.number))
+    if bad or not (math.isfinite(resolution_scale) and resolution_scale > 0):
+        raise SceneOptionError(f"resolution_scale must be a positive finite number, got {resolution_scale!r}",
+                               key="resolution_scale")
+    if target_width is not None:
+        if isinstance(target_width, bool) or not isinstance(target_width, (int, np.integer)) or target_width <= 0:
+            raise SceneOptionError(f"target_width must be a positive integer (pixels), got {target_width!r}",
+                                   key="target_width")
+        if resolution_scale != 1.0:
+            raise SceneOptionError("give either resolution_scale or target_width, not both", key="target_width")
+
+
+def view_camera(
+    camera: Camera,
+    distortion: Optional[Distortion],
+    factor: float,
+    undistort: bool,
+    source: Path,
+    key: str,
+) -> tuple[Camera, Optional[Undistortion]]:
+    """A view's pinhole camera at the loaded size, and its undistortion (every loader's last step).
+
+    Args:
+        camera: the camera of the image file at its stored size (distorted when ``distortion``).
+        distortion: the lens distortion of the file (None or all zero: a pinhole image).
+        factor: resize factor from the stored to the loaded size (see :func:`final_scale`).
+        undistort: resample distorted images to a pinhole camera (the new-K policy of
+            :mod:`~feature3dgs.data.undistort`); False uses them as pinhole images.
+        source, key: the file and the key the intrinsics came from, for error messages.
+    Returns:
+        (camera, undistortion or None).
+    """
+    from .undistort import undistort_camera
+
+    if factor != 1.0:
+        camera = camera.scaled(factor)
+    if distortion is None or distortion.is_zero() or not undistort:
+        return camera, None
+    try:
+        return undistort_camera(camera, distortion)
+    except ValueError as e:
+        raise SceneFormatError(f"{source}: {key}: {e}", path=source, key=key) from None
