@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from feature3dgs.distill.distill import student_features
 from feature3dgs.model.camera import Camera
 from feature3dgs.model.decoder import FeatureDecoder
-from feature3dgs.distill.distill import student_features
 from feature3dgs.model.gaussians import GaussianModel
 
 __all__ = [

@@ -25,17 +25,34 @@ from typing import Any
 
 import torch
 
-from feature3dgs.apps.edit import delete, extract, gaussian_scores, recolor, select_gaussians, select_gaussians_by_clicks
+from feature3dgs.apps.edit import (
+    delete,
+    extract,
+    gaussian_scores,
+    recolor,
+    select_gaussians,
+    select_gaussians_by_clicks,
+)
 from feature3dgs.apps.mask_fusion import fuse_object, multiview_sam_masks
 from feature3dgs.apps.query import LERF_NEGATIVES, relevancy_map, text_relevancy
-from feature3dgs.apps.segment import click_features, sam_masks_on_view, select_by_clicks, stroke_pixels
+from feature3dgs.apps.segment import (
+    click_features,
+    sam_masks_on_view,
+    select_by_clicks,
+    stroke_pixels,
+)
 from feature3dgs.apps.semantic import evaluate_semantics, fit_semantics
 from feature3dgs.cli.args import numbers, split_list
 from feature3dgs.model.gaussians import SEMANTICS
 from feature3dgs.rendering.device import resolve_device
 from feature3dgs.run import load_run
 from feature3dgs.utils.io import atomic_open, atomic_write_text, safe_name, save_png
-from feature3dgs.utils.visualize import class_palette, colorize_labels, heatmap, overlay_mask
+from feature3dgs.utils.visualize import (
+    class_palette,
+    colorize_labels,
+    heatmap,
+    overlay_mask,
+)
 
 __all__ = ["register"]
 

@@ -9,9 +9,13 @@ import warnings
 from pathlib import Path
 
 from feature3dgs.cli.args import add_config_args, config_from_args
-from feature3dgs.cli.errors import CLIError, EXIT_INTERRUPTED
+from feature3dgs.cli.errors import EXIT_INTERRUPTED, CLIError
 from feature3dgs.cli.train import print_result
-from feature3dgs.distill.cache import FeatureCache, default_cache_dir, fill_feature_cache
+from feature3dgs.distill.cache import (
+    FeatureCache,
+    default_cache_dir,
+    fill_feature_cache,
+)
 from feature3dgs.distill.distill import DistillConfig, distill
 from feature3dgs.distill.teachers import build_teacher
 from feature3dgs.rendering.device import resolve_device

@@ -24,7 +24,7 @@ from feature3dgs.rendering.device import resolve_device
 from feature3dgs.run import RunDir, load_run
 from feature3dgs.training.config import RUN_OPTION_KEYS, SCENE_KEYS, TrainConfig
 from feature3dgs.training.evaluate import evaluate_model
-from feature3dgs.training.trainer import TrainResult, Trainer, load_scene_for
+from feature3dgs.training.trainer import Trainer, TrainResult, load_scene_for
 from feature3dgs.utils.io import atomic_write_text
 
 __all__ = ["register", "add_run_scene_args", "load_run_and_scene", "print_result"]

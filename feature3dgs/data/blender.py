@@ -38,10 +38,19 @@ import numpy as np
 import torch
 
 from feature3dgs.model.camera import Camera, viewmat_from_opengl_c2w
+
 from . import images as io
 from .errors import SceneNotFoundError, format_error
 from .ply import read_ply_points
-from .scene import DEFAULT_CACHE_BYTES, Scene, View, check_resolution, final_scale, split_every, view_camera
+from .scene import (
+    DEFAULT_CACHE_BYTES,
+    Scene,
+    View,
+    check_resolution,
+    final_scale,
+    split_every,
+    view_camera,
+)
 from .undistort import Distortion
 from .validate import check_bool, check_test_every, image_scale, number
 

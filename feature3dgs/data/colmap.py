@@ -23,10 +23,25 @@ import numpy as np
 import torch
 
 from feature3dgs.model.camera import Camera
+
 from . import images as io
-from .colmap_io import ColmapCamera, ColmapModel, find_sparse_dir, qvec_to_rotmat, read_model
+from .colmap_io import (
+    ColmapCamera,
+    ColmapModel,
+    find_sparse_dir,
+    qvec_to_rotmat,
+    read_model,
+)
 from .errors import SceneNotFoundError, format_error
-from .scene import DEFAULT_CACHE_BYTES, Scene, View, check_resolution, final_scale, split_every, view_camera
+from .scene import (
+    DEFAULT_CACHE_BYTES,
+    Scene,
+    View,
+    check_resolution,
+    final_scale,
+    split_every,
+    view_camera,
+)
 from .undistort import Distortion
 from .validate import check_bool, check_test_every, finite_points, image_scale
 

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from feature3dgs.model.camera import Camera
+
 from . import images as io
 from .errors import SceneFormatError, SceneOptionError
-from .undistort import Distortion, Undistortion
+from .undistort import Distortion, Undistortion, undistort_camera
 from .validate import check_test_every
 
 DEFAULT_CACHE_BYTES = 1 << 30
@@ -293,8 +294,6 @@ def view_camera(
     Returns:
         (camera, undistortion or None).
     """
-    from .undistort import undistort_camera
-
     if factor != 1.0:
         camera = camera.scaled(factor)
     if distortion is None or distortion.is_zero() or not undistort:

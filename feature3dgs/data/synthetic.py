@@ -36,7 +36,13 @@ from typing import Optional, Union
 import numpy as np
 from PIL import Image
 
-from feature3dgs.model.camera import Camera, intrinsics_from_fov, look_at, opengl_c2w_from_viewmat
+from feature3dgs.model.camera import (
+    Camera,
+    intrinsics_from_fov,
+    look_at,
+    opengl_c2w_from_viewmat,
+)
+
 from .ply import write_ply_points
 
 CLASSES = ["background", "sphere", "box", "cylinder"]

@@ -31,9 +31,10 @@ from typing import Union
 
 import numpy as np
 import torch
+from plyfile import PlyData, PlyElement
 
-from feature3dgs.utils.io import atomic_open
 from feature3dgs.model.gaussians import FEATURES, SEMANTICS, GaussianModel
+from feature3dgs.utils.io import atomic_open
 
 __all__ = ["save_ply", "load_ply", "ply_property_names", "FEATURE_PREFIX", "SEMANTIC_PREFIX"]
 
@@ -57,8 +58,6 @@ def ply_property_names(max_sh_degree: int, feature_dim: int = 0, num_classes: in
 
 def save_ply(model: GaussianModel, path: Union[str, Path]) -> Path:
     """Write ``model`` to ``path`` (see the module docstring for the layout)."""
-    from plyfile import PlyData, PlyElement
-
     path = Path(path)
     n = model.num_gaussians
     p = {k: v.detach().float().cpu() for k, v in model.params.items()}
@@ -105,8 +104,6 @@ def _indexed(names: list[str], prefix: str) -> list[str]:
 
 def load_ply(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> GaussianModel:
     """Read a 3DGS (or feature3dgs) Gaussian PLY file into a :class:`GaussianModel`."""
-    from plyfile import PlyData
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Gaussian PLY file not found: {path}")

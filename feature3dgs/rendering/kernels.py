@@ -13,8 +13,14 @@ import torch
 from torch import Tensor
 
 from feature3dgs.rendering._backend import kernels
-from feature3dgs.rendering.inputs import (Projection, RasterImages, RenderInputs, RenderOutput, composite,
-                                          validate_render_inputs)
+from feature3dgs.rendering.inputs import (
+    Projection,
+    RasterImages,
+    RenderInputs,
+    RenderOutput,
+    composite,
+    validate_render_inputs,
+)
 
 __all__ = ["render", "project", "rasterize", "ProjectFunction", "RasterizeFunction"]
 

@@ -17,8 +17,14 @@ import math
 import torch
 from torch import Tensor
 
-from feature3dgs.rendering.inputs import (Projection, RasterImages, RenderInputs, RenderOutput, composite,
-                                          validate_render_inputs)
+from feature3dgs.rendering.inputs import (
+    Projection,
+    RasterImages,
+    RenderInputs,
+    RenderOutput,
+    composite,
+    validate_render_inputs,
+)
 
 TILE = 16
 ALPHA_MIN = 1.0 / 255.0

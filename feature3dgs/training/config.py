@@ -19,7 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Optional, Union
 
 from feature3dgs.data.images import parse_background
-from feature3dgs.training.schedule import SCHEDULE_DEFAULTS, SCHEDULE_FLOORS, SCHEDULE_REFERENCE
+from feature3dgs.training.schedule import (
+    SCHEDULE_DEFAULTS,
+    SCHEDULE_FLOORS,
+    SCHEDULE_REFERENCE,
+)
 
 __all__ = ["TrainConfig", "SCENE_KEYS", "RUN_OPTION_KEYS", "Strategy", "LpipsNet", "background_arg"]
 

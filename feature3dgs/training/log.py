@@ -29,7 +29,9 @@ class TrainLog:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    from torch.utils.tensorboard import SummaryWriter  # optional: needs tensorboard
+                    from torch.utils.tensorboard import (
+                        SummaryWriter,  # optional: needs tensorboard
+                    )
                 self._tb = SummaryWriter(str(tensorboard_dir))
             except ImportError:
                 self._tb = None

@@ -14,6 +14,7 @@ from typing import IO, Iterator, Union
 
 import numpy as np
 import torch
+from PIL import Image
 
 __all__ = ["atomic_open", "atomic_write_text", "save_png", "safe_name", "TEMP_SUFFIX"]
 
@@ -56,8 +57,6 @@ def atomic_write_text(path: PathLike, text: str) -> None:
 
 def save_png(image: torch.Tensor, path: PathLike) -> Path:
     """Save a (3,H,W) (or (1,H,W)) float image in [0, 1] as an 8-bit PNG, atomically."""
-    from PIL import Image
-
     img = image.detach().float().cpu()
     if img.dim() != 3 or img.shape[0] not in (1, 3):
         raise ValueError(f"image must be (3, H, W) or (1, H, W), got {tuple(img.shape)}")

@@ -26,6 +26,7 @@ Conventions:
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -101,8 +102,6 @@ def lpips_metric(net: str = "alex", device: str | torch.device = "cpu",
         return None
     key = (net, str(device), random_backbone)
     if key not in _CACHE:
-        import warnings
-
         import lpips
 
         with warnings.catch_warnings():  # torchvision's 'pretrained' deprecation, from lpips

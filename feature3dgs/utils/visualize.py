@@ -3,9 +3,8 @@ colours agree across views (and between a student and its teacher)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import colorsys
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np

@@ -10,13 +10,7 @@
 """
 
 from feature3dgs.viewer.camera_convert import camera_from_viser, viser_pose_from_camera
+from feature3dgs.viewer.server import ViewerServer, serve
 from feature3dgs.viewer.session import MODES, ViewerSession
 
-__all__ = ["ViewerSession", "MODES", "camera_from_viser", "viser_pose_from_camera", "serve"]
-
-
-def serve(*args, **kwargs):
-    """Start the web viewer; see :func:`feature3dgs.viewer.server.serve` (needs viser)."""
-    from feature3dgs.viewer.server import serve as _serve
-
-    return _serve(*args, **kwargs)
+__all__ = ["ViewerSession", "ViewerServer", "MODES", "camera_from_viser", "viser_pose_from_camera", "serve"]

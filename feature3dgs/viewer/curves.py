@@ -30,6 +30,9 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from feature3dgs.utils.io import atomic_open
 
 __all__ = ["read_log", "curve_panels", "plot_curves", "save_curves", "main"]
 
@@ -122,8 +125,6 @@ def _fmt(v: float) -> str:
 
 
 def _plot_pil(panels, width: int, panel_height: int) -> np.ndarray:
-    from PIL import Image, ImageDraw, ImageFont
-
     font = ImageFont.load_default()
     img = Image.new("RGB", (width, panel_height * len(panels)), "white")
     draw = ImageDraw.Draw(img)
@@ -177,7 +178,6 @@ def _plot_matplotlib(panels, width: int, panel_height: int) -> np.ndarray:
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    from PIL import Image
 
     dpi = 100
     fig, axes = plt.subplots(len(panels), 1, figsize=(width / dpi, panel_height * len(panels) / dpi), dpi=dpi,
@@ -228,10 +228,6 @@ def plot_curves(log: Union[PathLike, Series], out_png: Optional[PathLike] = None
 
 def save_curves(image: np.ndarray, path: PathLike) -> Path:
     """Write an (H, W, 3) uint8 picture as PNG, atomically."""
-    from PIL import Image
-
-    from feature3dgs.utils.io import atomic_open
-
     path = Path(path)
     with atomic_open(path, "wb") as f:
         Image.fromarray(np.ascontiguousarray(image)).save(f, format="PNG")

@@ -29,9 +29,13 @@ import numpy as np
 import torch
 
 from feature3dgs.model.camera import Camera
-from feature3dgs.viewer.camera_convert import (camera_from_client, scene_up_direction, viser_pose_from_camera)
 from feature3dgs.rendering.device import resolve_device
 from feature3dgs.run import RunDir
+from feature3dgs.viewer.camera_convert import (
+    camera_from_client,
+    scene_up_direction,
+    viser_pose_from_camera,
+)
 from feature3dgs.viewer.curves import plot_curves, save_curves
 from feature3dgs.viewer.session import ViewerSession
 

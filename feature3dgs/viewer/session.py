@@ -29,7 +29,12 @@ from feature3dgs.model.camera import Camera
 from feature3dgs.model.gaussians import GaussianModel
 from feature3dgs.run import Run, RunDir, load_run
 from feature3dgs.training.config import background_arg
-from feature3dgs.utils.visualize import FeaturePCA, class_palette, colorize_labels, depth_to_image
+from feature3dgs.utils.visualize import (
+    FeaturePCA,
+    class_palette,
+    colorize_labels,
+    depth_to_image,
+)
 from feature3dgs.viewer import overlay
 from feature3dgs.viewer.camera_convert import same_pose
 

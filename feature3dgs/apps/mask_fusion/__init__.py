@@ -29,11 +29,21 @@ import torch
 from torch import Tensor
 
 from feature3dgs.apps.mask_fusion.checks import CameraList, as_cameras, as_masks
-from feature3dgs.apps.mask_fusion.prompts import (CarriedPoints, MultiviewMasks, carry_prompt_points, lift_points,
-                                                  multiview_sam_masks)
+from feature3dgs.apps.mask_fusion.prompts import (
+    CarriedPoints,
+    MultiviewMasks,
+    carry_prompt_points,
+    lift_points,
+    multiview_sam_masks,
+)
 from feature3dgs.apps.mask_fusion.refine import refine_mask_ray_pairs
-from feature3dgs.apps.mask_fusion.votes import (gaussian_mask_votes, object_mask_bce, optimize_object_weights,
-                                                render_object_mask, threshold_mask)
+from feature3dgs.apps.mask_fusion.votes import (
+    gaussian_mask_votes,
+    object_mask_bce,
+    optimize_object_weights,
+    render_object_mask,
+    threshold_mask,
+)
 from feature3dgs.model.camera import Camera
 from feature3dgs.model.gaussians import GaussianModel
 

@@ -23,7 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from feature3dgs.apps.mask_fusion.checks import CameraList, as_cameras, as_masks, as_weights
+from feature3dgs.apps.mask_fusion.checks import (
+    CameraList,
+    as_cameras,
+    as_masks,
+    as_weights,
+)
 from feature3dgs.model.camera import Camera
 from feature3dgs.model.gaussians import GaussianModel
 from feature3dgs.rendering import RenderOutput

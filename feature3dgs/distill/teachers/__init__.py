@@ -14,7 +14,7 @@ DenseClipTeacher (clip)    512   (H'/16, W'/16), H' x W' ~ resolution       open
 LSegTeacher (lseg)         512   (H'/2, W'/2), H' x W' ~ resolution, /32    LSeg demo_e200.ckpt
 =========================  ====  =========================================  ==================
 
-The optional packages (segment-anything, open-clip-torch) are imported only when a teacher is
+The networks' packages (segment-anything, open-clip-torch) are imported only when a teacher is
 built.
 """
 
@@ -25,24 +25,14 @@ from typing import Optional, Union
 import torch
 
 from .base import LanguageTeacher, Teacher
+from .clip_dense import DenseClipTeacher
+from .lseg import LSEG_DEMO_CHECKPOINT_URL, LSegTeacher
+from .sam import SamTeacher
 
 __all__ = ["Teacher", "LanguageTeacher", "SamTeacher", "DenseClipTeacher", "LSegTeacher", "build_teacher",
            "TEACHERS"]
 
 TEACHERS = ("sam", "clip", "lseg")
-
-
-def __getattr__(name: str):  # lazy: keep `import feature3dgs.distill.teachers` free of optional packages
-    if name == "SamTeacher":
-        from .sam import SamTeacher
-        return SamTeacher
-    if name == "DenseClipTeacher":
-        from .clip_dense import DenseClipTeacher
-        return DenseClipTeacher
-    if name == "LSegTeacher":
-        from .lseg import LSegTeacher
-        return LSegTeacher
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_teacher(
@@ -72,7 +62,6 @@ def build_teacher(
     if kind not in TEACHERS:
         raise ValueError(f"teacher must be one of {TEACHERS}, got {kind!r}")
     if kind == "sam":
-        from .sam import SamTeacher
 
         if random_weights:
             t: Teacher = SamTeacher.tiny_random(seed=seed)
@@ -82,7 +71,6 @@ def build_teacher(
         if resolution is not None and resolution != t.resolution:
             raise ValueError(f"SAM's input resolution is fixed at {t.resolution}, got --resolution {resolution}")
     elif kind == "clip":
-        from .clip_dense import DenseClipTeacher
 
         if random_weights:
             t = DenseClipTeacher.tiny_random(seed=seed, resolution=resolution or 64)
@@ -90,13 +78,11 @@ def build_teacher(
             t = DenseClipTeacher.from_pretrained(model or "ViT-B-16", checkpoint or "openai", cache_dir=weights_dir,
                                                  resolution=resolution or 448)
     else:
-        from .lseg import LSegTeacher
 
         if random_weights:
             t = LSegTeacher.tiny_random(seed=seed, resolution=resolution or 64)
         else:
             if checkpoint is None:
-                from .lseg import LSEG_DEMO_CHECKPOINT_URL
 
                 raise FileNotFoundError(
                     "the LSeg teacher needs --checkpoint: the official demo_e200.ckpt, from "

@@ -14,6 +14,10 @@ import urllib.request
 from pathlib import Path
 from typing import Optional, Union
 
+from tqdm.auto import tqdm
+
+from feature3dgs.utils.io import atomic_open
+
 __all__ = ["weights_dir", "offline", "resolve_weights", "file_digest", "download"]
 
 PathLike = Union[str, os.PathLike]
@@ -39,10 +43,6 @@ def offline() -> bool:
 
 def download(url: str, dest: Path, timeout: float = 30.0, progress: bool = True) -> Path:
     """Stream ``url`` to ``dest`` (written beside it, then renamed: never a partial file)."""
-    from tqdm.auto import tqdm
-
-    from feature3dgs.utils.io import atomic_open
-
     with atomic_open(dest, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:
         total = int(r.headers.get("Content-Length") or 0) or None
         with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}",

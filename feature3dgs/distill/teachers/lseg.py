@@ -34,6 +34,7 @@ import pickle
 import types
 import warnings
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 import torch
@@ -504,8 +505,6 @@ class LSegTeacher(LanguageTeacher):
             FileNotFoundError: no file at ``path`` (the message says where to get it).
             RuntimeError: the keys do not match the LSeg definition (strict loading).
         """
-        from pathlib import Path
-
         p = Path(path).expanduser()
         if not p.is_file():
             raise FileNotFoundError(
