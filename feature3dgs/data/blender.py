@@ -316,19 +316,17 @@ def load_blender(
                                 target_width, "raise", undistort)
     if not train:
         raise format_error(train_json, "frames", "no frames")
-    xyz, rgb = _points(meta, root, train_json)
     generator = meta.get("generator")
-    return Scene(
-        train_views=train,
-        test_views=test,
-        background=background,
-        points=xyz,
-        colors=rgb,
-        class_names=_class_names(meta, train_json),
-        source_path=root,
-        format="synthetic" if isinstance(generator, str) and generator.startswith("feature3dgs") else "blender",
-        cache_bytes=cache_bytes,
-    )
+    fmt = "synthetic" if isinstance(generator, str) and generator.startswith("feature3dgs") else "blender"
+    return _scene(meta, train_json, root, root, train, test, background, cache_bytes, fmt)
+
+
+def _scene(meta: dict, json_path: Path, points_root: Path, source: Path, train: list, test: list, background,
+           cache_bytes: int, fmt: str) -> Scene:
+    """The Scene of a transforms-style file: its views, sparse points and class names."""
+    xyz, rgb = _points(meta, points_root, json_path)
+    return Scene(train_views=train, test_views=test, background=background, points=xyz, colors=rgb,
+                 class_names=_class_names(meta, json_path), source_path=source, format=fmt, cache_bytes=cache_bytes)
 
 
 def load_transforms(
@@ -367,15 +365,4 @@ def load_transforms(
         raise SceneNotFoundError(f"{json_path}: frames: none of the {len(frames)} listed images exist on disk",
                                  path=json_path, key="frames")
     train, test = split_every(views, test_every, json_path)
-    xyz, rgb = _points(meta, json_path.parent, json_path)
-    return Scene(
-        train_views=train,
-        test_views=test,
-        background=background,
-        points=xyz,
-        colors=rgb,
-        class_names=_class_names(meta, json_path),
-        source_path=json_path,
-        format="transforms",
-        cache_bytes=cache_bytes,
-    )
+    return _scene(meta, json_path, json_path.parent, json_path, train, test, background, cache_bytes, "transforms")
