@@ -28,6 +28,7 @@ from feature3dgs.apps.segment import click_features, select_by_clicks
 from feature3dgs.training.config import TrainConfig
 from feature3dgs.utils.io import save_png
 from feature3dgs.utils.visualize import overlay_mask
+from feature3dgs.cli.errors import run_command
 
 BOX = 2  # class id of the box in the built-in scene
 
@@ -88,4 +89,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("click_select.py", main))

@@ -21,6 +21,7 @@ from _common import add_common_args, build_teacher_or_tiny, run  # noqa: E402
 
 from feature3dgs.data import builtin_scene, load_scene  # noqa: E402
 from feature3dgs.distill.distill import student_features  # noqa: E402
+from feature3dgs.cli.errors import run_command  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,4 +51,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("distill_clip.py", main))

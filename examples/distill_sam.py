@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_common_args, build_teacher_or_tiny, run  # noqa: E402
+from feature3dgs.cli.errors import run_command  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,4 +35,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("distill_sam.py", main))

@@ -29,6 +29,7 @@ from _common import add_scene_args, load_or_distill  # noqa: E402
 from feature3dgs.apps.mask_fusion import fuse_object, multiview_sam_masks  # noqa: E402
 from feature3dgs.utils.io import save_png  # noqa: E402
 from feature3dgs.utils.visualize import overlay_mask  # noqa: E402
+from feature3dgs.cli.errors import run_command  # noqa: E402
 
 
 def iou(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -108,4 +109,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("multiview_mask.py", main))

@@ -23,6 +23,7 @@ from _common import add_scene_args, load_or_distill  # noqa: E402
 from feature3dgs.apps.segment import sam_masks_on_view  # noqa: E402
 from feature3dgs.utils.io import save_png  # noqa: E402
 from feature3dgs.utils.visualize import overlay_mask  # noqa: E402
+from feature3dgs.cli.errors import run_command  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,4 +61,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("segment_prompts.py", main))

@@ -21,6 +21,7 @@ from feature3dgs.model.gaussians import SEMANTICS
 from feature3dgs.run import Run, load_run
 from feature3dgs.apps.semantic import SemanticTrainer, evaluate_semantics, fit_semantics
 from feature3dgs.training.config import TrainConfig
+from feature3dgs.cli.errors import run_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,4 +62,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("semantic_scene.py", main))

@@ -27,6 +27,7 @@ from feature3dgs.apps.query import relevancy_map, semantic_segmentation  # noqa:
 from feature3dgs.utils.visualize import class_palette, colorize_labels  # noqa: E402
 from feature3dgs.utils.io import save_png  # noqa: E402
 from feature3dgs.utils.visualize import heatmap  # noqa: E402
+from feature3dgs.cli.errors import run_command  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,4 +73,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("text_query_edit.py", main))

@@ -16,7 +16,9 @@ import dataclasses
 import typing
 from typing import Any, Callable, Iterable, Optional, TypeVar
 
-__all__ = ["add_config_args", "config_from_args", "given", "split_list", "numbers"]
+from feature3dgs.utils.optional import require
+
+__all__ = ["add_config_args", "config_from_args", "given", "split_list", "numbers", "require_requested_packages"]
 
 T = TypeVar("T")
 
@@ -131,3 +133,12 @@ def numbers(n: int, what: str) -> Callable[[str], tuple[float, ...]]:
             raise argparse.ArgumentTypeError(f"{what}: expected {n} comma-separated finite numbers, got {text!r}")
         return vals
     return parse
+
+
+def require_requested_packages(given_options: dict[str, Any]) -> None:
+    """Fail before any work when an option the user gave needs an optional package that is not
+    installed (left at their defaults, these options skip quietly instead)."""
+    if given_options.get("tensorboard") is True:
+        require("tensorboard", "tensorboard", "--tensorboard (TensorBoard logs)")
+    if given_options.get("lpips") in ("alex", "vgg"):
+        require("lpips", "lpips", f"--lpips {given_options['lpips']} (the LPIPS metric)")

@@ -8,7 +8,12 @@ import sys
 import warnings
 from pathlib import Path
 
-from feature3dgs.cli.args import add_config_args, config_from_args
+from feature3dgs.cli.args import (
+    add_config_args,
+    config_from_args,
+    given,
+    require_requested_packages,
+)
 from feature3dgs.cli.errors import EXIT_INTERRUPTED, CLIError
 from feature3dgs.cli.train import print_result
 from feature3dgs.distill.cache import (
@@ -56,6 +61,7 @@ def register(sub) -> dict:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
+    require_requested_packages(given(args, TrainConfig))
     tc = config_from_args(TrainConfig, args)
     dc = config_from_args(DistillConfig, args)
     if not tc.data:

@@ -17,7 +17,12 @@ import json
 import sys
 from pathlib import Path
 
-from feature3dgs.cli.args import add_config_args, config_from_args, given
+from feature3dgs.cli.args import (
+    add_config_args,
+    config_from_args,
+    given,
+    require_requested_packages,
+)
 from feature3dgs.cli.errors import CLIError
 from feature3dgs.rendering import backend_info
 from feature3dgs.rendering.device import resolve_device
@@ -56,7 +61,8 @@ def register(sub) -> dict:
     e = sub.add_parser("eval", help="PSNR / SSIM / LPIPS of a trained scene")
     add_run_scene_args(e)
     e.add_argument("--split", choices=["test", "train", "all"], default="test")
-    e.add_argument("--lpips", choices=["alex", "vgg", "none"], default="alex")
+    e.add_argument("--lpips", choices=["alex", "vgg", "none"], default=None,
+                   help="LPIPS network (default: alex when the lpips package and its weights are there)")
     e.add_argument("--out", default=None, help="the metrics JSON file (default: RUN/eval_SPLIT.json)")
 
     sub.add_parser("info", help="print the compiled backend information")
@@ -74,6 +80,7 @@ def print_result(result: TrainResult, out: Path) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    require_requested_packages(given(args, TrainConfig))
     run = RunDir(args.out)
     if args.resume is not None:
         path = run.latest_checkpoint() if args.resume == "latest" else Path(args.resume)
@@ -129,8 +136,10 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    require_requested_packages({"lpips": args.lpips})
     run, scene, device = load_run_and_scene(args)
-    m = evaluate_model(run.model, scene, args.split, lpips=None if args.lpips == "none" else args.lpips, device=device)
+    net = "alex" if args.lpips is None else (None if args.lpips == "none" else args.lpips)
+    m = evaluate_model(run.model, scene, args.split, lpips=net, device=device)
     print(f"{'view':<32} {'PSNR':>8} {'SSIM':>8}" + (f" {'LPIPS':>8}" if m.lpips is not None else ""))
     for name, row in m.per_view.items():
         print(f"{name:<32} {row.psnr:8.3f} {row.ssim:8.4f}" + (f" {row.lpips:8.4f}" if row.lpips is not None else ""))

@@ -9,8 +9,7 @@ from pathlib import Path
 
 from feature3dgs.cli.errors import CLIError
 from feature3dgs.run import RunDir
-from feature3dgs.utils.optional import require
-from feature3dgs.viewer.server import serve
+from feature3dgs.viewer.server import require_viser, serve
 
 __all__ = ["register"]
 
@@ -42,7 +41,7 @@ def cmd_view(args: argparse.Namespace) -> int:
         raise CLIError(f"--port must be in 0..65535, got {args.port}")
     if args.max_resolution is not None and args.max_resolution < 16:
         raise CLIError(f"--max-resolution must be >= 16 pixels, got {args.max_resolution}")
-    require("viser", "viser", "the viewer (feature3dgs view)")
+    require_viser()
 
     # Ctrl-C only sets an event, from before the server starts: a SIGINT that lands while it is
     # starting (or between two statements) still stops it cleanly instead of leaving its threads.

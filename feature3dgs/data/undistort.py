@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from feature3dgs.model.camera import Camera
+from feature3dgs.utils.optional import require
 
 #: Largest focal-length factor the new-K policy may apply before giving up: a pincushion so
 #: strong that the undistorted image must zoom in more than this is not a usable calibration.
@@ -39,9 +40,8 @@ MAX_ZOOM = 16.0
 
 
 def _cv2():
-    import cv2  # opencv-python-headless, a dependency; imported on first undistortion
-
-    return cv2
+    """OpenCV (opencv-python-headless, a dependency), imported on first undistortion."""
+    return require("cv2", "opencv-python-headless", "undistorting images")
 
 
 @dataclass(frozen=True)

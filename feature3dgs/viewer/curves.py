@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from feature3dgs.utils.io import atomic_open
+from feature3dgs.utils.optional import MissingDependencyError, require
 
 __all__ = ["read_log", "curve_panels", "plot_curves", "save_curves", "main"]
 
@@ -220,6 +221,8 @@ def plot_curves(log: Union[PathLike, Series], out_png: Optional[PathLike] = None
         raise ValueError(f"backend must be 'auto', 'matplotlib' or 'pil', got {backend!r}")
     if backend == "auto":
         backend = "matplotlib" if importlib.util.find_spec("matplotlib") is not None else "pil"
+    elif backend == "matplotlib":
+        require("matplotlib", "matplotlib", "plotting the training curves with --backend matplotlib")
     image = (_plot_matplotlib if backend == "matplotlib" else _plot_pil)(panels, width, panel_height)
     if out_png is not None:
         save_curves(image, out_png)
@@ -244,7 +247,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = Path(args.out) if args.out else (run if run.is_dir() else run.parent) / "curves.png"
     try:
         plot_curves(run, out, backend=args.backend)
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError, MissingDependencyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {out}")

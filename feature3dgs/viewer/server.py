@@ -31,6 +31,7 @@ import torch
 from feature3dgs.model.camera import Camera
 from feature3dgs.rendering.device import resolve_device
 from feature3dgs.run import RunDir
+from feature3dgs.utils.optional import require
 from feature3dgs.viewer.camera_convert import (
     camera_from_client,
     scene_up_direction,
@@ -49,12 +50,8 @@ _LABEL_MODES = {v: k for k, v in _MODE_LABELS.items()}
 
 
 def require_viser():
-    """Import viser or raise ImportError saying how to install it."""
-    try:
-        import viser
-    except ImportError as e:
-        raise ImportError("the web viewer needs viser: pip install viser  (or pip install 'feature3dgs[viewer]')") from e
-    return viser
+    """Import viser, or raise MissingDependencyError naming it and its pip command."""
+    return require("viser", "viser", "the web viewer (feature3dgs view)")
 
 
 def default_max_resolution(device: Union[str, torch.device]) -> int:
