@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -44,7 +46,14 @@ from feature3dgs.training import checkpoint as ckpt
 from feature3dgs.training.config import TrainConfig
 from feature3dgs.training.log import TrainLog
 from feature3dgs.training.trainer import Trainer, load_scene_for
-from feature3dgs.utils.io import atomic_open, atomic_write_text
+from feature3dgs.utils.io import (
+    atomic_open,
+    atomic_write_text,
+    check_writable_dir,
+    remove_stale_temp_files,
+)
+from feature3dgs.utils.transaction import PENDING, FolderTransaction
+from feature3dgs.utils.transaction import recover as recover_transaction
 from feature3dgs.utils.visualize import FeaturePCA
 from feature3dgs.version import __version__
 
@@ -127,6 +136,7 @@ class RunDir:
         self.path = Path(path)
         if self.path.exists() and not self.path.is_dir():
             raise ValueError(f"run folder {self.path} exists and is not a folder")
+        self._txn: Optional[FolderTransaction] = None
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -138,22 +148,93 @@ class RunDir:
         """True when the folder holds a trained model (point_cloud.ply)."""
         return (self.path / self.PLY).is_file()
 
+    # ------------------------------------------------------------------ consistency
+    #: where ``train --overwrite`` keeps the previous run until the new one's first checkpoint
+    REPLACED = ".replaced"
+
+    def _target(self, name: Union[str, Path]) -> Path:
+        """Where a write of ``name`` goes: the staging copy inside a :meth:`transaction`."""
+        return self._txn.path(name) if self._txn is not None else self.path / name
+
+    @contextmanager
+    def transaction(self) -> Iterator["RunDir"]:
+        """Every write inside takes effect together when the block ends (and none when it
+        raises): the final outputs of a run are never a mix of two steps (utils.transaction)."""
+        if self._txn is not None:  # nested: part of the outer one
+            yield self
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._txn = FolderTransaction(self.path)
+        try:
+            yield self
+        except BaseException:
+            self._txn.abort()
+            raise
+        else:
+            self._txn.commit()
+        finally:
+            self._txn = None
+        self._forget_replaced()
+
+    def prepare(self, resume: bool) -> list[str]:
+        """Before a run writes here: check the folder can be written, finish or undo an
+        interrupted commit, restore a run an interrupted ``--overwrite`` set aside, and remove
+        stale temporary files of killed writes. Returns what was done, one line each."""
+        check_writable_dir(self.path, "the run folder (--out)")
+        done = []
+        outcome = recover_transaction(self.path)
+        if outcome != "none":
+            done.append(f"an interrupted save was {outcome}")
+        replaced = self.path / self.REPLACED
+        if replaced.is_dir():
+            if self.checkpoints():
+                shutil.rmtree(replaced, ignore_errors=True)
+            else:
+                for item in replaced.iterdir():
+                    os.replace(item, self.path / item.name)
+                replaced.rmdir()
+                done.append("restored the run an interrupted --overwrite had set aside")
+        stale = remove_stale_temp_files(self.path)
+        if stale:
+            done.append(f"removed {stale} stale temporary file(s) of interrupted writes")
+        return done
+
+    def set_aside(self) -> None:
+        """``--overwrite``: move the current run's files into ``.replaced/``; they are deleted once
+        the new run has saved its first checkpoint, and restored by :meth:`prepare` if it never does."""
+        replaced = self.path / self.REPLACED
+        if replaced.exists():
+            shutil.rmtree(replaced)
+        replaced.mkdir(parents=True)
+        for item in list(self.path.iterdir()):
+            if item.name not in (self.REPLACED, PENDING):
+                os.replace(item, replaced / item.name)
+
+    def _forget_replaced(self) -> None:
+        if (self.path / self.REPLACED).is_dir() and self.checkpoints():
+            shutil.rmtree(self.path / self.REPLACED, ignore_errors=True)
+
     # ------------------------------------------------------------------ training (RunSink)
     def write_config(self, config: TrainConfig, scene_info: Mapping[str, Any], device: str) -> None:
-        _write_json(self.path / self.CONFIG, {"feature3dgs_version": __version__, "config": config.to_dict(),
-                                              "scene": dict(scene_info), "device": device})
+        _write_json(self._target(self.CONFIG), {"feature3dgs_version": __version__, "config": config.to_dict(),
+                                                "scene": dict(scene_info), "device": device})
 
     def open_log(self, tensorboard: bool, append: bool) -> TrainLog:
         return TrainLog(self.path / self.LOG, self.path / self.TENSORBOARD if tensorboard else None, append=append)
 
     def save_checkpoint(self, state: dict, step: int, keep: int) -> Path:
-        folder = self.path / self.CHECKPOINTS
-        path = ckpt.save_checkpoint(state, ckpt.checkpoint_path(folder, step))
+        name = Path(self.CHECKPOINTS) / ckpt.checkpoint_path("", step).name
+        path = ckpt.save_checkpoint(state, self._target(name))
         # keep the newest `keep` of this run's (steps up to this one; later ones, e.g. of another
-        # run that wrote here, are left alone)
-        mine = [p for p in ckpt.list_checkpoints(folder) if ckpt.checkpoint_step(p) <= step]
-        for old in mine[:-max(int(keep), 1)]:
-            old.unlink(missing_ok=True)
+        # run that wrote here, are left alone); inside a transaction, when it commits
+        mine = [p for p in self.checkpoints() if ckpt.checkpoint_step(p) < step]
+        for old in mine[:max(len(mine) - (max(int(keep), 1) - 1), 0)]:
+            if self._txn is not None:
+                self._txn.remove(old.relative_to(self.path))
+            else:
+                old.unlink(missing_ok=True)
+        if self._txn is None:
+            self._forget_replaced()
         return path
 
     def latest_checkpoint(self) -> Optional[Path]:
@@ -170,13 +251,13 @@ class RunDir:
         return ckpt.load_checkpoint(target)
 
     def render_dir(self, split: str) -> Path:
-        return self.path / self.RENDERS / split
+        return self._target(Path(self.RENDERS) / split)
 
     def write_model(self, model: GaussianModel) -> Path:
-        return save_ply(model, self.path / self.PLY)
+        return save_ply(model, self._target(self.PLY))
 
     def write_metrics(self, metrics: Mapping[str, Any]) -> None:
-        _write_json(self.path / self.METRICS, dict(metrics))
+        _write_json(self._target(self.METRICS), dict(metrics))
 
     # ------------------------------------------------------------------ distillation (DistillSink)
     def write_distillation(self, config: DistillConfig, teacher: TeacherInfo, render_dim: int,
@@ -187,23 +268,26 @@ class RunDir:
     def write_decoder(self, decoder: Optional[FeatureDecoder]) -> None:
         """decoder.pt (removed when ``decoder`` is None: D_render = D_teacher)."""
         if decoder is None:
-            (self.path / self.DECODER).unlink(missing_ok=True)
+            if self._txn is not None:
+                self._txn.remove(self.DECODER)
+            else:
+                (self.path / self.DECODER).unlink(missing_ok=True)
             return
-        with atomic_open(self.path / self.DECODER, "wb") as f:
+        with atomic_open(self._target(self.DECODER), "wb") as f:
             torch.save(decoder.to_dict(), f)
 
     def write_distill_record(self, record: DistillRecord) -> None:
-        _write_json(self.path / self.DISTILL, record.to_dict())
+        _write_json(self._target(self.DISTILL), record.to_dict())
 
     def feature_render_dir(self) -> Path:
-        return self.path / self.FEATURE_RENDERS
+        return self._target(self.FEATURE_RENDERS)
 
     def write_feature_pca(self, pca: FeaturePCA) -> None:
-        with atomic_open(self.path / self.PCA, "wb") as f:
+        with atomic_open(self._target(self.PCA), "wb") as f:
             torch.save(pca.to_dict(), f)
 
     def write_feature_metrics(self, metrics: dict) -> None:
-        _write_json(self.path / self.FEATURE_METRICS, metrics)
+        _write_json(self._target(self.FEATURE_METRICS), metrics)
 
     # ------------------------------------------------------------------ applications
     def write_class_names(self, class_names: Sequence[str]) -> Path:
@@ -213,17 +297,18 @@ class RunDir:
         names = list(class_names)
         if not names or any(not isinstance(n, str) or not n.strip() for n in names):
             raise ValueError(f"class_names must be a non-empty list of non-empty strings, got {names!r}")
-        _write_json(self.path / self.SEMANTIC, {"class_names": names})
+        _write_json(self._target(self.SEMANTIC), {"class_names": names})
         return self.path / self.SEMANTIC
 
     def write_edit_log(self, source: Optional[str], edits: list[dict]) -> None:
-        _write_json(self.path / self.EDITS, {"source": source, "edits": edits})
+        _write_json(self._target(self.EDITS), {"source": source, "edits": edits})
 
     def copy_log_from(self, other: "RunDir") -> None:
         """Copy another run's training curves (log.csv) here (an edited scene keeps its curves)."""
         if (other.path / other.LOG).is_file():
-            self.path.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(other.path / other.LOG, self.path / self.LOG)
+            target = self._target(self.LOG)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(other.path / other.LOG, target)
 
     # ------------------------------------------------------------------ readers
     def read_config_record(self) -> dict:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+
 import os
 import pickle
 
@@ -11,7 +14,8 @@ import torch
 from plyfile import PlyData, PlyElement
 
 from feature3dgs.utils.io import atomic_open
-from feature3dgs.training.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
+from feature3dgs.training.checkpoint import (MAGIC, CheckpointError, checkpoint_path, latest_checkpoint, load_checkpoint,
+                                            save_checkpoint)
 from feature3dgs.model.gaussians import GaussianModel
 from feature3dgs.model.ply import load_ply, ply_property_names, save_ply
 
@@ -146,14 +150,17 @@ class _Evil:
 def test_checkpoint_loading_is_weights_only(tmp_path):
     path = tmp_path / "evil.pt"
     marker = tmp_path / "pwned"
-    torch.save({"format": "feature3dgs-checkpoint", "version": 1, "payload": _Evil(marker)}, path)
+    buf = io.BytesIO()
+    torch.save({"format": "feature3dgs-checkpoint", "version": 2, "model": {}, "payload": _Evil(marker)}, buf)
+    body = buf.getvalue()  # a well-framed file with a valid checksum: only weights_only stops it
+    path.write_bytes(MAGIC + hashlib.sha256(body).digest() + body)
     with pytest.raises(ValueError, match="cannot read checkpoint"):
         load_checkpoint(path)
     assert not marker.exists()
     (tmp_path / "other.pt").write_bytes(pickle.dumps({"a": 1}))
     with pytest.raises(ValueError):
         load_checkpoint(tmp_path / "other.pt")
-    torch.save({"something": torch.zeros(2)}, tmp_path / "foreign.pt")
+    torch.save({"something": torch.zeros(2)}, tmp_path / "foreign.pt")  # a plain torch file
     with pytest.raises(ValueError, match="not a feature3dgs checkpoint"):
         load_checkpoint(tmp_path / "foreign.pt")
     with pytest.raises(FileNotFoundError):
@@ -213,3 +220,22 @@ def test_checkpoint_round_trip_of_class_logits(tmp_path):
     opt2 = torch.optim.Adam(m2.param_groups({k: 0.1 for k in m2.params.keys()}), eps=1e-15)
     opt2.load_state_dict(back["optimizer"])
     assert torch.equal(opt2.state[m2.params["semantics"]]["exp_avg"], opt.state[m.params["semantics"]]["exp_avg"])
+
+
+def test_checkpoint_checksum_catches_any_flipped_byte_and_truncation(tmp_path):
+    state = {"step": 3, "model": _model().raw_state(), "optimizer": {"lr": torch.full((50,), 6e-6)}}
+    path = save_checkpoint(state, tmp_path / "ckpt.pt")
+    good = path.read_bytes()
+    assert torch.equal(load_checkpoint(path)["optimizer"]["lr"], state["optimizer"]["lr"])
+    g = torch.Generator().manual_seed(0)
+    for pos in torch.randint(len(MAGIC), len(good), (12,), generator=g).tolist() + [len(good) - 1]:
+        bad = bytearray(good)
+        bad[pos] ^= 0x10
+        path.write_bytes(bytes(bad))
+        with pytest.raises(CheckpointError, match="checksum mismatch"):
+            load_checkpoint(path)
+    path.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        load_checkpoint(path)
+    path.write_bytes(good)
+    assert load_checkpoint(path)["step"] == 3

@@ -36,6 +36,6 @@ def run_command(name: str, handler: Callable[[], int]) -> int:
     except (CLIError, ValueError, MissingDependencyError, OSError) as e:
         print(f"feature3dgs {name}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"feature3dgs {name}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a TrainingInterrupted says where its checkpoint went
+        print(f"feature3dgs {name}: {e or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -267,14 +267,21 @@ def distill(scene, run: Optional[DistillSink] = None, train_config: Optional[Tra
     trainer.render_features = dc.feature_to_geometry
     if decoder is not None:
         loss.decoder = trainer.register_module("decoder", decoder, dc.lr_decoder)
-    train_result = trainer.train()
-    fm, pca = evaluate_features(trainer.model, scene, cache, loss.decoder, "test",
-                                save_dir=run.feature_render_dir() if run is not None else None)
-    result = DistillResult(train=train_result, features=fm, feature_loss_curve=curve, teacher=info,
-                           render_dim=render_dim, model=trainer.model, decoder=loss.decoder)
-    if run is not None:
-        run.write_distillation(dc, info, render_dim, loss.decoder)
-        if pca is not None:
-            run.write_feature_pca(pca)
-        run.write_feature_metrics(result.to_dict())
-    return result
+    outputs: dict[str, Any] = {}
+
+    def finish(tr: Trainer, train_result: TrainResult) -> None:
+        """Feature metrics, panels and the distillation files, in the run's final transaction."""
+        fm, pca = evaluate_features(tr.model, scene, cache, loss.decoder, "test",
+                                    save_dir=run.feature_render_dir() if run is not None else None)
+        outputs["result"] = result = DistillResult(train=train_result, features=fm, feature_loss_curve=curve,
+                                                   teacher=info, render_dim=render_dim, model=tr.model,
+                                                   decoder=loss.decoder)
+        if run is not None:
+            run.write_distillation(dc, info, render_dim, loss.decoder)
+            if pca is not None:
+                run.write_feature_pca(pca)
+            run.write_feature_metrics(result.to_dict())
+
+    trainer.finish_hooks.append(finish)
+    trainer.train()
+    return outputs["result"]

@@ -1,19 +1,26 @@
-"""Training checkpoints: one torch file per save, written atomically, read with
-``torch.load(weights_only=True)`` (no arbitrary code runs when loading an untrusted file).
+"""Training checkpoints: the file format, its checksum, and finding the files.
 
-A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts::
+A checkpoint file is::
 
-    {'format': 'feature3dgs-checkpoint', 'version': 1, 'step': int,
+    b"F3DGSCKPT2\\n"  (11 bytes)  sha256 of the rest (32 bytes)  torch.save bytes of the state
+
+The state is a plain dict of tensors, numbers, strings, lists and dicts::
+
+    {'format': 'feature3dgs-checkpoint', 'version': 2, 'step': int,
      'config': {...TrainConfig fields...},
      'model': {'params': {name: tensor}, 'active_sh_degree': int},
-     'optimizer': Adam state_dict, 'aux': {...}, 'densify': {...}, 'rng': {...}, ...}
+     'optimizer': Adam state_dict, 'strategy': {...}, 'rng': {...}, ...}
 
-The trainer decides the contents (:meth:`feature3dgs.training.trainer.Trainer.state_dict`); this module
-only writes, finds and validates the files.
+It is read with ``torch.load(weights_only=True)`` (no code runs when loading an untrusted file),
+after the checksum is verified, so one flipped byte anywhere is refused instead of resuming from
+a silently wrong optimizer state. Files are written atomically (a temporary file, fsync,
+rename). The trainer decides the contents (:meth:`feature3dgs.training.trainer.Trainer.state_dict`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import re
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -23,11 +30,17 @@ import torch
 from feature3dgs.utils.io import atomic_open
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints", "checkpoint_path",
-           "checkpoint_step", "FORMAT", "VERSION"]
+           "checkpoint_step", "check_resumable", "CheckpointError", "RESUME_KEYS", "FORMAT", "VERSION", "MAGIC"]
 
 FORMAT = "feature3dgs-checkpoint"
-VERSION = 1
+VERSION = 2
+MAGIC = b"F3DGSCKPT2\n"
+_DIGEST = 32
 _NAME = re.compile(r"ckpt_(\d+)\.pt$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: not a checkpoint, corrupt, or from a newer version."""
 
 
 def checkpoint_path(folder: Union[str, Path], step: int) -> Path:
@@ -51,16 +64,31 @@ def list_checkpoints(folder: Union[str, Path]) -> list[Path]:
 
 
 def save_checkpoint(state: dict[str, Any], path: Union[str, Path]) -> Path:
-    """Write ``state`` (tagged with format and version) to ``path`` atomically."""
+    """Write ``state`` (tagged with format and version) to ``path`` atomically, with its checksum.
+
+    Raises:
+        OSError: the file could not be written (e.g. the disk is full); ``path`` is untouched.
+    """
     path = Path(path)
-    payload = {"format": FORMAT, "version": VERSION, **state}
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "version": VERSION, **state}, buffer)
+    body = buffer.getbuffer()
     with atomic_open(path, "wb") as f:
-        torch.save(payload, f)
+        f.write(MAGIC)
+        f.write(hashlib.sha256(body).digest())
+        f.write(body)
     return path
 
 
 def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``; errors say what is wrong with the file."""
+    """Read a checkpoint file (or the latest one in a folder), verify its checksum and load it
+    weights-only.
+
+    Raises:
+        FileNotFoundError: no such file (or no checkpoint in the folder).
+        CheckpointError: not a feature3dgs checkpoint, a checksum mismatch (corruption), or a
+            newer version than this code reads; the message names the file.
+    """
     path = Path(path)
     if path.is_dir():
         found = latest_checkpoint(path)
@@ -69,17 +97,39 @@ def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
         path = found
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    data = path.read_bytes()
+    if not data.startswith(MAGIC):
+        raise CheckpointError(f"{path}: not a feature3dgs checkpoint (version {VERSION} files start with "
+                              f"{MAGIC!r})")
+    digest, body = data[len(MAGIC):len(MAGIC) + _DIGEST], memoryview(data)[len(MAGIC) + _DIGEST:]
+    if hashlib.sha256(body).digest() != digest:
+        raise CheckpointError(f"{path}: checksum mismatch, the file is corrupt (truncated or altered); "
+                              "resume from another checkpoint or start afresh")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from None
+        state = torch.load(io.BytesIO(body), map_location=map_location, weights_only=True)
+    except Exception as e:  # a valid checksum over bytes torch cannot read: written by something else
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a feature3dgs checkpoint")
+        raise CheckpointError(f"{path}: not a feature3dgs checkpoint")
     if int(state.get("version", -1)) > VERSION:
-        raise ValueError(f"{path}: checkpoint version {state.get('version')} is newer than this "
-                         f"feature3dgs understands ({VERSION})")
+        raise CheckpointError(f"{path}: checkpoint version {state.get('version')} is newer than this feature3dgs "
+                              f"understands ({VERSION})")
+    if "model" not in state:
+        raise CheckpointError(f"{path}: the checkpoint has no 'model' entry")
     state["path"] = str(path)
     return state
+
+
+#: what a checkpoint needs to resume training (Trainer.state_dict writes all of them)
+RESUME_KEYS = ("step", "config", "model", "optimizer", "strategy", "rng")
+
+
+def check_resumable(state: dict[str, Any]) -> None:
+    """CheckpointError naming the file and the missing entries when ``state`` cannot resume a run."""
+    missing = [k for k in RESUME_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{state.get('path', 'the checkpoint')}: cannot resume from it, it has no "
+                              f"{', '.join(repr(k) for k in missing)} (a model export, or from an older version)")
 
 
 def latest_checkpoint(folder: Union[str, Path]) -> Optional[Path]:

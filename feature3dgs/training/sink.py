@@ -8,7 +8,7 @@ writer). Without a sink (``run=None``) nothing is written.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Protocol
+from typing import TYPE_CHECKING, Any, ContextManager, Mapping, Optional, Protocol
 
 if TYPE_CHECKING:  # annotations only
     from feature3dgs.model.gaussians import GaussianModel
@@ -20,6 +20,13 @@ __all__ = ["RunSink"]
 
 class RunSink(Protocol):
     """The files of a training run."""
+
+    def prepare(self, resume: bool) -> list[str]:
+        """Before the run writes: check the folder, recover from an interrupted run's leftovers;
+        returns what was done (one line each)."""
+
+    def transaction(self) -> ContextManager[Any]:
+        """A block whose writes take effect together (the final outputs)."""
 
     def write_config(self, config: "TrainConfig", scene_info: Mapping[str, Any], device: str) -> None:
         """The resolved config and a description of the scene (config.json)."""

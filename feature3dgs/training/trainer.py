@@ -39,7 +39,11 @@ from feature3dgs.model.camera import Camera
 from feature3dgs.model.gaussians import GaussianModel, random_init_bounds
 from feature3dgs.rendering import RenderOutput
 from feature3dgs.rendering.device import resolve_device
-from feature3dgs.training.checkpoint import load_checkpoint, save_checkpoint
+from feature3dgs.training.checkpoint import (
+    check_resumable,
+    load_checkpoint,
+    save_checkpoint,
+)
 from feature3dgs.training.config import TrainConfig
 from feature3dgs.training.densify import DefaultStrategy
 from feature3dgs.training.evaluate import EvalResult, evaluate_model
@@ -50,8 +54,20 @@ from feature3dgs.training.schedule import expon_lr
 from feature3dgs.training.sink import RunSink
 from feature3dgs.training.strategy import Strategy
 from feature3dgs.utils.metrics import psnr
+from feature3dgs.utils.signals import DeferredInterrupt
 
-__all__ = ["Trainer", "TrainBatch", "TrainResult", "NonFiniteLossError", "load_scene_for", "init_model"]
+__all__ = ["Trainer", "TrainBatch", "TrainResult", "NonFiniteLossError", "TrainingInterrupted", "load_scene_for",
+           "init_model"]
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the run between two steps; ``checkpoint`` is where its state was saved
+    (None without a run folder)."""
+
+    def __init__(self, step: int, checkpoint: Optional[Path]):
+        self.step, self.checkpoint = step, checkpoint
+        where = f"; checkpoint saved to {checkpoint} (continue with --resume)" if checkpoint else ""
+        super().__init__(f"interrupted at step {step}{where}")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -178,6 +194,9 @@ class Trainer:
         self.step = 0
         self.train_time = 0.0
         self.result: Optional[TrainResult] = None  # set by train()
+        #: ``fn(trainer, result)`` run when training ends, inside the run folder's final transaction
+        #: (distillation adds its decoder, feature metrics and panels there)
+        self.finish_hooks: list[Callable[["Trainer", "TrainResult"], None]] = []
         self._order: list[int] = []
         self._cameras: dict[str, Camera] = {}
         self._log: Optional[TrainLog] = None
@@ -401,6 +420,7 @@ class Trainer:
         """
         if isinstance(state, (str, Path)):
             state = load_checkpoint(state)
+        check_resumable(state)
         cfg = TrainConfig.from_dict(state["config"])
         if overrides:
             cfg = dataclasses.replace(cfg, **dict(overrides))
@@ -426,32 +446,38 @@ class Trainer:
             torch.set_num_threads(c.threads)
         total = int(iterations or c.iterations)
         if self.run is not None:
+            for note in self.run.prepare(resume=self.step > 0):
+                print(f"{self.run}: {note}", file=sys.stderr)
             self.run.write_config(c, self.scene_info(), str(self.device))
             self._log = self.run.open_log(c.tensorboard, append=self.step > 0)
         pbar = tqdm(total=total, initial=self.step, desc="train", dynamic_ncols=True, file=sys.stderr,
                     disable=not c.progress)
         ema_loss = ema_psnr = None
         try:
-            while self.step < total:
-                t0 = time.perf_counter()
-                logs = self.train_step()
-                self.train_time += time.perf_counter() - t0
-                step = self.step
-                ema_loss = logs["loss"] if ema_loss is None else 0.6 * ema_loss + 0.4 * logs["loss"]
-                ema_psnr = logs["psnr"] if ema_psnr is None else 0.6 * ema_psnr + 0.4 * logs["psnr"]
-                pbar.update(1)
-                if step % c.log_every == 0 or step == total:
-                    pbar.set_postfix(loss=f"{ema_loss:.4f}", psnr=f"{ema_psnr:.2f}", N=self.model.num_gaussians,
-                                     refresh=False)
-                    if self._log is not None:
-                        self._log.log(step, self.train_time, {f"train/{k}": v for k, v in logs.items()}
-                                      | {"train/s_per_step": self.train_time / max(step, 1)})
-                if c.eval_every and step % c.eval_every == 0 and step != total:
-                    self._periodic_eval(pbar)
-                if self.run is not None and c.checkpoint_every and step % c.checkpoint_every == 0 \
-                        and step != total:
-                    self.save_checkpoint()
-            return self._finish()
+            with DeferredInterrupt() as interrupt:
+                while self.step < total:
+                    if interrupt.requested:
+                        saved = self.save_checkpoint() if self.run is not None else None
+                        raise TrainingInterrupted(self.step, saved)
+                    t0 = time.perf_counter()
+                    logs = self.train_step()
+                    self.train_time += time.perf_counter() - t0
+                    step = self.step
+                    ema_loss = logs["loss"] if ema_loss is None else 0.6 * ema_loss + 0.4 * logs["loss"]
+                    ema_psnr = logs["psnr"] if ema_psnr is None else 0.6 * ema_psnr + 0.4 * logs["psnr"]
+                    pbar.update(1)
+                    if step % c.log_every == 0 or step == total:
+                        pbar.set_postfix(loss=f"{ema_loss:.4f}", psnr=f"{ema_psnr:.2f}", N=self.model.num_gaussians,
+                                         refresh=False)
+                        if self._log is not None:
+                            self._log.log(step, self.train_time, {f"train/{k}": v for k, v in logs.items()}
+                                          | {"train/s_per_step": self.train_time / max(step, 1)})
+                    if c.eval_every and step % c.eval_every == 0 and step != total:
+                        self._periodic_eval(pbar)
+                    if self.run is not None and c.checkpoint_every and step % c.checkpoint_every == 0 \
+                            and step != total:
+                        self.save_checkpoint()
+                return self._finish()
         finally:
             pbar.close()
             if self._log is not None:
@@ -466,8 +492,24 @@ class Trainer:
             self._log.log(self.step, self.train_time, {f"{split}/psnr": m.psnr, f"{split}/ssim": m.ssim})
 
     def _finish(self) -> TrainResult:
+        """The final evaluation and (with a run folder) the final outputs, in one transaction:
+        test renders, point_cloud.ply, the last checkpoint, metrics.json, and the finish hooks'."""
         split = "test" if self.scene.test_views else "train"
-        save_dir = self.run.render_dir(split) if (self.run is not None and self.config.save_test_renders) else None
+        if self.run is None:
+            result = self._final_result(split, None)
+            for hook in self.finish_hooks:
+                hook(self, result)
+            return result
+        with self.run.transaction():
+            result = self._final_result(split, self.run.render_dir(split) if self.config.save_test_renders else None)
+            self.run.write_model(self.model)
+            self.save_checkpoint()
+            self.run.write_metrics(result.to_dict())
+            for hook in self.finish_hooks:
+                hook(self, result)
+        return result
+
+    def _final_result(self, split: str, save_dir) -> TrainResult:
         m = self.evaluate(split, save_dir=save_dir)
         result = TrainResult(step=self.step, n_gaussians=self.model.num_gaussians, train_time_s=self.train_time,
                              s_per_step=self.train_time / max(self.step, 1), device=str(self.device),
@@ -475,9 +517,5 @@ class Trainer:
         if self._log is not None:
             vals = {f"{split}/psnr": m.psnr, f"{split}/ssim": m.ssim, f"{split}/lpips": m.lpips}
             self._log.log(self.step, self.train_time, vals)
-        if self.run is not None:
-            self.run.write_model(self.model)
-            self.save_checkpoint()
-            self.run.write_metrics(result.to_dict())
         self.result = result
         return result

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["atomic_open", "atomic_write_text", "save_png", "safe_name", "TEMP_SUFFIX"]
+__all__ = ["atomic_open", "atomic_write_text", "save_png", "safe_name", "TEMP_SUFFIX", "check_writable_dir",
+           "remove_stale_temp_files"]
 
 PathLike = Union[str, os.PathLike]
 #: suffix of the temporary files :func:`atomic_open` writes (``.<name>.<random>.tmp``)
@@ -73,3 +74,34 @@ def safe_name(name: str) -> str:
     characters outside ``[A-Za-z0-9._-]`` replaced by ``_``."""
     stem = name.rsplit(".", 1)[0] if "." in Path(name).name else name
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem.replace("/", "_").replace("\\", "_"))
+
+
+def check_writable_dir(path: PathLike, option: str = "--out") -> Path:
+    """``path`` as a folder that can be written (created later if missing), or OSError naming
+    ``option``: the path is an existing file, lies under a file, or is not writable. Call it
+    before any work, so a bad output path never costs a run."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{option}: {path} is a file, not a folder")
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise NotADirectoryError(f"{option}: {path} lies under {probe}, which is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(f"{option}: cannot write in {probe}")
+    return path
+
+
+def remove_stale_temp_files(folder: PathLike) -> int:
+    """Delete the temporary files that interrupted :func:`atomic_open` writes left in ``folder``
+    (recursively; ``.<name>.<random>.tmp``). Call it only on a folder no one is writing to.
+    Returns how many were removed."""
+    count = 0
+    for p in Path(folder).rglob(f".*{TEMP_SUFFIX}"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            count += 1
+    return count
