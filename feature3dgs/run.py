@@ -137,6 +137,7 @@ class RunDir:
         if self.path.exists() and not self.path.is_dir():
             raise ValueError(f"run folder {self.path} exists and is not a folder")
         self._txn: Optional[FolderTransaction] = None
+        self._replacing = False  # this process set the previous run aside (train --overwrite)
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -186,7 +187,7 @@ class RunDir:
         if outcome != "none":
             done.append(f"an interrupted save was {outcome}")
         replaced = self.path / self.REPLACED
-        if replaced.is_dir():
+        if replaced.is_dir() and not self._replacing:  # set aside by an earlier, interrupted process
             if self.checkpoints():
                 shutil.rmtree(replaced, ignore_errors=True)
             else:
@@ -206,6 +207,7 @@ class RunDir:
         if replaced.exists():
             shutil.rmtree(replaced)
         replaced.mkdir(parents=True)
+        self._replacing = True
         for item in list(self.path.iterdir()):
             if item.name not in (self.REPLACED, PENDING):
                 os.replace(item, replaced / item.name)

@@ -106,8 +106,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         scene = load_scene_for(cfg)
         print(f"{scene}", file=sys.stderr)
         trainer = Trainer(scene, cfg, run=run)
-        for p in old:
-            p.unlink()
+        if old:  # kept aside (not deleted) until the new run has saved its first checkpoint
+            run.prepare(resume=False)
+            run.set_aside()
         print(f"initial Gaussians: {trainer.model.num_gaussians}, device {trainer.device}", file=sys.stderr)
     print_result(trainer.train(), run.path)
     return 0

@@ -172,6 +172,8 @@ class Trainer:
                  model: Optional[GaussianModel] = None, loss_fns: Sequence[LossFn] = (),
                  callbacks: Sequence[Callback] = (), strategy: Optional[Strategy] = None):
         self.config = (config or TrainConfig()).resolved()
+        if self.config.threads is not None:  # before the initialisation, which computes too
+            torch.set_num_threads(self.config.threads)
         if not scene.train_views:
             raise ValueError(f"scene {scene.source_path} has no training views")
         self.scene = scene
