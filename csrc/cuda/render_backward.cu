@@ -18,6 +18,9 @@
 // Per Gaussian, each warp reduces its pixels' gradients with a reduce-scatter
 // (gpu::warp_reduce_scatter) and then issues one atomic add per value from one
 // lane per value, only when some lane of the warp was touched by the Gaussian.
+#include <cstdlib>
+#include <cstring>
+
 #include "f3d/blend.h"
 #include "helpers.cuh"
 #include "host_buffers.h"
@@ -80,8 +83,10 @@ __device__ __forceinline__ void reduce_add_features(float* g_feat_row, float (&v
   if (lane % kLanesPerValue == 0 && c < cn) atomicAdd(g_feat_row + c, v[0]);
 }
 
-template <int CT>
-__global__ void __launch_bounds__(kBlockPixels) render_backward_kernel(const BackwardParams p) {
+// MIN_BLOCKS: __launch_bounds__'s minimum of resident blocks per SM (1: no
+// register cap beyond the block size's; 3: at most 85 registers a thread).
+template <int CT, int MIN_BLOCKS>
+__global__ void __launch_bounds__(kBlockPixels, MIN_BLOCKS) render_backward_kernel(const BackwardParams p) {
   static_assert(CT == 8 || CT == 16 || CT == 32, "CT");
   __shared__ int s_id[kBatch];
   __shared__ float2 s_xy[kBatch];
@@ -234,6 +239,22 @@ __global__ void __launch_bounds__(kBlockPixels) render_backward_kernel(const Bac
   }
 }
 
+// The compiled variants of the backward, chosen at run time by the environment
+// variable FEATURE3DGS_CUDA_BACKWARD (read at every call, so that a benchmark
+// can time them against each other in one process):
+//   ct32 (default): channel tiles of 32, no register cap;
+//   ct16: channel tiles of 16 (fewer live registers, twice the blocks);
+//   lb3:  channel tiles of 32 under __launch_bounds__(256, 3).
+enum class BackwardVariant { kCt32, kCt16, kLb3 };
+
+BackwardVariant backward_variant() {
+  const char* v = std::getenv("FEATURE3DGS_CUDA_BACKWARD");
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "ct32") == 0) return BackwardVariant::kCt32;
+  if (std::strcmp(v, "ct16") == 0) return BackwardVariant::kCt16;
+  if (std::strcmp(v, "lb3") == 0) return BackwardVariant::kLb3;
+  TORCH_CHECK_VALUE(false, "FEATURE3DGS_CUDA_BACKWARD must be ct32, ct16 or lb3, got '", v, "'");
+}
+
 }  // namespace
 
 RasterizeGrads rasterize_backward_cuda(
@@ -243,7 +264,7 @@ RasterizeGrads rasterize_backward_cuda(
     const torch::Tensor& tile_offsets, const torch::Tensor& gaussian_ids,
     const torch::Tensor& d_rgb, const torch::Tensor& d_features, const torch::Tensor& d_depth,
     const torch::Tensor& d_alpha) {
-  constexpr int CT = gpu::kChannelTile;
+  const BackwardVariant variant = backward_variant();
   const c10::cuda::CUDAGuard guard(means2d.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const int64_t C = features.dim() == 2 ? features.size(1) : 0;  // as the CPU version
@@ -272,10 +293,22 @@ RasterizeGrads rasterize_backward_cuda(
   p.g_depths = g_depths.data_ptr<float>();
   p.g_features = C > 0 ? g_features.data_ptr<float>() : nullptr;
 
-  const int64_t n_ct = gpu::num_channel_tiles(C);
+  const int ct = variant == BackwardVariant::kCt16 ? 16 : gpu::kChannelTile;
+  const int64_t n_ct = gpu::num_channel_tiles(C, ct);
   TORCH_CHECK(n_ct <= 65535, "feature3dgs: too many feature channels (", C, ")");
   const dim3 block(kTileSize, kTileSize);
-  render_backward_kernel<CT><<<dim3((unsigned)grid.count(), (unsigned)n_ct), block, 0, stream>>>(p);
+  const dim3 blocks((unsigned)grid.count(), (unsigned)n_ct);
+  switch (variant) {
+    case BackwardVariant::kCt32:
+      gpu::launch(render_backward_kernel<gpu::kChannelTile, 1>, blocks, block, 0, stream, p);
+      break;
+    case BackwardVariant::kCt16:
+      gpu::launch(render_backward_kernel<16, 1>, blocks, block, 0, stream, p);
+      break;
+    case BackwardVariant::kLb3:
+      gpu::launch(render_backward_kernel<gpu::kChannelTile, 3>, blocks, block, 0, stream, p);
+      break;
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return grads;
 }
