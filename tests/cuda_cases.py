@@ -214,10 +214,10 @@ def compare_strict(got: dict, want: dict, fwd_tol: float = 1e-6, grad_rel: float
     gradients within grad_rel relative L2. Returns the failures (empty: equal)."""
     errors: list[str] = []
     for name in INT_OUTPUTS:
-        errors += _same_shape_and_nans(name, got[name], want[name])
-        if not errors and not torch.equal(got[name], want[name]):
-            n = (got[name] != want[name]).sum().item() if got[name].shape == want[name].shape else "?"
-            errors.append(f"{name}: {n} entries differ")
+        errs = _same_shape_and_nans(name, got[name], want[name])
+        if not errs and not torch.equal(got[name], want[name]):
+            errs.append(f"{name}: {(got[name] != want[name]).sum().item()} entries differ")
+        errors += errs
     for name in PER_GAUSSIAN + IMAGES:
         a, b = got[name], want[name]
         errs = _same_shape_and_nans(name, a, b)

@@ -171,8 +171,12 @@ _loaded: dict[Path, ModuleType] = {}
 
 
 def load(path: Path) -> ModuleType:
-    """Imports one built variant (each variant's module object is distinct)."""
+    """Imports one built variant. CPython keeps one extension module per name, so a
+    process can load only one variant (the mutation test runs each in a subprocess)."""
     path = Path(path).resolve()
+    if _loaded and path not in _loaded:
+        raise RuntimeError(f"the emulator variant {next(iter(_loaded))} is already loaded in this process; "
+                           f"load {path} in another process")
     if path not in _loaded:
         import torch  # noqa: F401  (the torch libraries must be loaded first)
 

@@ -135,8 +135,14 @@ constexpr int kMaxThreads = 1024;
 std::mutex g_mutex;  // options, reports, stats
 Options g_options;
 Stats g_stats;
-std::vector<std::string> g_reports;
-constexpr size_t kMaxReports = 64;
+// Race reports, one per (kind, code addresses): the first occurrence's text and a count.
+struct Report {
+  std::string text;
+  int64_t count;
+};
+std::vector<Report> g_reports;
+std::unordered_map<std::string, size_t> g_report_index;
+constexpr size_t kMaxReports = 256;
 // Read by every instrumented access: a plain global, so the common case (race
 // mode off) costs a call, a load and a branch.
 bool g_race_enabled = false;
@@ -152,9 +158,17 @@ std::string module_base_offset(const void* pc) {
   return s.str();
 }
 
-void add_report(const std::string& r) {
+void add_report(const char* kind, const void* pc1, const void* pc2, const std::string& text) {
+  std::ostringstream key;
+  key << kind << ' ' << pc1 << ' ' << pc2;
   std::lock_guard<std::mutex> lock(g_mutex);
-  if (g_reports.size() < kMaxReports) g_reports.push_back(r);
+  auto it = g_report_index.find(key.str());
+  if (it != g_report_index.end()) {
+    ++g_reports[it->second].count;
+  } else if (g_reports.size() < kMaxReports) {
+    g_report_index.emplace(key.str(), g_reports.size());
+    g_reports.push_back({text, 1});
+  }
 }
 
 // ------------------------------------------------------------ race state ----
@@ -717,17 +731,17 @@ void shared_access(RaceState& r, uintptr_t word, Access kind, int tid, const voi
   const bool other_atomic = s.atomic == -2 || (s.atomic >= 0 && s.atomic != tid);
   if (kind == kRead) {
     if (!s.initialised) {
-      add_report(head + "uninitialised read of " + shared_where(r, word) + " by " + tid_str(tid) + " at " +
+      add_report("uninit", pc, nullptr, head + "uninitialised read of " + shared_where(r, word) + " by " + tid_str(tid) + " at " +
                  module_base_offset(pc));
       s.initialised = 1;  // one report per word
     }
     if (s.writer >= 0 && s.writer != tid) {
-      add_report(head + "race on " + shared_where(r, word) + ": written by " + tid_str(s.writer) + " at " +
+      add_report("raw", s.writer_pc, pc, head + "race on " + shared_where(r, word) + ": written by " + tid_str(s.writer) + " at " +
                  module_base_offset(s.writer_pc) + ", read by " + tid_str(tid) + " at " + module_base_offset(pc) +
                  " with no barrier between");
     }
     if (other_atomic) {
-      add_report(head + "plain read of " + shared_where(r, word) + " by " + tid_str(tid) + " at " +
+      add_report("atomic-read", pc, nullptr, head + "plain read of " + shared_where(r, word) + " by " + tid_str(tid) + " at " +
                  module_base_offset(pc) + " while other threads update it atomically in the same barrier interval");
     }
     if (s.reader == -1) {
@@ -740,17 +754,17 @@ void shared_access(RaceState& r, uintptr_t word, Access kind, int tid, const voi
   }
   if (kind == kWrite) {
     if (s.writer >= 0 && s.writer != tid) {
-      add_report(head + "race on " + shared_where(r, word) + ": written by " + tid_str(s.writer) + " at " +
+      add_report("waw", s.writer_pc, pc, head + "race on " + shared_where(r, word) + ": written by " + tid_str(s.writer) + " at " +
                  module_base_offset(s.writer_pc) + " and by " + tid_str(tid) + " at " + module_base_offset(pc) +
                  " with no barrier between");
     }
     if (s.reader >= 0 && (s.reader != tid || s.many_readers)) {
-      add_report(head + "race on " + shared_where(r, word) + ": read by " + tid_str(s.reader) + " at " +
+      add_report("war", s.reader_pc, pc, head + "race on " + shared_where(r, word) + ": read by " + tid_str(s.reader) + " at " +
                  module_base_offset(s.reader_pc) + ", then written by " + tid_str(tid) + " at " +
                  module_base_offset(pc) + " with no barrier between");
     }
     if (other_atomic) {
-      add_report(head + "plain write of " + shared_where(r, word) + " by " + tid_str(tid) + " at " +
+      add_report("atomic-write", pc, nullptr, head + "plain write of " + shared_where(r, word) + " by " + tid_str(tid) + " at " +
                  module_base_offset(pc) + " while other threads update it atomically in the same barrier interval");
     }
     s.writer = tid;
@@ -760,12 +774,12 @@ void shared_access(RaceState& r, uintptr_t word, Access kind, int tid, const voi
   }
   // atomic read-modify-write
   if (!s.initialised) {
-    add_report(head + "atomic on uninitialised " + shared_where(r, word) + " by " + tid_str(tid) + " at " +
+    add_report("atomic-uninit", pc, nullptr, head + "atomic on uninitialised " + shared_where(r, word) + " by " + tid_str(tid) + " at " +
                module_base_offset(pc));
     s.initialised = 1;
   }
   if ((s.writer >= 0 && s.writer != tid) || (s.reader >= 0 && (s.reader != tid || s.many_readers))) {
-    add_report(head + "atomic update of " + shared_where(r, word) + " by " + tid_str(tid) + " at " +
+    add_report("atomic-mixed", pc, nullptr, head + "atomic update of " + shared_where(r, word) + " by " + tid_str(tid) + " at " +
                module_base_offset(pc) + " mixed with plain accesses by other threads in the same barrier interval");
   }
   s.atomic = (s.atomic == -1 || s.atomic == tid) ? tid : -2;
@@ -780,7 +794,7 @@ void global_write(RaceState& r, uintptr_t word, bool atomic, const void* pc) {
       << dim_str(r.block_idx) << " at " << module_base_offset(pc) << " and by block #" << g.plain_block
       << (g.plain_block < 0 ? " (atomically)" : "") << " at " << module_base_offset(g.pc)
       << " in the same launch";
-    add_report(s.str());
+    add_report("global", pc, g.pc, s.str());
   };
   if (atomic) {
     if (g.plain_block >= 0 && g.plain_block != blk) {
@@ -974,7 +988,11 @@ void reset_stats() {
 std::vector<std::string> take_race_reports() {
   std::lock_guard<std::mutex> lock(g_mutex);
   std::vector<std::string> r;
-  r.swap(g_reports);
+  for (const Report& rep : g_reports) {
+    r.push_back(rep.count > 1 ? rep.text + " [and " + std::to_string(rep.count - 1) + " more like it]" : rep.text);
+  }
+  g_reports.clear();
+  g_report_index.clear();
   return r;
 }
 std::string module_path() {

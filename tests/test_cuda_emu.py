@@ -1,0 +1,211 @@
+"""The CUDA kernels' own source, executed on the CPU by the SIMT emulator (csrc/emu),
+against the CPU kernels. Default CI tier: no GPU needed.
+
+Every case of tests/cuda_cases.py (the cases tests/test_cuda.py runs on a GPU) runs
+the four entry points in a chain on both and compares: integers equal, forward within
+1e-6, gradients within 1e-5 relative L2, in three thread orders (ascending,
+descending, seeded random), for the default and the channel-tile-16 backward, with
+blocks on one and on two OpenMP threads, and once in race mode. The mutation test
+injects known bugs into scratch copies of csrc/cuda and shows that each one makes
+this module's tests fail (run in a subprocess per mutant, with the clear report the
+emulator gives).
+
+FEATURE3DGS_EMU_MODULE=path/to/f3d_emu_X.so runs the module against that build
+(the mutation test does this); otherwise csrc/cuda is built (cached in build/emu).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cuda_cases import CASE_BY_NAME, CASES, chain, compare_strict, cpu_kernels, max_tile_count
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "csrc" / "emu"))
+import build as emu_build  # noqa: E402  (csrc/emu/build.py)
+
+MODULE_ENV = "FEATURE3DGS_EMU_MODULE"
+ORDERS = {"ascending": 0, "descending": 1, "random": 2}
+# The subset a mutant is checked against: small, and between them they touch every
+# kernel, channel tiles > 1, sizes that are not multiples of 16, batches of 256.
+QUICK = [c.name for c in CASES if "quick" in c.tags]
+
+
+@pytest.fixture(scope="module")
+def emu():
+    path = os.environ.get(MODULE_ENV)
+    module = emu_build.load(Path(path) if path else emu_build.build()["main"])
+    yield module
+    module.set_options()
+
+
+@pytest.fixture(scope="module")
+def cpu():
+    return cpu_kernels()
+
+
+@pytest.fixture(scope="module")
+def reference(cpu, one_thread_module):
+    """The CPU kernels' outputs per case, with one thread (their gradient atomics are then
+    in a fixed order)."""
+    return {c.name: chain(cpu, c) for c in CASES}
+
+
+def run_case(emu, name: str, order: str = "ascending", threads: int = 1, race: bool = False,
+             backward: str | None = None) -> dict:
+    emu.set_options(order=ORDERS[order], seed=1234, race=race, threads=threads)
+    old = os.environ.get("FEATURE3DGS_CUDA_BACKWARD")
+    if backward:
+        os.environ["FEATURE3DGS_CUDA_BACKWARD"] = backward
+    try:
+        return chain(emu, CASE_BY_NAME[name])
+    finally:
+        emu.set_options()
+        if backward:
+            if old is None:
+                del os.environ["FEATURE3DGS_CUDA_BACKWARD"]
+            else:
+                os.environ["FEATURE3DGS_CUDA_BACKWARD"] = old
+
+
+@pytest.mark.parametrize("order", list(ORDERS))
+@pytest.mark.parametrize("name", [c.name for c in CASES])
+def test_case_matches_cpu(emu, reference, name, order):
+    errors = compare_strict(run_case(emu, name, order), reference[name])
+    assert not errors, f"{name} ({order} order): " + "; ".join(errors)
+
+
+@pytest.mark.parametrize("name", [c.name for c in CASES if c.name.startswith("channels_")] + ["dense_tiles"])
+def test_channel_tile_16_backward_matches_cpu(emu, reference, name):
+    errors = compare_strict(run_case(emu, name, "random", backward="ct16"), reference[name])
+    assert not errors, f"{name} (ct16 backward): " + "; ".join(errors)
+
+
+@pytest.mark.parametrize("name", ["channels_33", "odd_size_off_centre"])
+def test_blocks_on_two_openmp_threads(emu, reference, name):
+    errors = compare_strict(run_case(emu, name, "ascending", threads=2), reference[name])
+    assert not errors, f"{name} (2 threads): " + "; ".join(errors)
+
+
+def describe(emu, reports: list[str]) -> str:
+    """The reports with their code addresses (module+0xOFF) resolved to file:line."""
+    addr2line = shutil.which("addr2line")
+    path = emu.module_path()
+
+    def where(m: re.Match) -> str:
+        if not addr2line:
+            return m.group(0)
+        pc = int(m.group(1), 16) - 1  # a return address: the call is just before it
+        r = subprocess.run([addr2line, "-e", path, "-C", "-i", "-p", hex(pc)], capture_output=True, text=True)
+        return m.group(0) + " (" + " <- ".join(r.stdout.split("\n")[0:1]).strip() + ")"
+
+    return "\n".join(re.sub(r"module\+0x([0-9a-f]+)", where, r) for r in reports)
+
+
+def test_race_mode_reports_nothing_on_the_kernels(emu, reference):
+    emu.take_race_reports()
+    out = run_case(emu, "odd_size_off_centre", "random", race=True)
+    reports = emu.take_race_reports()
+    assert not reports, describe(emu, reports[:10])
+    assert not compare_strict(out, reference["odd_size_off_centre"])
+
+
+def test_cases_exercise_what_they_claim(reference):
+    """The case list keeps covering batching (> 256 Gaussians in a tile), culling and
+    the empty paths, whatever the scenes' generators do later."""
+    assert max_tile_count(reference["dense_tiles"]) > 256
+    assert max_tile_count(reference["high_opacity"]) > 256
+    nan = reference["nan_means_zero_quats"]["radii"]
+    assert (nan[::7] == 0).all() and (nan > 0).any()
+    assert reference["empty"]["radii"].numel() == 0
+    assert (reference["nothing_visible"]["radii"] == 0).all()
+    assert reference["odd_size_off_centre"]["rgb"].shape == (3, 35, 77)
+
+
+def test_bad_backward_variant_is_a_clear_error(emu):
+    with pytest.raises(ValueError, match="FEATURE3DGS_CUDA_BACKWARD must be ct32, ct16 or lb3"):
+        run_case(emu, "channels_3", backward="ct64")
+
+
+# ---------------------------------------------------------------- mutation test
+# (name, file in csrc/cuda, text, replacement, regexes the failing run must print)
+MUTANTS = [
+    ("removed_barrier", "render_forward.cu",
+     "      }\n    }\n    __syncthreads();\n\n    for (int j = 0; j < count && !done; ++j) {",
+     "      }\n    }\n\n    for (int j = 0; j < count && !done; ++j) {",
+     (r"rgb: max abs error", r"(race on|uninitialised read of) shared word[^\n]*render_forward\.cu:\d+")),
+    ("early_return_before_barrier", "render_backward.cu",
+     "  const Vec2 center = pixel_center(px, py);\n\n  // Per-pixel state;",
+     "  const Vec2 center = pixel_center(px, py);\n  if (!inside) return;\n\n  // Per-pixel state;",
+     (r"render_backward\.cu:\d+ but lane \d+ of its mask has exited",)),
+    ("shuffle_under_divergent_branch", "helpers.cuh",
+     "    v[0] += __shfl_xor_sync(kFullMask, v[0], D);",
+     "    if (lane & 1) v[0] += __shfl_xor_sync(kFullMask, v[0], D);",
+     (r"helpers\.cuh:\d+ while other lanes of its warp wait at __any_sync at \S+render_backward\.cu:\d+ "
+      r"\(a collective in divergent code\)",)),
+    ("barrier_in_divergent_code", "render_backward.cu",
+     "    __syncthreads();  // the previous batch is consumed",
+     "    if (tid < 128) __syncthreads();  // the previous batch is consumed",
+     (r"reached __syncthreads at \S+render_backward\.cu:\d+ while 128 threads wait at __syncthreads at "
+      r"\S+render_backward\.cu:\d+ \(a barrier in divergent code\)",)),
+    ("tile_range_off_by_one", "binning.cu",
+     "for (int64_t t = prev + 1; t <= cur; ++t) tile_offsets[t] = (int)i;",
+     "for (int64_t t = prev + 1; t <= cur; ++t) tile_offsets[t] = (int)(i < M ? i + 1 : M);",
+     (r"tile_offsets: \d+ entries differ",)),
+    ("radix_sort_end_bit", "binning.cu",
+     "const int end_bit = 32 + bit_width_of_count(T);",
+     "const int end_bit = 32 + bit_width_of_count(T) - 1;",
+     (r"gaussian_ids: \d+ entries differ",)),
+    ("backward_channel_offset", "render_backward.cu",
+     "float* row = p.g_features + (int64_t)g * p.C + c0;",
+     "float* row = p.g_features + (int64_t)g * p.C;",
+     (r"d_features: relative L2 error",)),
+]
+
+
+def make_mutant(directory: Path, file: str, text: str, replacement: str) -> None:
+    if directory.exists():
+        shutil.rmtree(directory)
+    shutil.copytree(ROOT / "csrc" / "cuda", directory)
+    target = directory / file
+    source = target.read_text()
+    assert source.count(text) == 1, (
+        f"mutant text not found exactly once in csrc/cuda/{file}; update MUTANTS in {__file__}:\n{text}")
+    # Keep the mtime fresh so that ninja sees the new content.
+    target.write_text(source.replace(text, replacement))
+
+
+@pytest.mark.skipif(bool(os.environ.get(MODULE_ENV)), reason="a mutant's own run")
+def test_mutants_are_caught(tmp_path):
+    scratch = emu_build.default_build_dir() / "mutants"
+    for name, file, text, replacement, _ in MUTANTS:
+        make_mutant(scratch / name, file, text, replacement)
+    builds = emu_build.build({name: scratch / name for name, *_ in MUTANTS})  # one ninja run
+    procs = {}
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    quick = " or ".join(f"{n}-" for n in QUICK) + " or race_mode"
+    for name, *_ in MUTANTS:
+        env_m = dict(env, **{MODULE_ENV: str(builds[name])})
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)),
+               "-k", f"({quick}) and not mutants and not two_openmp and not channel_tile_16"]
+        procs[name] = subprocess.Popen(cmd, cwd=ROOT, env=env_m, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       text=True)
+        if len(procs) % 2 == 0:  # two at a time on a 2-core machine
+            for p in list(procs.values())[-2:]:
+                p.wait()
+    survivors = []
+    for name, _, _, _, expect in MUTANTS:
+        out, _ = procs[name].communicate(timeout=600)
+        caught = procs[name].returncode not in (0, 5)
+        if not caught or not all(re.search(e, out) for e in expect):
+            survivors.append(f"{name}: returncode {procs[name].returncode}, expected /{expect}/ in:\n"
+                             + out[-3000:])
+    assert not survivors, "mutants not caught as expected:\n" + "\n".join(survivors)
