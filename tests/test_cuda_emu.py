@@ -209,3 +209,39 @@ def test_mutants_are_caught(tmp_path):
             survivors.append(f"{name}: returncode {procs[name].returncode}, expected /{expect}/ in:\n"
                              + out[-3000:])
     assert not survivors, "mutants not caught as expected:\n" + "\n".join(survivors)
+
+
+def test_comparison_rules_catch_what_they_should(reference):
+    """compare_strict (here) and compare_tolerant (tests/test_cuda.py, GPU only) on perturbed copies
+    of the CPU's outputs: each rule accepts what it must tolerate and refuses the rest."""
+    from cuda_cases import compare_tolerant
+
+    want = reference["channels_33"]
+
+    def perturbed(**changes):
+        out = {k: v.clone() for k, v in want.items()}
+        for k, fn in changes.items():
+            out[k] = fn(out[k])
+        return out
+
+    assert not compare_strict(want, want) and not compare_tolerant(want, want)
+    # Forward: 1e-5 is too much for the strict rule; a few pixels off pass the tolerant one.
+    assert compare_strict(perturbed(rgb=lambda t: t + 1e-5), want)
+    few = perturbed(rgb=lambda t: t.index_put_((torch.tensor([0]), torch.tensor([3]), torch.tensor([5])),
+                                               torch.tensor(9.0)))
+    assert not compare_tolerant(few, want)
+    many = perturbed(alpha=lambda t: t + (torch.rand(t.shape, generator=torch.Generator().manual_seed(0)) < 0.01))
+    assert any("pixels off" in e for e in compare_tolerant(many, want))
+    # Gradients: 1e-4 relative fails the strict rule, passes the tolerant one; 1e-2 fails both.
+    assert compare_strict(perturbed(d_means=lambda t: t * (1 + 1e-4)), want)
+    assert not compare_tolerant(perturbed(d_means=lambda t: t * (1 + 1e-4)), want)
+    assert compare_tolerant(perturbed(d_features=lambda t: t * (1 + 1e-2)), want)
+    # Radii: a flip passes the tolerant rule only where 3 sqrt(lambda) is near an integer.
+    from cuda_cases import near_integer_radius
+
+    visible = want["radii"] > 0
+    assert near_integer_radius(want["conics"], tol=0.5)[visible].all()  # tolerance widened: every one
+    far = ~near_integer_radius(want["conics"]) & (want["radii"] > 0)
+    i = int(far.nonzero()[0])
+    flipped = perturbed(radii=lambda t: t.index_put_((torch.tensor([i]),), t[i] + 1))
+    assert any("radii" in e for e in compare_tolerant(flipped, want)) and compare_strict(flipped, want)

@@ -242,9 +242,15 @@ __global__ void __launch_bounds__(kBlockPixels, MIN_BLOCKS) render_backward_kern
 // The compiled variants of the backward, chosen at run time by the environment
 // variable FEATURE3DGS_CUDA_BACKWARD (read at every call, so that a benchmark
 // can time them against each other in one process):
-//   ct32 (default): channel tiles of 32, no register cap;
-//   ct16: channel tiles of 16 (fewer live registers, twice the blocks);
-//   lb3:  channel tiles of 32 under __launch_bounds__(256, 3).
+//   ct32 (default): channel tiles of 32, no register cap (ptxas, CUDA 13.0:
+//         115 registers on sm_80, 122 on sm_90: 2 blocks per SM);
+//   ct16: channel tiles of 16 (half the feature registers and shared memory,
+//         twice the blocks) under __launch_bounds__(256, 3): 76 / 80 registers,
+//         no spill, 3 blocks per SM (without the cap ct16 takes 81 / 87: still 2);
+//   lb3:  channel tiles of 32 under __launch_bounds__(256, 3): 80 registers,
+//         3 blocks per SM, but ptxas spills (a 48-byte stack frame).
+// benchmarks/cuda_resources.py records these figures; benchmarks/gpu_check.sh
+// times the variants against each other.
 enum class BackwardVariant { kCt32, kCt16, kLb3 };
 
 BackwardVariant backward_variant() {
@@ -303,7 +309,7 @@ RasterizeGrads rasterize_backward_cuda(
       gpu::launch(render_backward_kernel<gpu::kChannelTile, 1>, blocks, block, 0, stream, p);
       break;
     case BackwardVariant::kCt16:
-      gpu::launch(render_backward_kernel<16, 1>, blocks, block, 0, stream, p);
+      gpu::launch(render_backward_kernel<16, 3>, blocks, block, 0, stream, p);
       break;
     case BackwardVariant::kLb3:
       gpu::launch(render_backward_kernel<gpu::kChannelTile, 3>, blocks, block, 0, stream, p);
