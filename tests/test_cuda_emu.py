@@ -6,7 +6,7 @@ the four entry points in a chain on both and compares: integers equal, forward w
 1e-6, gradients within 1e-5 relative L2, in three thread orders (ascending,
 descending, seeded random), for the default and the channel-tile-16 backward, with
 blocks on one and on two OpenMP threads, and once in race mode. The mutation test
-injects known bugs into scratch copies of csrc/cuda and shows that each one makes
+injects nine known bugs into scratch copies of csrc/cuda and shows that each one makes
 this module's tests fail (run in a subprocess per mutant, with the clear report the
 emulator gives).
 
@@ -146,11 +146,10 @@ MUTANTS = [
      "  const Vec2 center = pixel_center(px, py);\n\n  // Per-pixel state;",
      "  const Vec2 center = pixel_center(px, py);\n  if (!inside) return;\n\n  // Per-pixel state;",
      (r"render_backward\.cu:\d+ but lane \d+ of its mask has exited",)),
-    ("shuffle_under_divergent_branch", "helpers.cuh",
-     "    v[0] += __shfl_xor_sync(kFullMask, v[0], D);",
-     "    if (lane & 1) v[0] += __shfl_xor_sync(kFullMask, v[0], D);",
-     (r"helpers\.cuh:\d+ while other lanes of its warp wait at __any_sync at \S+render_backward\.cu:\d+ "
-      r"\(a collective in divergent code\)",)),
+    ("shuffle_under_divergent_branch", "render_backward.cu",
+     "        reduce_add_slots<16>(p, g, v, kBaseValues, lane);",
+     "        if (valid) reduce_add_slots<16>(p, g, v, kBaseValues, lane);",
+     (r"__shfl_xor_sync at \S+\.cu[h]?:\d+ .*(a collective in divergent code|a lane skipped a collective)",)),
     ("barrier_in_divergent_code", "render_backward.cu",
      "    __syncthreads();  // the previous batch is consumed",
      "    if (tid < 128) __syncthreads();  // the previous batch is consumed",
@@ -164,6 +163,17 @@ MUTANTS = [
      "const int end_bit = 32 + bit_width_of_count(T);",
      "const int end_bit = 32 + bit_width_of_count(T) - 1;",
      (r"gaussian_ids: \d+ entries differ",)),
+    # Race mode alone catches these two (fibers do not interleave inside a statement, so the
+    # values stay right): a plain read-modify-write of shared memory by many threads, and
+    # non-atomic additions to one gradient from several blocks.
+    ("plain_shared_max", "render_backward.cu",
+     "  if (last > 0) atomicMax(&s_max_last, last);",
+     "  if (last > s_max_last) s_max_last = last;",
+     (r"race on shared word[^\n]*render_backward\.cu:\d+",)),
+    ("plain_global_add", "render_backward.cu",
+     "  if (lane % kLanesPerValue == 0 && slot < n) atomicAdd(slot_address(p, g, slot), v[0]);",
+     "  if (lane % kLanesPerValue == 0 && slot < n) *slot_address(p, g, slot) += v[0];",
+     (r"non-atomic writes of global address[^\n]*render_backward\.cu:\d+",)),
     ("backward_channel_offset", "render_backward.cu",
      "float* row = p.g_features + (int64_t)g * p.C + c0;",
      "float* row = p.g_features + (int64_t)g * p.C;",
