@@ -105,7 +105,11 @@ def describe(emu, reports: list[str]) -> str:
             return m.group(0)
         pc = int(m.group(1), 16) - 1  # a return address: the call is just before it
         r = subprocess.run([addr2line, "-e", path, "-C", "-i", "-p", hex(pc)], capture_output=True, text=True)
-        return m.group(0) + " (" + " <- ".join(r.stdout.split("\n")[0:1]).strip() + ")"
+        # The innermost frame outside the emulator's own inline builtins (emu.h).
+        frames = [f.replace("(inlined by)", "").strip() for f in r.stdout.splitlines() if f.strip()]
+        frames = [f for f in frames if "/emu/emu.h:" not in f] or frames
+        where = frames[0].rsplit(" at ", 1)[-1] if frames else "?"
+        return m.group(0) + " (" + where + ")"
 
     return "\n".join(re.sub(r"module\+0x([0-9a-f]+)", where, r) for r in reports)
 
@@ -255,3 +259,80 @@ def test_comparison_rules_catch_what_they_should(reference):
     i = int(far.nonzero()[0])
     flipped = perturbed(radii=lambda t: t.index_put_((torch.tensor([i]),), t[i] + 1))
     assert any("radii" in e for e in compare_tolerant(flipped, want)) and compare_strict(flipped, want)
+
+
+# ------------------------------------------------- the emulator's own builtins
+def test_selftest_collectives_and_barriers(emu):
+    """Every warp collective and barrier variant on one block of two warps, against Python."""
+    out = emu.selftest("collectives")
+    t = torch.arange(64)
+    lane, base = t % 32, t - t % 32
+    v = t * 10 + 1
+    expect = torch.stack([
+        v[base + 3],                                                    # __shfl_sync(v, 3)
+        torch.where(lane >= 1, v[(t - 1).clamp(min=0)], v),             # __shfl_up_sync(v, 1)
+        torch.where(lane % 16 + 2 < 16, v[(t + 2).clamp(max=63)], v),   # __shfl_down_sync(v, 2, 16)
+        v[base + (lane ^ 5)],                                           # __shfl_xor_sync(v, 5)
+        torch.full((64,), sum(1 << i for i in range(0, 32, 3))),        # __ballot_sync(lane % 3 == 0)
+        (t < 32).int(),                                                 # __all_sync(t < 40) per warp
+        (t >= 32).int(),                                                # __any_sync(t == 63) per warp
+        torch.full((64,), 16), torch.ones(64, dtype=torch.long), torch.ones(64, dtype=torch.long),
+        torch.where(lane < 16, v[base + (lane ^ 1)], torch.full((64,), -1)),  # partial-mask xor
+        torch.full((64,), 64 * 1000 + 1),                               # blockDim.x, gridDim.x
+    ], dim=1).int()
+    assert torch.equal(out, expect), (out != expect).nonzero()[:10]
+
+
+def test_selftest_atomics_across_blocks(emu):
+    for threads in (1, 2):
+        emu.set_options(threads=threads)
+        fsum, count, mx, winners, cas, exch, mn = emu.selftest("atomics").tolist()
+        emu.set_options()
+        assert (fsum, count, mx, winners, exch, mn) == (128, 256, 363, 1, 7, -255)
+        assert 1 <= cas <= 256
+
+
+# What each misuse must report; the wording depends on which thread the schedule runs first.
+@pytest.mark.parametrize("which, message", [
+    (0, r"__shfl_xor_sync at \S+selftest\.cpp:\d+ with a mask that does not name its own lane"),
+    (1, r"reached __syncthreads at \S+selftest\.cpp:\d+ while \d+ threads wait at __syncthreads at "
+        r"\S+selftest\.cpp:\d+ \(a barrier in divergent code\)"),
+    (2, r"(reached __syncthreads at \S+selftest\.cpp:\d+ while lanes of its warp wait for it at __shfl_xor_sync"
+        r"|calls __shfl_xor_sync at \S+selftest\.cpp:\d+ but lane \d+ of its mask waits at __syncthreads)"),
+    (3, r"(calls __shfl_xor_sync at \S+selftest\.cpp:\d+ but lane \d+ of its mask has exited"
+        r"|exited while lanes of its warp wait for it at __shfl_xor_sync at \S+selftest\.cpp:\d+)"),
+    (4, r"reads lane 20 outside the mask in __shfl_sync at \S+selftest\.cpp:\d+"),
+    (5, r"calls __any_sync at \S+selftest\.cpp:\d+ while other lanes of its warp wait at __any_sync at "
+        r"\S+selftest\.cpp:\d+ \(a collective in divergent code\)"),
+])
+@pytest.mark.parametrize("order", ["ascending", "random"])
+def test_selftest_misuse_is_a_clear_error_not_a_hang(emu, which, message, order):
+    emu.set_options(order=ORDERS[order], seed=3)
+    try:
+        with pytest.raises(RuntimeError, match=r"block \(0,0,0\), thread \(\d+,0,0\) \(lane \d+ of warp \d\): .*"
+                                               + message):
+            emu.selftest("error", which)
+    finally:
+        emu.set_options()
+
+
+@pytest.mark.parametrize("which, report", [
+    (0, None),
+    (1, r"race on shared word .* written by thread \(\d+,0,0\) at \S+ and by thread"),
+    (2, r"uninitialised read of shared word"),
+    (3, r"atomic update of shared word .* mixed with plain accesses|plain read of shared word .* atomically"),
+    (4, r"non-atomic writes of global address 0x[0-9a-f]+: block \(\d,0,0\) wrote it"),
+])
+def test_selftest_race_mode_reports(emu, which, report):
+    emu.take_race_reports()
+    emu.set_options(race=True, order=ORDERS["random"], seed=5)
+    try:
+        emu.selftest("race", which)
+    finally:
+        emu.set_options()
+    reports = emu.take_race_reports()
+    if report is None:
+        assert not reports, describe(emu, reports)
+    else:
+        assert reports and re.search(report, reports[0]), reports
+        assert "selftest.cpp:" in describe(emu, reports[:1])  # resolved to the source line

@@ -138,6 +138,9 @@ def build(variants: Mapping[str, Path] | None = None, *, build_dir: Path | None 
                  f"  cmd = {_q(['g++'] + compile_flags + [f'-I{EMU}', '-O2'])}")
     lines.append(f"build {_ninja_path(module_o)}: cxx {_ninja_path(EMU / 'module.cpp')}\n"
                  f"  cmd = {_q(['g++'] + shared_includes + compile_flags + _pybind_flags() + ['-O1'])}")
+    selftest_o = out / "selftest.o"
+    lines.append(f"build {_ninja_path(selftest_o)}: cxx {_ninja_path(EMU / 'selftest.cpp')}\n"
+                 f"  cmd = {_q(kernel_cmd)}")
     flags_digest = _digest(*kernel_cmd)
     objects_seen: set[Path] = set()
     results: dict[str, Path] = {}
@@ -153,6 +156,7 @@ def build(variants: Mapping[str, Path] | None = None, *, build_dir: Path | None 
                 lines.append(f"build {_ninja_path(obj)}: cxx {_ninja_path(cu)}\n  cmd = {_q(kernel_cmd)}")
         so = out / f"{MODULE_NAME}_{name}.so"
         lines.append(f"build {_ninja_path(so)}: link {_ninja_path(runtime_o)} {_ninja_path(module_o)} "
+                     f"{_ninja_path(selftest_o)} "
                      + " ".join(_ninja_path(o) for o in objs))
         results[name] = so
     (out / "build.ninja").write_text("\n".join(lines) + "\n")

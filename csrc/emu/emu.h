@@ -162,7 +162,7 @@ constexpr int warpSize = 32;
 #define __syncthreads_count(p) ::emu::syncthreads_count((p) ? 1 : 0, __FILE__, __LINE__)
 #define __syncthreads_and(p) ::emu::syncthreads_and((p) ? 1 : 0, __FILE__, __LINE__)
 #define __syncthreads_or(p) ::emu::syncthreads_or((p) ? 1 : 0, __FILE__, __LINE__)
-#define __syncwarp(...) ::emu::syncwarp(__FILE__, __LINE__, ##__VA_ARGS__)
+#define __syncwarp(...) ::emu::syncwarp(__FILE__, __LINE__ __VA_OPT__(, ) __VA_ARGS__)
 #define __shfl_xor_sync(...) ::emu::shfl(::emu::kShflXor, __FILE__, __LINE__, __VA_ARGS__)
 #define __shfl_sync(...) ::emu::shfl(::emu::kShflIdx, __FILE__, __LINE__, __VA_ARGS__)
 #define __shfl_up_sync(...) ::emu::shfl(::emu::kShflUp, __FILE__, __LINE__, __VA_ARGS__)

@@ -9,6 +9,10 @@
 
 namespace py = pybind11;
 
+namespace emu_selftest {
+torch::Tensor run(const std::string& name, int which);  // selftest.cpp
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "feature3dgs CUDA kernels run on the CPU by the SIMT emulator (tests only)";
   m.def("preprocess_forward", &f3d::preprocess_forward_cuda, py::call_guard<py::gil_scoped_release>());
@@ -54,4 +58,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("reset_stats", &emu::reset_stats);
   m.def("take_race_reports", &emu::take_race_reports);
   m.def("module_path", &emu::module_path);
+  m.def("selftest", &emu_selftest::run, "runs one of the emulator's self-test kernels (selftest.cpp)",
+        py::arg("name"), py::arg("which") = 0);
 }

@@ -789,11 +789,19 @@ void global_write(RaceState& r, uintptr_t word, bool atomic, const void* pc) {
   GlobalShadow& g = g_global_shadow[word];
   const int64_t blk = r.block_linear;
   auto conflict = [&](const char* what) {
+    const int64_t earlier = g.plain_block >= 0 ? g.plain_block : g.atomic_block;
     std::ostringstream s;
-    s << "race mode: " << what << " of global address 0x" << std::hex << word << std::dec << " by block "
-      << dim_str(r.block_idx) << " at " << module_base_offset(pc) << " and by block #" << g.plain_block
-      << (g.plain_block < 0 ? " (atomically)" : "") << " at " << module_base_offset(g.pc)
-      << " in the same launch";
+    s << "race mode: " << what << " of global address 0x" << std::hex << word << std::dec << ": block ";
+    if (earlier >= 0) {
+      const dim3 grid = tl_block->launch->grid;
+      s << dim_str({(unsigned)(earlier % grid.x), (unsigned)((earlier / grid.x) % grid.y),
+                    (unsigned)(earlier / ((int64_t)grid.x * grid.y))});
+    } else {
+      s << "(several)";
+    }
+    s << (g.plain_block >= 0 ? " wrote it" : " updated it atomically") << " at " << module_base_offset(g.pc)
+      << ", then block " << dim_str(r.block_idx) << (atomic ? " updated it atomically" : " wrote it") << " at "
+      << module_base_offset(pc) << ", in the same launch";
     add_report("global", pc, g.pc, s.str());
   };
   if (atomic) {
