@@ -4,7 +4,9 @@ CPU (default when no GPU): the compiled CPU kernels against the PyTorch
 reference, 10k Gaussians at 256x256 and 100k at 512x512, C in {3, 16, 64, 256}.
 CUDA (--device cuda): 1M Gaussians at 1920x1080 and 100k at 800x800, C in
 {3, 16, 32, 64, 128, 256, 512}, timed with CUDA events (warm-up, median), peak
-memory, and gsplat's `rasterization` on the same inputs when gsplat imports.
+memory, and gsplat's `rasterization` on the same inputs when gsplat imports;
+--backward-variants ct32 ct16 lb3 times the forward+backward with each compiled
+backward (FEATURE3DGS_CUDA_BACKWARD) and reports the ratios to the first.
 
 Prints a table and writes JSON (device, torch, git revision, every figure):
 
@@ -16,7 +18,9 @@ Prints a table and writes JSON (device, torch, git revision, every figure):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
 import platform
 import statistics
 import sys
@@ -38,20 +42,24 @@ CPU_CHANNELS = [3, 16, 64, 256]
 CUDA_CONFIGS = [(1_000_000, 1920, 1080), (100_000, 800, 800)]
 CUDA_CHANNELS = [3, 16, 32, 64, 128, 256, 512]
 QUICK_CONFIGS = [(2_000, 64, 48)]
+BACKWARD_VARIANTS = ["ct32", "ct16", "lb3"]  # FEATURE3DGS_CUDA_BACKWARD (csrc/cuda/render_backward.cu)
 QUICK_CHANNELS = [3, 16]
 
 
 def make_scene(n: int, width: int, height: int, channels: int, device: str, seed: int = 0) -> dict:
     """n Gaussians filling the view of a camera 3 units from a unit cube; the
     Gaussian size shrinks with n so that each covers a few tiles, as in trained scenes."""
-    g = torch.Generator().manual_seed(seed)
-    means = (torch.rand(n, 3, generator=g) * 2 - 1)
-    quats = torch.randn(n, 4, generator=g)
+    # Drawn on the device itself (a CUDA generator for CUDA: 1M x 512 features in
+    # milliseconds rather than seconds of CPU time and a copy).
+    g = torch.Generator(device=device).manual_seed(seed)
+    kw = dict(generator=g, device=device)
+    means = (torch.rand(n, 3, **kw) * 2 - 1)
+    quats = torch.randn(n, 4, **kw)
     size = 0.05 * (10_000 / n) ** (1 / 3)
-    scales = size * torch.exp(torch.randn(n, 3, generator=g) * 0.5)
-    opacities = torch.rand(n, generator=g) * 0.9 + 0.05
-    colors = torch.rand(n, 3, generator=g)
-    features = torch.randn(n, channels, generator=g)
+    scales = size * torch.exp(torch.randn(n, 3, **kw) * 0.5)
+    opacities = torch.rand(n, **kw) * 0.9 + 0.05
+    colors = torch.rand(n, 3, **kw)
+    features = torch.randn(n, channels, **kw)
     fx = 0.5 * width / math.tan(math.radians(50) / 2)
     K = torch.tensor([[fx, 0, width / 2], [0, fx, height / 2], [0, 0, 1.0]])
     viewmat = torch.eye(4)
@@ -106,6 +114,20 @@ def run_gsplat(scene: dict):
     return forward, forward_backward
 
 
+@contextlib.contextmanager
+def backward_variant(name: str):
+    """FEATURE3DGS_CUDA_BACKWARD = name for the block (read by the kernels at every call)."""
+    old = os.environ.get("FEATURE3DGS_CUDA_BACKWARD")
+    os.environ["FEATURE3DGS_CUDA_BACKWARD"] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["FEATURE3DGS_CUDA_BACKWARD"]
+        else:
+            os.environ["FEATURE3DGS_CUDA_BACKWARD"] = old
+
+
 def time_cpu(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -144,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="time the (slow) PyTorch reference only up to this many Gaussians")
     parser.add_argument("--no-gsplat", action="store_true", help="skip the gsplat comparison")
     parser.add_argument("--channels", type=int, nargs="*", default=None, help="override C values")
+    parser.add_argument("--backward-variants", nargs="+", default=["ct32"], choices=BACKWARD_VARIANTS,
+                        help="CUDA: time the forward+backward with each FEATURE3DGS_CUDA_BACKWARD variant "
+                             "(the first is the reference of the ratios)")
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="stop starting new configurations after this many seconds (the JSON says so)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/)")
     args = parser.parse_args(argv)
 
@@ -170,14 +197,23 @@ def main(argv: list[str] | None = None) -> int:
     info = feature3dgs.backend_info()
     device_name = torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or platform.machine()
     rows = []
+    started = time.perf_counter()
+    truncated = False
     header = f"{'N':>9} {'W x H':>11} {'C':>4} | {'fwd ms':>9} {'fwd+bwd ms':>11}"
-    header += " | ref fwd+bwd ms  speed-up" if device == "cpu" else " | peak MiB | gsplat fwd / fwd+bwd ms  ratio (gsplat/ours fwd+bwd)  gsplat MiB"
+    variants = args.backward_variants
+    extra = "".join(f" {v + '/' + variants[0]:>11}" for v in variants[1:])
+    header += (" | ref fwd+bwd ms  speed-up" if device == "cpu" else
+               f"{extra} | peak MiB | gsplat fwd / fwd+bwd ms  ratio (gsplat/ours fwd+bwd)  gsplat MiB")
     print(f"feature3dgs {info['version']} on {device} ({device_name}), torch {torch.__version__}, "
           f"{info['openmp_threads']} OpenMP threads, git {git_revision()}")
     print(header)
     print("-" * len(header))
     for n, width, height in configs:
         for c in channels:
+            if args.max_seconds is not None and time.perf_counter() - started > args.max_seconds:
+                truncated = True
+                print(f"--max-seconds {args.max_seconds:g} reached: the remaining configurations are not timed")
+                break
             scene = make_scene(n, width, height, c, device)
             fwd, fwdbwd = run_ours(feature3dgs.render, scene)
             row = dict(n=n, width=width, height=height, channels=c)
@@ -196,9 +232,16 @@ def main(argv: list[str] | None = None) -> int:
                     line += " |              -        -"
             else:
                 row["fwd_ms"], row["fwd_peak_mib"] = time_cuda(fwd, repeats)
-                row["fwd_bwd_ms"], row["peak_mib"] = time_cuda(fwdbwd, repeats)
+                for v in variants:
+                    with backward_variant(v):
+                        row[f"fwd_bwd_ms_{v}"], row[f"peak_mib_{v}"] = time_cuda(fwdbwd, repeats)
+                row["fwd_bwd_ms"], row["peak_mib"] = row[f"fwd_bwd_ms_{variants[0]}"], row[f"peak_mib_{variants[0]}"]
+                for v in variants[1:]:
+                    row[f"{v}_over_{variants[0]}_fwd_bwd"] = row[f"fwd_bwd_ms_{v}"] / row["fwd_bwd_ms"]
                 line = (f"{n:>9} {f'{width}x{height}':>11} {c:>4} | {row['fwd_ms']:9.2f} "
-                        f"{row['fwd_bwd_ms']:11.2f} | {row['peak_mib']:8.0f}")
+                        f"{row['fwd_bwd_ms']:11.2f}"
+                        + "".join(f" {row[f'{v}_over_{variants[0]}_fwd_bwd']:10.3f}x" for v in variants[1:])
+                        + f" | {row['peak_mib']:8.0f}")
                 if gsplat_ok:
                     try:
                         g_fwd, g_fb = run_gsplat(scene)
@@ -214,10 +257,13 @@ def main(argv: list[str] | None = None) -> int:
                 torch.cuda.empty_cache()
             rows.append(row)
             print(line, flush=True)
+        if truncated:
+            break
 
     result = dict(benchmark="raster_speed", device=device, device_name=device_name,
                   torch=torch.__version__, feature3dgs=info, git=git_revision(),
-                  date=time.strftime("%Y-%m-%d"), repeats=repeats, rows=rows)
+                  date=time.strftime("%Y-%m-%d"), repeats=repeats, rows=rows,
+                  backward_variants=variants if device == "cuda" else None, truncated=truncated)
     out = args.out or ROOT / "benchmarks" / "results" / f"raster_speed-{device}{'-quick' if args.quick else ''}.json"
     write_result(out, result)
     return 0

@@ -1,17 +1,30 @@
 """CUDA kernels against the CPU kernels (skipped without a GPU).
 
-Forward within 1e-4, gradients within 1e-3 relative, on the CPU tests' scene set
-and C in {1, 3, 16, 32, 33, 64, 128, 256, 512, 1000}; 1920x1080 images; a
-1M-Gaussian smoke test; forward determinism. `-k small` selects the small
-forward+backward used under compute-sanitizer.
+The CUDA build uses fast math and FMA contraction; the CPU twin strict IEEE. Rare
+discrete decisions (alpha >= 1/255, the T < 1e-4 stop, the ceil of the radius, the
+floor of the tile) may then flip, so every comparison uses the tolerant rule of
+tests/cuda_cases.compare_tolerant: at most 0.2% of the pixels off by more than 1e-3,
+radii equal except where the CPU's 3 sqrt(lambda) is within 1e-4 of an integer,
+gradients within 1e-3 relative L2. (tests/test_cuda_emu.py runs the same source
+and cases on every CI run under the SIMT emulator, with strict math and tight
+tolerances; FEATURE3DGS_CUDA_STRICT=1 builds the CUDA kernels with strict math.)
+
+Cases: the shared ones of tests/cuda_cases.py through the kernel entry points, for
+each backward variant; and through feature3dgs.render with autograd: C in {1, 3, 16,
+32, 33, 64, 128, 256, 512, 1000}, SH and backgrounds, 1920x1080 images, a
+1M-Gaussian smoke test, forward determinism. `-k small` selects the small
+forward+backward run under compute-sanitizer.
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 
 import feature3dgs
+from cuda_cases import CASES, CASE_BY_NAME, chain, compare_tolerant, cpu_kernels, near_integer_radius, rel_l2
 from scenes import intrinsics, look_at_viewmat, random_scene
 
 pytestmark = pytest.mark.skipif(
@@ -19,8 +32,34 @@ pytestmark = pytest.mark.skipif(
     reason="needs a CUDA GPU and the CUDA kernels")
 
 OUTPUTS = ("rgb", "features", "depth", "alpha")
+VARIANTS = ("ct32", "ct16", "lb3")
 
 
+@pytest.fixture(scope="module")
+def kernels():
+    return cpu_kernels()
+
+
+@pytest.fixture
+def backward_variant(request):
+    old = os.environ.get("FEATURE3DGS_CUDA_BACKWARD")
+    os.environ["FEATURE3DGS_CUDA_BACKWARD"] = request.param
+    yield request.param
+    if old is None:
+        del os.environ["FEATURE3DGS_CUDA_BACKWARD"]
+    else:
+        os.environ["FEATURE3DGS_CUDA_BACKWARD"] = old
+
+
+@pytest.mark.parametrize("backward_variant", VARIANTS, indirect=True)
+@pytest.mark.parametrize("name", [c.name for c in CASES])
+def test_case_matches_cpu(kernels, name, backward_variant):
+    case = CASE_BY_NAME[name]
+    errors = compare_tolerant(chain(kernels, case, "cuda"), chain(kernels, case, "cpu"))
+    assert not errors, f"{name} ({backward_variant} backward): " + "; ".join(errors)
+
+
+# ------------------------------------------------- through render() and autograd
 def camera(width=64, height=48, eye=(0.4, -0.3, 3.0), **kw):
     return dict(viewmat=look_at_viewmat(eye), K=intrinsics(width, height, **kw), width=width, height=height)
 
@@ -34,8 +73,7 @@ def render_pair(scene: dict, cam: dict, **kwargs):
     results = []
     for device in ("cpu", "cuda"):
         leaves = {k: v.clone().to(device).requires_grad_(True) for k, v in scene.items()}
-        extra = on(device, kwargs)
-        out = feature3dgs.render(**leaves, **on(device, cam), **extra)
+        out = feature3dgs.render(**leaves, **on(device, cam), **on(device, kwargs))
         g = torch.Generator().manual_seed(0)
         loss = 0.0
         for name in OUTPUTS:
@@ -47,29 +85,31 @@ def render_pair(scene: dict, cam: dict, **kwargs):
     return results
 
 
-def assert_close_rel(a: torch.Tensor, b: torch.Tensor, name: str, rel: float):
-    a, b = a.detach().cpu(), b.detach().cpu()
-    scale = b.abs().max().item()
-    if scale == 0:
-        assert a.abs().max().item() == 0, name
-        return
-    err = ((a - b).norm() / b.norm()).item()
-    assert err < rel, f"{name}: relative error {err:.2e}"
+def cpu_conics(scene: dict, cam: dict) -> torch.Tensor:
+    colors = scene["colors"]
+    sh = colors if colors.dim() == 3 else torch.empty(0)
+    deg = int(round(colors.shape[1] ** 0.5)) - 1 if colors.dim() == 3 else 0
+    return cpu_kernels().preprocess_forward(scene["means"], scene["quats"], scene["scales"], sh, deg,
+                                            cam["viewmat"], cam["K"], cam["width"], cam["height"], 0.01)[1]
 
 
 def check(scene: dict, cam: dict, **kwargs):
+    """The tolerant rule on render()'s outputs and every input's gradient."""
     (cpu, leaves_c), (gpu, leaves_g) = render_pair(scene, cam, **kwargs)
-    assert torch.equal(cpu.radii, gpu.radii.cpu())
+    bad = (gpu.radii.cpu() != cpu.radii) & ~near_integer_radius(cpu_conics(scene, cam))
+    assert not bad.any(), f"{int(bad.sum())} radii differ away from an integer 3 sqrt(lambda)"
+    H, W = cam["height"], cam["width"]
+    off = torch.zeros(H, W, dtype=torch.bool)
     for name in OUTPUTS:
         a, b = getattr(gpu, name), getattr(cpu, name)
         if b is None:
             assert a is None
             continue
-        torch.testing.assert_close(a.detach().cpu(), b.detach(), atol=1e-4, rtol=1e-4,
-                                   msg=lambda m: f"{name}: {m}")
+        off |= ((a.detach().cpu() - b.detach()).abs() > 1e-3).reshape(-1, H, W).any(dim=0)
+    assert off.float().mean() <= 0.002, f"{int(off.sum())} of {H * W} pixels off by more than 1e-3"
     for k in scene:
-        assert_close_rel(leaves_g[k].grad, leaves_c[k].grad, k, 1e-3)
-    assert_close_rel(gpu.means2d.grad, cpu.means2d.grad, "means2d", 1e-3)
+        assert (e := rel_l2(leaves_g[k].grad.cpu(), leaves_c[k].grad)) < 1e-3, f"{k}: relative L2 error {e:.2e}"
+    assert (e := rel_l2(gpu.means2d.grad.cpu(), cpu.means2d.grad)) < 1e-3, f"means2d: relative L2 error {e:.2e}"
     return cpu, gpu
 
 
@@ -88,19 +128,6 @@ def test_off_screen_behind_camera_odd_size_off_centre():
     scene = random_scene(600, seed=4, channels=9, spread=4.0)
     check(scene, camera(width=77, height=35, cx=30.3, cy=21.7),
           feature_background=torch.linspace(-1, 1, 9))
-
-
-def test_equal_depth_and_tiny_huge():
-    n = 60
-    g = torch.Generator().manual_seed(7)
-    means = torch.cat([torch.rand(n, 2, generator=g) * 0.6 - 0.3, torch.full((n, 1), 2.0)], dim=1)
-    scene = dict(means=means, quats=torch.randn(n, 4, generator=g),
-                 scales=torch.rand(n, 3, generator=g) * 0.2 + 0.05, opacities=torch.full((n,), 0.7),
-                 colors=torch.rand(n, 3, generator=g), features=torch.randn(n, 17, generator=g))
-    check(scene, dict(viewmat=torch.eye(4), K=intrinsics(48, 48), width=48, height=48))
-    tiny = random_scene(100, seed=8, channels=2, scale_range=(-9.0, -8.0))
-    huge = random_scene(6, seed=9, channels=2, scale_range=(0.5, 1.5))
-    check({k: torch.cat([tiny[k], huge[k]]) for k in tiny}, camera())
 
 
 def test_full_hd_image():

@@ -96,8 +96,8 @@ Binning bin_gaussians_cuda(const TileGrid& grid, const torch::Tensor& means2d,
   const float* m2d = means2d.data_ptr<float>();
   const int* rad = radii.data_ptr<int>();
   auto counts = torch::empty({N}, i64);
-  count_tiles_kernel<<<blocks_for(N), kThreads1D, 0, stream>>>(N, m2d, rad, grid.gx, grid.gy,
-                                                               counts.data_ptr<int64_t>());
+  launch(count_tiles_kernel, blocks_for(N), kThreads1D, 0, stream, N, m2d, rad, grid.gx, grid.gy,
+         counts.data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   // Inclusive prefix sum, in 64 bits so that an overflow of int32 is detected.
@@ -120,9 +120,8 @@ Binning bin_gaussians_cuda(const TileGrid& grid, const torch::Tensor& means2d,
   auto keys_in = torch::empty({M}, i64);
   auto values_in = torch::empty({M}, i32);
   uint64_t* kin = reinterpret_cast<uint64_t*>(keys_in.data_ptr<int64_t>());
-  duplicate_kernel<<<blocks_for(N), kThreads1D, 0, stream>>>(
-      N, m2d, rad, depths.data_ptr<float>(), grid.gx, grid.gy, cum.data_ptr<int64_t>(), kin,
-      values_in.data_ptr<int>());
+  launch(duplicate_kernel, blocks_for(N), kThreads1D, 0, stream, N, m2d, rad, depths.data_ptr<float>(),
+         grid.gx, grid.gy, cum.data_ptr<int64_t>(), kin, values_in.data_ptr<int>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   // Stable LSD radix sort on the key bits in use: 32 depth bits and the tile bits.
@@ -142,8 +141,8 @@ Binning bin_gaussians_cuda(const TileGrid& grid, const torch::Tensor& means2d,
                                                  end_bit, stream));
 
   auto tile_offsets = torch::empty({T + 1}, i32);
-  tile_ranges_kernel<<<blocks_for(M + 1), kThreads1D, 0, stream>>>(M, T, kout,
-                                                                  tile_offsets.data_ptr<int>());
+  launch(tile_ranges_kernel, blocks_for(M + 1), kThreads1D, 0, stream, M, T, kout,
+         tile_offsets.data_ptr<int>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {tile_offsets, gaussian_ids, M};
 }

@@ -11,6 +11,7 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <utility>
 
 #include "f3d/common.h"
 
@@ -34,6 +35,9 @@ constexpr int kChannelTile = 32;
 constexpr int kChannelChunk = 8;
 static_assert(kChannelTile % kChannelChunk == 0 && kChannelTile <= 32, "channel tile");
 
+// Channel tiles of C channels at CT channels per tile.
+inline int64_t num_channel_tiles(int64_t C, int ct) { return C > 0 ? (C + ct - 1) / ct : 1; }
+
 // 1D launches (one thread per Gaussian or per item).
 constexpr int kThreads1D = 256;
 
@@ -45,6 +49,20 @@ inline int64_t num_channel_tiles(int64_t C) {
 
 inline unsigned blocks_for(int64_t n) {
   return static_cast<unsigned>((n + kThreads1D - 1) / kThreads1D);
+}
+
+// Every kernel launch goes through here: `kernel<<<grid, block, shared_bytes,
+// stream>>>(args...)` under nvcc; under the SIMT emulator (csrc/emu, which
+// compiles these files as C++ for the tests) the emulator's launch.
+template <typename... KArgs, typename... Args>
+inline void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream,
+                   Args&&... args) {
+#ifdef F3D_EMULATOR
+  (void)stream;
+  ::emu::launch_kernel(kernel, grid, block, shared_bytes, std::forward<Args>(args)...);
+#else
+  kernel<<<grid, block, shared_bytes, stream>>>(std::forward<Args>(args)...);
+#endif
 }
 
 // One butterfly step of warp_reduce_scatter: pairs of lanes at distance D

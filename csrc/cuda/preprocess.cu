@@ -64,8 +64,8 @@ PreprocessOut preprocess_forward_cuda(const torch::Tensor& means, const torch::T
   const PreprocessOutputs out = preprocess_output_ptrs(result, has_sh);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   dispatch_sh_degree(has_sh, sh_degree, [&](auto deg) {
-    preprocess_forward_kernel<decltype(deg)::value><<<gpu::blocks_for(N), gpu::kThreads1D, 0, stream>>>(
-        N, viewmat.data_ptr<float>(), K.data_ptr<float>(), width, height, near, in, out);
+    gpu::launch(preprocess_forward_kernel<decltype(deg)::value>, gpu::blocks_for(N), gpu::kThreads1D, 0, stream,
+                N, viewmat.data_ptr<float>(), K.data_ptr<float>(), width, height, near, in, out);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return result;
@@ -93,8 +93,8 @@ PreprocessGrads preprocess_backward_cuda(const torch::Tensor& means, const torch
   const PreprocessGradOutputs out = preprocess_grad_ptrs(result, has_sh);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   dispatch_sh_degree(has_sh, sh_degree, [&](auto deg) {
-    preprocess_backward_kernel<decltype(deg)::value><<<gpu::blocks_for(N), gpu::kThreads1D, 0, stream>>>(
-        N, viewmat.data_ptr<float>(), K.data_ptr<float>(), width, height, near, in, gin, out);
+    gpu::launch(preprocess_backward_kernel<decltype(deg)::value>, gpu::blocks_for(N), gpu::kThreads1D, 0, stream,
+                N, viewmat.data_ptr<float>(), K.data_ptr<float>(), width, height, near, in, gin, out);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return result;

@@ -18,6 +18,9 @@
 // Per Gaussian, each warp reduces its pixels' gradients with a reduce-scatter
 // (gpu::warp_reduce_scatter) and then issues one atomic add per value from one
 // lane per value, only when some lane of the warp was touched by the Gaussian.
+#include <cstdlib>
+#include <cstring>
+
 #include "f3d/blend.h"
 #include "helpers.cuh"
 #include "host_buffers.h"
@@ -80,8 +83,10 @@ __device__ __forceinline__ void reduce_add_features(float* g_feat_row, float (&v
   if (lane % kLanesPerValue == 0 && c < cn) atomicAdd(g_feat_row + c, v[0]);
 }
 
-template <int CT>
-__global__ void __launch_bounds__(kBlockPixels) render_backward_kernel(const BackwardParams p) {
+// MIN_BLOCKS: __launch_bounds__'s minimum of resident blocks per SM (1: no
+// register cap beyond the block size's; 3: at most 85 registers a thread).
+template <int CT, int MIN_BLOCKS>
+__global__ void __launch_bounds__(kBlockPixels, MIN_BLOCKS) render_backward_kernel(const BackwardParams p) {
   static_assert(CT == 8 || CT == 16 || CT == 32, "CT");
   __shared__ int s_id[kBatch];
   __shared__ float2 s_xy[kBatch];
@@ -234,6 +239,28 @@ __global__ void __launch_bounds__(kBlockPixels) render_backward_kernel(const Bac
   }
 }
 
+// The compiled variants of the backward, chosen at run time by the environment
+// variable FEATURE3DGS_CUDA_BACKWARD (read at every call, so that a benchmark
+// can time them against each other in one process):
+//   ct32 (default): channel tiles of 32, no register cap (ptxas, CUDA 13.0:
+//         115 registers on sm_80, 122 on sm_90: 2 blocks per SM);
+//   ct16: channel tiles of 16 (half the feature registers and shared memory,
+//         twice the blocks) under __launch_bounds__(256, 3): 76 / 80 registers,
+//         no spill, 3 blocks per SM (without the cap ct16 takes 81 / 87: still 2);
+//   lb3:  channel tiles of 32 under __launch_bounds__(256, 3): 80 registers,
+//         3 blocks per SM, but ptxas spills (a 48-byte stack frame).
+// benchmarks/cuda_resources.py records these figures; benchmarks/gpu_check.sh
+// times the variants against each other.
+enum class BackwardVariant { kCt32, kCt16, kLb3 };
+
+BackwardVariant backward_variant() {
+  const char* v = std::getenv("FEATURE3DGS_CUDA_BACKWARD");
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "ct32") == 0) return BackwardVariant::kCt32;
+  if (std::strcmp(v, "ct16") == 0) return BackwardVariant::kCt16;
+  if (std::strcmp(v, "lb3") == 0) return BackwardVariant::kLb3;
+  TORCH_CHECK_VALUE(false, "FEATURE3DGS_CUDA_BACKWARD must be ct32, ct16 or lb3, got '", v, "'");
+}
+
 }  // namespace
 
 RasterizeGrads rasterize_backward_cuda(
@@ -243,7 +270,7 @@ RasterizeGrads rasterize_backward_cuda(
     const torch::Tensor& tile_offsets, const torch::Tensor& gaussian_ids,
     const torch::Tensor& d_rgb, const torch::Tensor& d_features, const torch::Tensor& d_depth,
     const torch::Tensor& d_alpha) {
-  constexpr int CT = gpu::kChannelTile;
+  const BackwardVariant variant = backward_variant();
   const c10::cuda::CUDAGuard guard(means2d.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const int64_t C = features.dim() == 2 ? features.size(1) : 0;  // as the CPU version
@@ -272,10 +299,22 @@ RasterizeGrads rasterize_backward_cuda(
   p.g_depths = g_depths.data_ptr<float>();
   p.g_features = C > 0 ? g_features.data_ptr<float>() : nullptr;
 
-  const int64_t n_ct = gpu::num_channel_tiles(C);
+  const int ct = variant == BackwardVariant::kCt16 ? 16 : gpu::kChannelTile;
+  const int64_t n_ct = gpu::num_channel_tiles(C, ct);
   TORCH_CHECK(n_ct <= 65535, "feature3dgs: too many feature channels (", C, ")");
   const dim3 block(kTileSize, kTileSize);
-  render_backward_kernel<CT><<<dim3((unsigned)grid.count(), (unsigned)n_ct), block, 0, stream>>>(p);
+  const dim3 blocks((unsigned)grid.count(), (unsigned)n_ct);
+  switch (variant) {
+    case BackwardVariant::kCt32:
+      gpu::launch(render_backward_kernel<gpu::kChannelTile, 1>, blocks, block, 0, stream, p);
+      break;
+    case BackwardVariant::kCt16:
+      gpu::launch(render_backward_kernel<16, 3>, blocks, block, 0, stream, p);
+      break;
+    case BackwardVariant::kLb3:
+      gpu::launch(render_backward_kernel<gpu::kChannelTile, 3>, blocks, block, 0, stream, p);
+      break;
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return grads;
 }

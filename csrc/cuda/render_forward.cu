@@ -207,12 +207,12 @@ RasterizeOut rasterize_forward_cuda(const torch::Tensor& means2d, const torch::T
 
   const dim3 block(kTileSize, kTileSize);
   const unsigned tiles = (unsigned)grid.count();
-  render_forward_kernel<CT, true><<<dim3(tiles, 1), block, 0, stream>>>(p);
+  gpu::launch(render_forward_kernel<CT, true>, dim3(tiles, 1), block, 0, stream, p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   const int64_t n_ct = gpu::num_channel_tiles(C);
   if (n_ct > 1) {
     TORCH_CHECK(n_ct - 1 <= 65535, "feature3dgs: too many feature channels (", C, ")");
-    render_forward_kernel<CT, false><<<dim3(tiles, (unsigned)(n_ct - 1)), block, 0, stream>>>(p);
+    gpu::launch(render_forward_kernel<CT, false>, dim3(tiles, (unsigned)(n_ct - 1)), block, 0, stream, p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   return {out_rgb, out_feat, out_depth, out_alpha, final_T, last_contrib, bins.tile_offsets,

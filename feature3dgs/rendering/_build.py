@@ -12,7 +12,19 @@ from pathlib import Path
 
 INCLUDE_DIRS = ["csrc", "csrc/include"]
 CXX_FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off"]
-NVCC_FLAGS = ["-O3", "--use_fast_math", "-lineinfo", "-fmad=true"]
+FAST_NVCC_FLAGS = ["-O3", "--use_fast_math", "-lineinfo", "-fmad=true"]
+# FEATURE3DGS_CUDA_STRICT=1: IEEE float math in the CUDA kernels (no fast math, no
+# FMA contraction), the CPU twin's and the SIMT emulator's semantics, for checking
+# the kernels against the CPU at tight tolerances. Read when the build starts.
+STRICT_NVCC_FLAGS = ["-O3", "-lineinfo", "-fmad=false", "-ftz=false", "-prec-div=true", "-prec-sqrt=true"]
+
+
+def cuda_strict() -> bool:
+    """Whether FEATURE3DGS_CUDA_STRICT asks for the strict (IEEE) CUDA build."""
+    return os.environ.get("FEATURE3DGS_CUDA_STRICT", "") not in ("", "0")
+
+
+NVCC_FLAGS = STRICT_NVCC_FLAGS if cuda_strict() else FAST_NVCC_FLAGS
 LINK_FLAGS = ["-fopenmp"]
 # Without a visible GPU: SASS for Ampere (runs on every 8.x card) and Hopper,
 # plus PTX so that newer GPUs JIT it.
