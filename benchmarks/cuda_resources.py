@@ -1,7 +1,7 @@
 """Registers, shared memory, spills and theoretical occupancy of every CUDA kernel.
 
 Compiles each csrc/cuda/*.cu file's device code with the build's nvcc flags
-(feature3dgs/_build_config.py: fast math, or strict with FEATURE3DGS_CUDA_STRICT=1)
+(feature3dgs/rendering/_build.py: fast math, or strict with FEATURE3DGS_CUDA_STRICT=1)
 and `-Xptxas -v` for sm_80 and sm_90, reads ptxas's report per kernel, computes the
 theoretical occupancy (resident blocks per SM from registers, shared memory, warps
 and the block limit), prints a table and writes JSON. No GPU needed. The resource
@@ -31,9 +31,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "feature3dgs"))
+sys.path.insert(0, str(ROOT / "feature3dgs" / "rendering"))
 
-import _build_config as cfg  # noqa: E402  (plain module, no torch import)
+import _build as cfg  # noqa: E402  (plain module, no torch import)
 from bench_utils import git_revision, write_result  # noqa: E402
 
 ARCHS = (80, 90)

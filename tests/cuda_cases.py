@@ -33,7 +33,7 @@ def cpu_kernels():
     try:
         return importlib.import_module("feature3dgs._C")
     except ImportError:  # a JIT build
-        return importlib.import_module("feature3dgs._backend").kernels()
+        return importlib.import_module("feature3dgs.rendering._backend").kernels()
 
 
 @dataclass(frozen=True)
