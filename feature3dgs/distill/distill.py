@@ -116,7 +116,7 @@ class DistillResult:
     """What :func:`distill` returns."""
 
     train: TrainResult
-    features: FeatureMetrics
+    features: Optional[FeatureMetrics]
     feature_loss_curve: list[tuple[int, float]]
     teacher: TeacherInfo
     render_dim: int
@@ -125,7 +125,7 @@ class DistillResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The feature_metrics.json form."""
-        return {**self.train.to_dict(), "features": dataclasses.asdict(self.features),
+        return {**self.train.to_dict(), "features": dataclasses.asdict(self.features) if self.features else None,
                 "teacher": dataclasses.asdict(self.teacher), "render_dim": self.render_dim}
 
 
@@ -270,9 +270,12 @@ def distill(scene, run: Optional[DistillSink] = None, train_config: Optional[Tra
     outputs: dict[str, Any] = {}
 
     def finish(tr: Trainer, train_result: TrainResult) -> None:
-        """Feature metrics, panels and the distillation files, in the run's final transaction."""
-        fm, pca = evaluate_features(tr.model, scene, cache, loss.decoder, "test",
-                                    save_dir=run.feature_render_dir() if run is not None else None)
+        """Feature metrics, panels and the distillation files, in the run's final transaction
+        (not on the ranks other than 0 of a distributed run: they neither evaluate nor write)."""
+        fm, pca = None, None
+        if train_result.eval is not None:
+            fm, pca = evaluate_features(tr.model, scene, cache, loss.decoder, "test",
+                                        save_dir=run.feature_render_dir() if run is not None else None)
         outputs["result"] = result = DistillResult(train=train_result, features=fm, feature_loss_curve=curve,
                                                    teacher=info, render_dim=render_dim, model=tr.model,
                                                    decoder=loss.decoder)

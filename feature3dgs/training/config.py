@@ -70,6 +70,10 @@ class TrainConfig:
     seed: int = _help("random seed (view order, initialisation, densification)", default=0)
     device: Optional[str] = _help("'cpu', 'cuda' or 'cuda:N' (default: cuda when available)", default=None)
     threads: Optional[int] = _help("CPU threads for torch and the CPU kernels (default: torch's)", default=None)
+    batch_size: Optional[int] = _help(
+        "views per optimisation step, over all processes (default: one per process); learning rates are "
+        "scaled by sqrt(batch size), so give 1/B of the iterations for the same schedule in images seen",
+        default=None)
     # ---------------------------------------------------------------- model
     sh_degree: int = _help("largest SH degree of the colours (0..3)", default=3)
     feature_dim: int = _help("per-Gaussian feature size (0 = none; distill sets it)", default=0)
@@ -171,6 +175,7 @@ class TrainConfig:
 
         need(self.iterations >= 1, "iterations", ">= 1")
         need(self.threads is None or self.threads >= 1, "threads", ">= 1")
+        need(self.batch_size is None or self.batch_size >= 1, "batch_size", ">= 1")
         need(0 <= self.sh_degree <= 3, "sh_degree", "in 0..3")
         need(self.feature_dim >= 0, "feature_dim", ">= 0")
         need(self.init in ("auto", "points", "random"), "init", "'auto', 'points' or 'random'")

@@ -68,13 +68,15 @@ class DensifyStats:
         return int(self.grad_accum.shape[0])
 
     @torch.no_grad()
-    def update(self, means2d_grad: Optional[Tensor], radii: Tensor, width: int, height: int) -> None:
-        """Accumulate one rendered view (call after backward)."""
+    def update(self, means2d_grad: Optional[Tensor], radii: Tensor, width: int, height: int,
+               grad_scale: float = 1.0) -> None:
+        """Accumulate one rendered view (call after backward; ``grad_scale`` multiplies the
+        gradient, e.g. by the batch size when the loss is a batch mean)."""
         vis = radii > 0
         self.max_radii[vis] = torch.maximum(self.max_radii[vis], radii[vis].to(self.max_radii.dtype))
         if means2d_grad is None:
             return
-        g = ndc_grad_norm(means2d_grad, width, height)
+        g = ndc_grad_norm(means2d_grad, width, height) * grad_scale
         self.grad_accum[vis] += g[vis]
         self.denom[vis] += 1
 
@@ -278,16 +280,21 @@ class DefaultStrategy(Strategy):
         self.stats = DensifyStats.zeros(n, device)
         self.last: dict = {}
 
-    def after_backward(self, model: GaussianModel, out: RenderOutput, camera: Camera, step: int) -> None:
+    def after_backward(self, model: GaussianModel, out: RenderOutput, camera: Camera, step: int,
+                       grad_scale: float = 1.0) -> None:
         if step < self.refine_until:
             grad = out.means2d.grad if out.means2d.requires_grad else None
-            self.stats.update(grad, out.radii, camera.width, camera.height)
+            self.stats.update(grad, out.radii, camera.width, camera.height, grad_scale)
 
     def after_optimizer_step(self, model: GaussianModel, optimizer: torch.optim.Optimizer, step: int,
                              lr_means: float) -> None:
         if step >= self.refine_until:
             return
         if step > self.refine_from and step % self.refine_every == 0:
+            if self.dist is not None:  # every rank's views count, and every rank decides alike
+                self.dist.all_reduce(self.stats.grad_accum, "sum")
+                self.dist.all_reduce(self.stats.denom, "sum")
+                self.dist.all_reduce(self.stats.max_radii, "max")
             after_reset = step > self.reset_every
             self.stats, counts = densify_and_prune(
                 model, optimizer, self.stats, self.grad_threshold, self.extent, percent_dense=self.percent_dense,

@@ -29,13 +29,19 @@ class Strategy(abc.ABC):
     """
 
     last: dict
+    #: the process group of a distributed run (set by the trainer): statistics that drive
+    #: decisions are reduced over it first, so every rank decides alike
+    dist = None
 
     def regularization(self, model: "GaussianModel", step: int) -> dict[str, Tensor]:
         """Weighted loss terms the strategy adds (default: none)."""
         return {}
 
-    def after_backward(self, model: "GaussianModel", out: "RenderOutput", camera: "Camera", step: int) -> None:
-        """Called after backward, before the optimizer step (default: nothing)."""
+    def after_backward(self, model: "GaussianModel", out: "RenderOutput", camera: "Camera", step: int,
+                       grad_scale: float = 1.0) -> None:
+        """Called after each view's backward, before the optimizer step (default: nothing).
+        ``grad_scale`` undoes the averaging of a batch's loss (the batch size), so that
+        ``out.means2d.grad * grad_scale`` is this view's own screen-space gradient."""
 
     @abc.abstractmethod
     def after_optimizer_step(self, model: "GaussianModel", optimizer: torch.optim.Optimizer, step: int,

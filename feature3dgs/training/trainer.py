@@ -46,6 +46,7 @@ from feature3dgs.training.checkpoint import (
 )
 from feature3dgs.training.config import TrainConfig
 from feature3dgs.training.densify import DefaultStrategy
+from feature3dgs.training.distributed import Distributed
 from feature3dgs.training.evaluate import EvalResult, evaluate_model
 from feature3dgs.training.log import TrainLog
 from feature3dgs.training.losses import rgb_loss
@@ -101,7 +102,8 @@ class TrainBatch:
 
 @dataclass
 class TrainResult:
-    """The end of a run: steps, final size, time (seconds), device and the final evaluation."""
+    """The end of a run: steps, final size, time (seconds), device and the final evaluation
+    (None on the ranks other than 0 of a distributed run, which do not evaluate)."""
 
     step: int
     n_gaussians: int
@@ -109,12 +111,13 @@ class TrainResult:
     s_per_step: float
     device: str
     threads: int
-    eval: EvalResult
+    eval: Optional[EvalResult]
 
     def to_dict(self) -> dict:
         """The metrics.json form: the evaluation under its split's name ('test' or 'train')."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "eval"}
-        d[self.eval.split] = self.eval.to_dict()
+        if self.eval is not None:
+            d[self.eval.split] = self.eval.to_dict()
         return d
 
 
@@ -151,6 +154,10 @@ def init_model(scene, config: TrainConfig, generator: Optional[torch.Generator] 
                                 config.init_opacity, generator=generator)
 
 
+#: steps between checks that the replicas of a distributed run still agree (also after each
+#: density-control change)
+REPLICA_CHECK_EVERY = 100
+
 LossFn = Callable[["Trainer", TrainBatch, RenderOutput], Mapping[str, Tensor]]
 Callback = Callable[["Trainer", int, dict], None]
 
@@ -166,18 +173,26 @@ class Trainer:
         loss_fns: extra loss terms, ``fn(trainer, batch, out) -> {name: tensor}``.
         callbacks: ``fn(trainer, step, logs)`` after every step.
         strategy: density control (default: :meth:`build_strategy` from the config).
+        dist: the process group when launched by torchrun (:mod:`feature3dgs.training.distributed`);
+            give ``run`` on rank 0 only.
     """
 
     def __init__(self, scene, config: Optional[TrainConfig] = None, run: Optional[RunSink] = None,
                  model: Optional[GaussianModel] = None, loss_fns: Sequence[LossFn] = (),
-                 callbacks: Sequence[Callback] = (), strategy: Optional[Strategy] = None):
+                 callbacks: Sequence[Callback] = (), strategy: Optional[Strategy] = None,
+                 dist: Optional[Distributed] = None):
         self.config = (config or TrainConfig()).resolved()
+        self.dist = dist
+        world = dist.world_size if dist is not None else 1
+        self.batch_size = int(self.config.batch_size or world)
+        if self.batch_size % world:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of the number of processes ({world})")
         if self.config.threads is not None:  # before the initialisation, which computes too
             torch.set_num_threads(self.config.threads)
         if not scene.train_views:
             raise ValueError(f"scene {scene.source_path} has no training views")
         self.scene = scene
-        self.device = resolve_device(self.config.device)
+        self.device = dist.device if dist is not None else resolve_device(self.config.device)
         self.run = run
         self.extent = float(scene.extent)
         self.background = scene.background.to(self.device)
@@ -193,6 +208,7 @@ class Trainer:
         self.aux_optimizer: Optional[torch.optim.Optimizer] = None
         self.optimizer = self.build_optimizer()
         self.strategy = strategy if strategy is not None else self.build_strategy()
+        self.strategy.dist = dist
         self.step = 0
         self.train_time = 0.0
         self.result: Optional[TrainResult] = None  # set by train()
@@ -218,7 +234,16 @@ class Trainer:
         }
 
     def build_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.model.param_groups(self.learning_rates()), lr=0.0, eps=1e-15)
+        """Adam over the Gaussians' parameters. With ``batch_size`` B > 1 the learning rates are
+        multiplied by sqrt(B) and the betas become 1 - B (1 - beta), as gsplat does, so that B
+        views per step for 1/B of the steps follow the same schedule in images seen."""
+        scale = math.sqrt(self.batch_size)
+        lrs = {k: v * scale for k, v in self.learning_rates().items()}
+        return torch.optim.Adam(self.model.param_groups(lrs), lr=0.0, eps=1e-15, betas=self.adam_betas())
+
+    def adam_betas(self) -> tuple[float, float]:
+        b = self.batch_size
+        return (max(0.0, 1.0 - b * (1.0 - 0.9)), max(0.0, 1.0 - b * (1.0 - 0.999)))
 
     def gaussian_budget(self) -> Optional[int]:
         """The cap on the number of Gaussians: ``max_gaussians``, or for MCMC (which needs one)
@@ -252,14 +277,16 @@ class Trainer:
             raise ValueError(f"module {name!r} already registered")
         self.aux_modules[name] = module.to(self.device)
         self._aux_lrs[name] = float(lr)
-        groups = [{"params": list(m.parameters()), "lr": self._aux_lrs[n], "name": n}
+        groups = [{"params": list(m.parameters()), "lr": self._aux_lrs[n] * math.sqrt(self.batch_size), "name": n}
                   for n, m in self.aux_modules.items()]
-        self.aux_optimizer = torch.optim.Adam(groups, lr=0.0)
+        self.aux_optimizer = torch.optim.Adam(groups, lr=0.0, betas=self.adam_betas())
         return self.aux_modules[name]
 
     def means_lr(self, step: int) -> float:
+        """The means' learning rate at ``step`` (log-linear decay, times sqrt(batch_size))."""
         c = self.config
-        return expon_lr(step, c.lr_means_init * self.extent, c.lr_means_final * self.extent, c.lr_means_steps)
+        scale = self.extent * math.sqrt(self.batch_size)
+        return expon_lr(step, c.lr_means_init * scale, c.lr_means_final * scale, c.lr_means_steps)
 
     def update_learning_rate(self, step: int) -> float:
         lr = self.means_lr(step)
@@ -276,11 +303,18 @@ class Trainer:
             cam = self._cameras[view.name] = view.camera.to(self.device)
         return cam
 
-    def next_view(self):
-        """The next training view: a fresh random permutation each epoch (3DGS)."""
-        if not self._order:
-            self._order = torch.randperm(len(self.scene.train_views), generator=self.generator).tolist()
-        return self.scene.train_views[self._order.pop()]
+    def next_views(self) -> list:
+        """This step's views: ``batch_size`` drawn from a fresh random permutation each epoch
+        (3DGS), the same draw on every rank; this rank's consecutive share of them."""
+        chosen = []
+        for _ in range(self.batch_size):
+            if not self._order:
+                self._order = torch.randperm(len(self.scene.train_views), generator=self.generator).tolist()
+            chosen.append(self.scene.train_views[self._order.pop()])
+        if self.dist is None:
+            return chosen
+        share = self.batch_size // self.dist.world_size
+        return chosen[self.dist.rank * share:(self.dist.rank + 1) * share]
 
     def target_image(self, view, background: Tensor) -> Tensor:
         """(3,H,W) ground truth on the device; RGBA composited on ``background``."""
@@ -318,43 +352,63 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict[str, float]:
-        """Run one optimisation step; returns the logged values."""
+        """Run one optimisation step on ``batch_size`` views (this rank's share of them when
+        distributed); returns the logged values (means over this rank's views)."""
         c = self.config
         self.step += 1
         step = self.step
         lr = self.update_learning_rate(step)
         if step % c.sh_up_every == 0:
             self.model.one_up_sh_degree()
-        view = self.next_view()
-        cam = self.camera(view)
+        views = self.next_views()
         bg = torch.rand(3, generator=self.generator).to(self.device) if c.random_background else self.background
-        batch = TrainBatch(step, view, cam, self.target_image(view, bg), bg)
-        out = self.render(cam, background=bg)
-        terms = self.loss_terms(batch, out)
-        loss = torch.stack([t.reshape(()) for t in terms.values()]).sum()
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            self.step -= 1
-            raise NonFiniteLossError(step, {k: float(v.detach()) for k, v in terms.items()})
-        loss.backward()
+        totals: dict[str, float] = {}
+        psnrs = []
+        for view in views:
+            cam = self.camera(view)
+            batch = TrainBatch(step, view, cam, self.target_image(view, bg), bg)
+            out = self.render(cam, background=bg)
+            terms = self.loss_terms(batch, out)
+            loss = torch.stack([t.reshape(()) for t in terms.values()]).sum()
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                self.step -= 1
+                raise NonFiniteLossError(step, {k: float(v.detach()) for k, v in terms.items()})
+            (loss / self.batch_size).backward()  # the step's loss is the mean over its views
+            with torch.no_grad():
+                self.strategy.after_backward(self.model, out, cam, step, grad_scale=float(self.batch_size))
+            for k, v in (("loss", loss_value), *((f"loss/{k}", float(v.detach())) for k, v in terms.items())):
+                totals[k] = totals.get(k, 0.0) + v / len(views)
+            psnrs.append(psnr(out.rgb.detach(), batch.image))
         with torch.no_grad():
-            self.strategy.after_backward(self.model, out, cam, step)
+            if self.dist is not None:
+                self.dist.all_reduce_mean([p.grad for p in self.model.params.values()]
+                                          + [p.grad for m in self.aux_modules.values() for p in m.parameters()])
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             finite = torch.stack([torch.isfinite(p).all() for p in self.model.params.values()])
             if not bool(finite.all()):
                 bad = [n for n, ok in zip(self.model.params.keys(), finite.tolist()) if not ok]
-                raise NonFiniteLossError(step, {k: float(v.detach()) for k, v in terms.items()}, bad)
+                raise NonFiniteLossError(step, {k: v for k, v in totals.items() if k.startswith("loss/")}, bad)
             if self.aux_optimizer is not None:
                 self.aux_optimizer.step()
                 self.aux_optimizer.zero_grad(set_to_none=True)
+            n_before = self.model.num_gaussians
             self.strategy.after_optimizer_step(self.model, self.optimizer, step, lr)
-        logs = {"loss": loss_value, **{f"loss/{k}": float(v.detach()) for k, v in terms.items()},
-                "psnr": psnr(out.rgb.detach(), batch.image), "n_gaussians": self.model.num_gaussians,
+            if self.dist is not None and (self.model.num_gaussians != n_before or step % REPLICA_CHECK_EVERY == 0):
+                self.dist.check_replicas(self.replica_fingerprint(), step)
+        logs = {**totals, "psnr": sum(psnrs) / len(psnrs), "n_gaussians": self.model.num_gaussians,
                 "lr_means": lr, "sh_degree": self.model.active_sh_degree}
         for cb in self.callbacks:
             cb(self, step, logs)
         return logs
+
+    def replica_fingerprint(self) -> Tensor:
+        """(3,) float64: the number of Gaussians, the sum of the means and of the opacity logits;
+        equal on every rank while the replicas agree."""
+        m = self.model.params
+        return torch.stack([torch.tensor(float(self.model.num_gaussians), dtype=torch.float64),
+                            m["means"].detach().double().sum().cpu(), m["opacities"].detach().double().sum().cpu()])
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -395,6 +449,7 @@ class Trainer:
         if self.aux_optimizer is not None and state.get("aux_optimizer") is not None:
             self.aux_optimizer.load_state_dict(state["aux_optimizer"])
         self.strategy = self.build_strategy()
+        self.strategy.dist = self.dist
         self.strategy.load_state_dict(state["strategy"], self.device)
         self.step = int(state["step"])
         self.generator.set_state(state["rng"]["generator"])
@@ -495,28 +550,37 @@ class Trainer:
 
     def _finish(self) -> TrainResult:
         """The final evaluation and (with a run folder) the final outputs, in one transaction:
-        test renders, point_cloud.ply, the last checkpoint, metrics.json, and the finish hooks'."""
+        test renders, point_cloud.ply, the last checkpoint, metrics.json, and the finish hooks'.
+        In a distributed run only rank 0 evaluates and writes; the others wait for it."""
         split = "test" if self.scene.test_views else "train"
+        if self.dist is not None and not self.dist.is_main:
+            result = self._final_result(split, None, evaluate=False)
+            for hook in self.finish_hooks:
+                hook(self, result)
+            self.dist.barrier()
+            return result
         if self.run is None:
             result = self._final_result(split, None)
             for hook in self.finish_hooks:
                 hook(self, result)
-            return result
-        with self.run.transaction():
-            result = self._final_result(split, self.run.render_dir(split) if self.config.save_test_renders else None)
-            self.run.write_model(self.model)
-            self.save_checkpoint()
-            self.run.write_metrics(result.to_dict())
-            for hook in self.finish_hooks:
-                hook(self, result)
+        else:
+            with self.run.transaction():
+                result = self._final_result(split, self.run.render_dir(split) if self.config.save_test_renders else None)
+                self.run.write_model(self.model)
+                self.save_checkpoint()
+                self.run.write_metrics(result.to_dict())
+                for hook in self.finish_hooks:
+                    hook(self, result)
+        if self.dist is not None:
+            self.dist.barrier()
         return result
 
-    def _final_result(self, split: str, save_dir) -> TrainResult:
-        m = self.evaluate(split, save_dir=save_dir)
+    def _final_result(self, split: str, save_dir, evaluate: bool = True) -> TrainResult:
+        m = self.evaluate(split, save_dir=save_dir) if evaluate else None
         result = TrainResult(step=self.step, n_gaussians=self.model.num_gaussians, train_time_s=self.train_time,
                              s_per_step=self.train_time / max(self.step, 1), device=str(self.device),
                              threads=torch.get_num_threads(), eval=m)
-        if self._log is not None:
+        if self._log is not None and m is not None:
             vals = {f"{split}/psnr": m.psnr, f"{split}/ssim": m.ssim, f"{split}/lpips": m.lpips}
             self._log.log(self.step, self.train_time, vals)
         self.result = result
