@@ -17,6 +17,7 @@
 // (backward), L channels per step.
 #pragma once
 
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <omp.h>
 
@@ -42,6 +43,7 @@ static_assert(kTileSize % L == 0 && L <= 16, "a tile row must be a whole number 
 constexpr int kChunksPerRow = kTileSize / L;
 constexpr int kTilePixels = kTileSize * kTileSize;
 constexpr unsigned kFullMask = (1u << L) - 1u;
+constexpr int kPrefetch = 4;  // list positions ahead to prefetch a Gaussian's PackedGaussian
 
 alignas(64) constexpr float kLaneCentre[16] = {0.5f, 1.5f, 2.5f,  3.5f,  4.5f,  5.5f,  6.5f,  7.5f,
                                                8.5f, 9.5f, 10.5f, 11.5f, 12.5f, 13.5f, 14.5f, 15.5f};
@@ -53,11 +55,7 @@ inline int popcount(unsigned b) { return __builtin_popcount(b); }
 inline int lowest(unsigned b) { return __builtin_ctz(b); }
 
 inline float lane_sum(const V& v) {
-  alignas(64) float t[L];
-  v.store(t);
-  for (int s = L / 2; s > 0; s /= 2)
-    for (int i = 0; i < s; ++i) t[i] += t[i + s];
-  return t[0];
+  return at::vec::vec_reduce_all<float>([](const V& x, const V& y) { return x + y; }, v);
 }
 
 // 64-byte aligned scratch of n floats (n may be 0).
@@ -82,27 +80,44 @@ struct Tile {
   }
 };
 
+using VD = at::vec::Vectorized<double>;
+constexpr int LD = VD::size();
+static_assert(kTileSize % LD == 0, "tile rows must be a whole number of double steps");
+alignas(64) constexpr double kRowIndex[16] = {0., 1., 2., 3., 4., 5., 6., 7., 8., 9., 10., 11., 12., 13., 14., 15.};
+
 // The chunks (bit r * kChunksPerRow + k: row r, pixels [k L, (k + 1) L)) of the
 // tile where the Gaussian may contribute: all chunks inside the image without
-// culling; with it, those whose row segment f3d/cull.h cannot rule out.
-inline uint64_t live_chunks(const Tile& tile, const CullSplat& cs, bool cull) {
+// culling; with it, those whose row segment f3d/cull.h cannot rule out (its exact
+// segment minimum, evaluated for LD rows at once in double).
+// The chunks of the tile inside the image.
+inline uint64_t tile_chunks(const Tile& tile) {
   const int row_chunks = (tile.w + L - 1) / L;
+  uint64_t row_bits = 0;
+  for (int k = 0; k < row_chunks; ++k) row_bits |= (uint64_t)1 << k;
+  uint64_t all = 0;
+  for (int r = 0; r < tile.h; ++r) all |= row_bits << (r * kChunksPerRow);
+  return all;
+}
+
+inline uint64_t live_chunks(const Tile& tile, uint64_t all, const CullSplat& cs, bool cull) {
+  const int row_chunks = (tile.w + L - 1) / L;
+  if (!cull || cs.kind == kCullKeep) return all;
+  if (cs.kind == kCullNone) return 0;
+  const VD a(cs.a), b2(2.0 * cs.b), c(cs.c), kx(cs.kx), t(cs.t);
+  const VD dy0(tile.y0 + 0.5 - cs.my);
   uint64_t m = 0;
-  if (cull && cs.kind == kCullNone) return 0;
-  for (int r = 0; r < tile.h; ++r) {
-    const double yc = tile.y0 + r + 0.5;
-    if (cull && cs.kind == kCullTest && (yc - cs.my > cs.ry || cs.my - yc > cs.ry)) continue;
-    for (int k = 0; k < row_chunks; ++k) {
-      if (cull && cs.kind == kCullTest) {
-        const double xa = tile.x0 + k * L + 0.5;
-        const int last_col = (k + 1) * L < tile.w ? (k + 1) * L - 1 : tile.w - 1;
-        const double xb = tile.x0 + last_col + 0.5;
-        if (!cull_segment_may_contribute(cs, yc - cs.my, xa - cs.mx, xb - cs.mx)) continue;
-      }
-      m |= (uint64_t)1 << (r * kChunksPerRow + k);
+  for (int k = 0; k < row_chunks; ++k) {
+    const int last_col = (k + 1) * L < tile.w ? (k + 1) * L - 1 : tile.w - 1;
+    const VD lo(tile.x0 + k * L + 0.5 - cs.mx), hi(tile.x0 + last_col + 0.5 - cs.mx);
+    for (int r0 = 0; r0 < tile.h; r0 += LD) {
+      const VD dy = dy0 + VD::loadu(kRowIndex + r0);
+      const VD dx = at::vec::minimum(at::vec::maximum(kx * dy, lo), hi);
+      const VD q = a * dx * dx + b2 * dx * dy + c * dy * dy;
+      unsigned live = ~(unsigned)(q <= t).zero_mask() & ((1u << LD) - 1u);
+      for (; live; live &= live - 1) m |= (uint64_t)1 << ((r0 + lowest(live)) * kChunksPerRow + k);
     }
   }
-  return m;
+  return m & all;
 }
 
 // One Gaussian at the L pixels of a chunk, as f3d::eval_splat computes it per pixel.
@@ -156,6 +171,9 @@ void forward(const CpuForwardArgs* args) {
   const int n_tiles = in.grid_x * in.grid_y;
   const bool count = args->stats != nullptr;
   const bool cull = in.cull != 0;
+  // Fewer channels than lanes: features channel-major, blended across pixels like
+  // rgb (measured faster below L channels, slower from 64 up).
+  const bool lane_feat = C < L;
   int64_t visited = 0, contributing = 0;
 #pragma omp parallel reduction(+ : visited, contributing)
   {
@@ -179,16 +197,20 @@ void forward(const CpuForwardArgs* args) {
       }
       if (C > 0) memset(acc_feat, 0, sizeof(float) * C * kTilePixels);
       const int start = in.tile_offsets[t], end = in.tile_offsets[t + 1];
+      const uint64_t all = tile_chunks(tile);
       for (int i = start; i < end && active > 0; ++i) {
+        if (i + kPrefetch < end) {
+          const int ahead = in.gaussian_ids[i + kPrefetch];
+          __builtin_prefetch(in.packed + ahead);
+          if (C > 0) __builtin_prefetch(in.features + (int64_t)ahead * C);
+        }
         const int g = in.gaussian_ids[i];
-        const float mx = in.means2d[2 * g], my = in.means2d[2 * g + 1];
-        const Sym2 conic = {in.conics[3 * g], in.conics[3 * g + 1], in.conics[3 * g + 2]};
-        const float o = in.opacities[g];
-        const CullSplat cs = make_cull_splat({mx, my}, conic, o);
-        uint64_t chunks = live_chunks(tile, cs, cull);
+        const PackedGaussian& P = in.packed[g];
+        const float mx = P.mx, my = P.my;
+        uint64_t chunks = live_chunks(tile, all, unpack_cull(P), cull);
         if (!chunks) continue;
-        const V ca(conic.a), cb(conic.b), cc(conic.c), vo(o);
-        const V cr(in.colors[3 * g]), cg(in.colors[3 * g + 1]), cbl(in.colors[3 * g + 2]), vdep(in.depths[g]);
+        const V ca(P.ca), cb(P.cb), cc(P.cc), vo(P.opacity);
+        const V cr(P.r), cg(P.g), cbl(P.b), vdep(P.depth);
         const V pos((float)(i - start + 1));
         const float* fg = C > 0 ? in.features + (int64_t)g * C : nullptr;
         while (chunks) {
@@ -226,7 +248,13 @@ void forward(const CpuForwardArgs* args) {
           select(blend, d0 + w * vdep, d0).store(acc_dep + p0);
           select(blend, next_T, Tv).store(T + p0);
           select(blend, pos, V::loadu(last + p0)).store(last + p0);
-          if (C > 0) {
+          if (lane_feat) {
+            for (int64_t c = 0; c < C; ++c) {
+              float* af = acc_feat + c * kTilePixels + p0;
+              const V a = V::loadu(af);
+              select(blend, a + w * V(fg[c]), a).store(af);
+            }
+          } else if (C > 0) {
             w.store(wl);
             for (unsigned b = blend_bits; b; b &= b - 1) {
               const int l = lowest(b);
@@ -240,8 +268,12 @@ void forward(const CpuForwardArgs* args) {
           const int p = r * kTileSize + col;
           const int64_t pix = (int64_t)(tile.y0 + r) * in.width + tile.x0 + col;
           for (int c = 0; c < 3; ++c) args->out_rgb[c * HW + pix] = acc_rgb[c * kTilePixels + p];
-          const float* af = acc_feat + (int64_t)p * C;
-          for (int64_t c = 0; c < C; ++c) args->out_feat[c * HW + pix] = af[c];
+          if (lane_feat) {
+            for (int64_t c = 0; c < C; ++c) args->out_feat[c * HW + pix] = acc_feat[c * kTilePixels + p];
+          } else {
+            const float* af = acc_feat + (int64_t)p * C;
+            for (int64_t c = 0; c < C; ++c) args->out_feat[c * HW + pix] = af[c];
+          }
           args->out_depth[pix] = acc_dep[p];
           args->out_alpha[pix] = 1.f - T[p];
           args->out_T[pix] = T[p];
@@ -261,6 +293,7 @@ void backward(const CpuBackwardArgs* args) {
   const int64_t C = in.C;
   const int64_t HW = (int64_t)in.width * in.height;
   const bool cull = in.cull != 0;
+  const bool lane_feat = C < L;  // as in forward(): channel-major, across pixels
 #pragma omp parallel
   {
     // Per pixel (structure of arrays): T recovered back to front, Q = the sum over
@@ -268,9 +301,10 @@ void backward(const CpuBackwardArgs* args) {
     // gradients; dL/dfeatures pixel-major.
     Scratch s_T(kTilePixels), s_Q(kTilePixels), s_last(kTilePixels), s_grgb(3 * kTilePixels),
         s_gdep(kTilePixels), s_galpha(kTilePixels), s_gfeat(C * kTilePixels), s_accf(C), s_w(16),
-        s_gv(16);
+        s_gv(16), s_accl(C * L);
     float *T = s_T.p, *Q = s_Q.p, *last = s_last.p, *g_rgb = s_grgb.p, *g_dep = s_gdep.p;
     float *g_alpha = s_galpha.p, *g_feat = s_gfeat.p, *acc_f = s_accf.p, *wl = s_w.p, *gvl = s_gv.p;
+    float* acc_lanes = s_accl.p;  // lane_feat: per channel, the lane partial sums of dL/df
 #pragma omp for schedule(dynamic, 1)
     for (int t = args->tile_begin; t < args->tile_end; ++t) {
       const Tile tile(in, t);
@@ -294,21 +328,29 @@ void backward(const CpuBackwardArgs* args) {
           for (int c = 0; c < 3; ++c) g_rgb[c * kTilePixels + p] = args->dl_rgb[c * HW + pix];
           g_dep[p] = args->dl_depth[pix];
           g_alpha[p] = args->dl_alpha[pix];
-          float* gf = g_feat + (int64_t)p * C;
-          for (int64_t c = 0; c < C; ++c) gf[c] = args->dl_feat[c * HW + pix];
+          if (lane_feat) {
+            for (int64_t c = 0; c < C; ++c) g_feat[c * kTilePixels + p] = args->dl_feat[c * HW + pix];
+          } else {
+            float* gf = g_feat + (int64_t)p * C;
+            for (int64_t c = 0; c < C; ++c) gf[c] = args->dl_feat[c * HW + pix];
+          }
         }
       }
       const int start = in.tile_offsets[t];
+      const uint64_t all = tile_chunks(tile);
       for (int k = max_last - 1; k >= 0; --k) {
+        if (k >= kPrefetch) {
+          const int ahead = in.gaussian_ids[start + k - kPrefetch];
+          __builtin_prefetch(in.packed + ahead);
+          if (C > 0) __builtin_prefetch(in.features + (int64_t)ahead * C);
+        }
         const int g = in.gaussian_ids[start + k];
-        const float mx = in.means2d[2 * g], my = in.means2d[2 * g + 1];
-        const Sym2 conic = {in.conics[3 * g], in.conics[3 * g + 1], in.conics[3 * g + 2]};
-        const float o = in.opacities[g];
-        const CullSplat cs = make_cull_splat({mx, my}, conic, o);
-        uint64_t chunks = live_chunks(tile, cs, cull);
+        const PackedGaussian& P = in.packed[g];
+        const float mx = P.mx, my = P.my;
+        uint64_t chunks = live_chunks(tile, all, unpack_cull(P), cull);
         if (!chunks) continue;
-        const V ca(conic.a), cb(conic.b), cc(conic.c), vo(o), vk((float)k);
-        const V cr(in.colors[3 * g]), cg(in.colors[3 * g + 1]), cbl(in.colors[3 * g + 2]), vdep(in.depths[g]);
+        const V ca(P.ca), cb(P.cb), cc(P.cc), vo(P.opacity), vk((float)k);
+        const V cr(P.r), cg(P.g), cbl(P.b), vdep(P.depth);
         const float* fg = C > 0 ? in.features + (int64_t)g * C : nullptr;
         // Lane partial sums, in the order of kernels_api.h's kPairGeomValues.
         V a_mx(0.f), a_my(0.f), a_ca(0.f), a_cb(0.f), a_cc(0.f), a_op(0.f), a_r(0.f), a_g(0.f),
@@ -328,7 +370,10 @@ void backward(const CpuBackwardArgs* args) {
           if (!ok_bits) continue;
           if (!touched) {
             touched = true;
-            if (C > 0) memset(acc_f, 0, sizeof(float) * C);
+            if (lane_feat)
+              memset(acc_lanes, 0, sizeof(float) * C * L);
+            else if (C > 0)
+              memset(acc_f, 0, sizeof(float) * C);
           }
           const V one_minus = V(1.f) - s.alpha;
           const V Tv = V::loadu(T + p0);
@@ -339,7 +384,16 @@ void backward(const CpuBackwardArgs* args) {
                   gb = V::loadu(g_rgb + 2 * kTilePixels + p0);
           const V gd = V::loadu(g_dep + p0);
           V gv = (((zero + gr * cr) + gg * cg) + gb * cbl) + gd * vdep + V::loadu(g_alpha + p0);
-          if (C > 0) {
+          if (lane_feat) {
+            V d = zero;
+            for (int64_t c = 0; c < C; ++c) {
+              const V gc = V::loadu(g_feat + c * kTilePixels + p0);
+              d = d + gc * V(fg[c]);
+              float* al = acc_lanes + c * L;
+              (V::loadu(al) + select(ok, w * gc, zero)).store(al);
+            }
+            gv = gv + d;
+          } else if (C > 0) {
             w.store(wl);
             zero.store(gvl);
             for (unsigned b = ok_bits; b; b &= b - 1) {
@@ -366,6 +420,8 @@ void backward(const CpuBackwardArgs* args) {
           a_my = a_my + select(grad, d_power * (cb * s.dx + cc * s.dy), zero);
         }
         if (!touched) continue;
+        if (lane_feat)
+          for (int64_t c = 0; c < C; ++c) acc_f[c] = lane_sum(V::loadu(acc_lanes + c * L));
         const float geom[kPairGeomValues] = {lane_sum(a_mx), lane_sum(a_my), lane_sum(a_ca),
                                              lane_sum(a_cb), lane_sum(a_cc), lane_sum(a_op),
                                              lane_sum(a_r),  lane_sum(a_g),  lane_sum(a_b),

@@ -12,12 +12,64 @@
 
 #include <cstdint>
 
+#include "f3d/cull.h"
+
 namespace f3d {
 
-constexpr int kCpuKernelsAbi = 3;
+constexpr int kCpuKernelsAbi = 5;
 
 // Values of one (tile, Gaussian) pair's partial gradient, in this order.
 constexpr int kPairGeomValues = 10;  // means2d x, y; conic a, b, c; opacity; rgb; depth
+
+// What the SIMD blend reads of one Gaussian, in one cache line (the tile lists
+// visit the Gaussians in depth order, so these reads are scattered).
+struct alignas(64) PackedGaussian {
+  float mx, my;         // mean2d
+  float ca, cb, cc;     // conic
+  float opacity;
+  float r, g, b;        // colour
+  float depth;
+  int cull_kind;        // f3d::CullKind
+  float pad;
+  double cull_t, cull_kx;  // CullSplat t and kx; its a, c are the conic's times (1 - 2 kCullFormSlack)
+};
+static_assert(sizeof(PackedGaussian) == 64, "one cache line");
+
+inline PackedGaussian pack_gaussian(const float* means2d, const float* conics, const float* opacities,
+                                    const float* colors, const float* depths, int64_t g) {
+  PackedGaussian p;
+  p.mx = means2d[2 * g];
+  p.my = means2d[2 * g + 1];
+  p.ca = conics[3 * g];
+  p.cb = conics[3 * g + 1];
+  p.cc = conics[3 * g + 2];
+  p.opacity = opacities[g];
+  p.r = colors[3 * g];
+  p.g = colors[3 * g + 1];
+  p.b = colors[3 * g + 2];
+  p.depth = depths[g];
+  const CullSplat cs = make_cull_splat({p.mx, p.my}, {p.ca, p.cb, p.cc}, p.opacity);
+  p.cull_kind = cs.kind;
+  p.pad = 0.f;
+  p.cull_t = cs.t;
+  p.cull_kx = cs.kx;
+  return p;
+}
+
+// The CullSplat of a packed Gaussian (the fields the row-segment test uses).
+inline CullSplat unpack_cull(const PackedGaussian& p) {
+  CullSplat s;
+  s.mx = p.mx;
+  s.my = p.my;
+  s.a = (double)p.ca * (1.0 - 2.0 * kCullFormSlack);
+  s.b = p.cb;
+  s.c = (double)p.cc * (1.0 - 2.0 * kCullFormSlack);
+  s.t = p.cull_t;
+  s.kx = p.cull_kx;
+  s.ky = s.ry = 0.0;
+  s.kind = p.cull_kind;
+  return s;
+}
 
 struct CpuRasterInputs {
   int width, height, grid_x, grid_y;
@@ -31,6 +83,7 @@ struct CpuRasterInputs {
   const int* tile_offsets;   // (T + 1,)
   const int* gaussian_ids;   // (M,) per tile, front to back
   int cull;                  // skip rows / row segments that f3d/cull.h proves empty
+  const PackedGaussian* packed;  // (N,) pack_gaussian of each Gaussian in the lists
 };
 
 // Counters of the blend, summed over tiles (only when requested).

@@ -78,68 +78,105 @@ struct TileGrid {
   int count() const { return gx * gy; }
 };
 
-// Bins every visible Gaussian into the tiles it touches (tile_rect) and, with
-// culling, may contribute to (f3d/cull.h), and sorts each tile's list front to back
-// (depth, then index). Returns (offsets (T+1), ids (M)); bbox_pairs gets the number
-// of pairs before culling.
-std::pair<torch::Tensor, torch::Tensor> bin_gaussians(const TileGrid& grid, const float* means2d,
-                                                      const float* conics, const float* opacities,
-                                                      const int* radii, const float* depths,
-                                                      int64_t N, bool cull, int64_t* bbox_pairs) {
-  const int T = grid.count();
-  // Pass 1, per Gaussian in parallel: the tiles it keeps, in row-major order.
-  std::vector<int64_t> per_g(N + 1, 0);
-  int64_t bbox = 0;
-  auto visit = [&](int64_t g, auto&& keep) {
-    if (radii[g] <= 0) return;
-    int x0, y0, x1, y1;
-    tile_rect({means2d[2 * g], means2d[2 * g + 1]}, radii[g], grid.gx, grid.gy, x0, y0, x1, y1);
-    const CullSplat cs = make_cull_splat({means2d[2 * g], means2d[2 * g + 1]},
-                                         {conics[3 * g], conics[3 * g + 1], conics[3 * g + 2]},
-                                         opacities[g]);
-    for (int ty = y0; ty < y1; ++ty)
-      for (int tx = x0; tx < x1; ++tx)
-        if (!cull || cull_tile_may_contribute(cs, tx, ty, grid.width, grid.height))
-          keep(ty * grid.gx + tx);
-  };
-#pragma omp parallel for schedule(dynamic, 256) reduction(+ : bbox)
+// Orderable bits of a float (ascending floats give ascending keys; -0 as +0).
+inline uint32_t float_key(float v) {
+  if (v == 0.f) v = 0.f;
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof(u));
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// The visible Gaussians (radius > 0) front to back: by depth, ties by index
+// (a stable LSD radix sort of the index-ordered list on the 32-bit depth key).
+std::vector<int> depth_order(const int* radii, const float* depths, int64_t N) {
+  std::vector<int> order, tmp;
+  order.reserve(N);
+  for (int64_t g = 0; g < N; ++g)
+    if (radii[g] > 0) order.push_back((int)g);
+  const size_t n = order.size();
+  std::vector<uint32_t> key(n), key_tmp(n);
+  for (size_t i = 0; i < n; ++i) key[i] = float_key(depths[order[i]]);
+  tmp.resize(n);
+  for (int shift = 0; shift < 32; shift += 8) {
+    size_t count[257] = {0};
+    for (size_t i = 0; i < n; ++i) ++count[((key[i] >> shift) & 255u) + 1];
+    if (count[1 + ((key[0] >> shift) & 255u)] == n) continue;  // one bucket: nothing moves
+    for (int b = 0; b < 256; ++b) count[b + 1] += count[b];
+    for (size_t i = 0; i < n; ++i) {
+      const size_t dst = count[(key[i] >> shift) & 255u]++;
+      tmp[dst] = order[i];
+      key_tmp[dst] = key[i];
+    }
+    order.swap(tmp);
+    key.swap(key_tmp);
+  }
+  return order;
+}
+
+// Per Gaussian, the bound of f3d/cull.h (kCullKeep for culled Gaussians, unused).
+std::vector<CullSplat> cull_splats(const float* means2d, const float* conics,
+                                   const float* opacities, const int* radii, int64_t N) {
+  std::vector<CullSplat> cs(N);
+#pragma omp parallel for schedule(static)
   for (int64_t g = 0; g < N; ++g) {
-    int64_t n = 0;
-    visit(g, [&](int) { ++n; });
-    per_g[g + 1] = n;
-    if (radii[g] > 0) {
+    if (radii[g] <= 0) {
+      cs[g] = CullSplat{};
+      cs[g].kind = kCullKeep;
+      continue;
+    }
+    cs[g] = make_cull_splat({means2d[2 * g], means2d[2 * g + 1]},
+                            {conics[3 * g], conics[3 * g + 1], conics[3 * g + 2]}, opacities[g]);
+  }
+  return cs;
+}
+
+// Bins every visible Gaussian into the tiles it touches (tile_rect) and, with
+// culling, may contribute to (f3d/cull.h). Each tile's list runs front to back
+// (depth, then index): the Gaussians are visited in that order, in contiguous
+// blocks per thread, and the pairs are bucketed by tile in a stable counting sort.
+// Returns (offsets (T+1), ids (M)); bbox_pairs gets the number of pairs before culling.
+std::pair<torch::Tensor, torch::Tensor> bin_gaussians(const TileGrid& grid, const float* means2d,
+                                                      const int* radii, const float* depths,
+                                                      const CullSplat* cs, int64_t N, bool cull,
+                                                      int64_t* bbox_pairs) {
+  const int T = grid.count();
+  const std::vector<int> order = depth_order(radii, depths, N);
+  const int64_t n = (int64_t)order.size();
+  const int threads = std::max(1, omp_get_max_threads());
+  std::vector<std::vector<int>> pairs(threads);  // per block: (tile, Gaussian) flattened
+  std::vector<int64_t> bbox_of(threads, 0);
+#pragma omp parallel for schedule(static, 1) num_threads(threads)
+  for (int b = 0; b < threads; ++b) {
+    std::vector<int>& out = pairs[b];
+    int64_t bbox = 0;
+    for (int64_t j = n * b / threads; j < n * (b + 1) / threads; ++j) {
+      const int g = order[j];
       int x0, y0, x1, y1;
       tile_rect({means2d[2 * g], means2d[2 * g + 1]}, radii[g], grid.gx, grid.gy, x0, y0, x1, y1);
       bbox += (int64_t)std::max(0, x1 - x0) * std::max(0, y1 - y0);
+      for (int ty = y0; ty < y1; ++ty)
+        for (int tx = x0; tx < x1; ++tx)
+          if (!cull || cull_tile_may_contribute(cs[g], tx, ty, grid.width, grid.height)) {
+            out.push_back(ty * grid.gx + tx);
+            out.push_back(g);
+          }
     }
+    bbox_of[b] = bbox;
   }
-  if (bbox_pairs) *bbox_pairs = bbox;
-  std::partial_sum(per_g.begin(), per_g.end(), per_g.begin());
-  const int64_t M = per_g[N];
+  if (bbox_pairs) *bbox_pairs = std::accumulate(bbox_of.begin(), bbox_of.end(), int64_t(0));
+  std::vector<int64_t> counts(T + 1, 0);
+  for (const auto& v : pairs)
+    for (size_t i = 0; i < v.size(); i += 2) ++counts[v[i] + 1];
+  std::partial_sum(counts.begin(), counts.end(), counts.begin());
+  const int64_t M = counts[T];
   TORCH_CHECK(M < (int64_t)INT32_MAX, "feature3dgs: too many tile-Gaussian pairs (", M,
               ") for int32 indexing; lower the resolution or the number of Gaussians");
-  std::vector<int> pair_tile(M);
-#pragma omp parallel for schedule(dynamic, 256)
-  for (int64_t g = 0; g < N; ++g) {
-    int64_t o = per_g[g];
-    visit(g, [&](int t) { pair_tile[o++] = t; });
-  }
-  // Bucket by tile, Gaussians in index order within a tile.
-  std::vector<int64_t> counts(T + 1, 0);
-  for (int64_t i = 0; i < M; ++i) ++counts[pair_tile[i] + 1];
-  std::partial_sum(counts.begin(), counts.end(), counts.begin());
   auto offsets = torch::from_blob(counts.data(), {T + 1}, torch::kInt64).to(torch::kInt32);
   auto ids = torch::empty({M}, torch::kInt32);
   int* id = ids.data_ptr<int>();
   std::vector<int64_t> fill(counts.begin(), counts.end() - 1);
-  for (int64_t g = 0; g < N; ++g)
-    for (int64_t i = per_g[g]; i < per_g[g + 1]; ++i) id[fill[pair_tile[i]]++] = (int)g;
-#pragma omp parallel for schedule(dynamic, 4)
-  for (int t = 0; t < T; ++t) {
-    // ids are ascending within a tile, so a stable sort by depth breaks ties by index.
-    std::stable_sort(id + counts[t], id + counts[t + 1],
-                     [&](int a, int b) { return depths[a] < depths[b]; });
-  }
+  for (const auto& v : pairs)
+    for (size_t i = 0; i < v.size(); i += 2) id[fill[v[i]]++] = v[i + 1];
   return {offsets, ids};
 }
 
@@ -164,7 +201,20 @@ CpuRasterInputs raster_inputs(const TileGrid& grid, const torch::Tensor& means2d
   in.tile_offsets = offsets.data_ptr<int>();
   in.gaussian_ids = ids.data_ptr<int>();
   in.cull = cull ? 1 : 0;
+  in.packed = nullptr;
   return in;
+}
+
+// pack_gaussian of every Gaussian (with radius > 0 when radii are given) for the
+// SIMD kernels; nothing for the scalar ones.
+std::vector<PackedGaussian> pack_gaussians(const CpuRasterInputs& in, const int* radii, int64_t N, bool need) {
+  std::vector<PackedGaussian> packed(need ? N : 0);
+  if (!need) return packed;
+#pragma omp parallel for schedule(static)
+  for (int64_t g = 0; g < N; ++g)
+    if (radii == nullptr || radii[g] > 0)
+      packed[g] = pack_gaussian(in.means2d, in.conics, in.opacities, in.colors, in.depths, g);
+  return packed;
 }
 
 // The SIMD kernels keep list positions in float lanes: exact below 2^24.
@@ -264,12 +314,15 @@ RasterizeOut rasterize_forward_cpu_stats(const torch::Tensor& means2d, const tor
   auto last_contrib = torch::empty({height, width}, f32.dtype(torch::kInt32));
 
   int64_t bbox_pairs = 0;
-  auto [offsets, ids] = bin_gaussians(grid, means2d.data_ptr<float>(), conics.data_ptr<float>(),
-                                      opacities.data_ptr<float>(), radii.data_ptr<int>(),
-                                      depths.data_ptr<float>(), N, cull, &bbox_pairs);
+  const std::vector<CullSplat> cs = cull_splats(means2d.data_ptr<float>(), conics.data_ptr<float>(),
+                                                opacities.data_ptr<float>(), radii.data_ptr<int>(), N);
+  auto [offsets, ids] = bin_gaussians(grid, means2d.data_ptr<float>(), radii.data_ptr<int>(),
+                                      depths.data_ptr<float>(), cs.data(), N, cull, &bbox_pairs);
   const CpuKernels k = kernels_for_lists(chosen, offsets.data_ptr<int>(), grid.count());
   CpuForwardArgs args;
   args.in = raster_inputs(grid, means2d, conics, colors, opacities, depths, features, offsets, ids, cull);
+  const std::vector<PackedGaussian> packed = pack_gaussians(args.in, radii.data_ptr<int>(), N, k.lanes > 1);
+  args.in.packed = packed.data();
   args.out_rgb = out_rgb.data_ptr<float>();
   args.out_feat = C > 0 ? out_feat.data_ptr<float>() : nullptr;
   args.out_depth = out_depth.data_ptr<float>();
@@ -313,6 +366,8 @@ RasterizeGrads rasterize_backward_cpu(
   CpuBackwardArgs args;
   args.in = raster_inputs(grid, means2d, conics, colors, opacities, depths, features, tile_offsets,
                           gaussian_ids, cpu_culling_enabled());
+  const std::vector<PackedGaussian> packed = pack_gaussians(args.in, nullptr, N, k.lanes > 1);
+  args.in.packed = packed.data();
   args.final_T = final_T.data_ptr<float>();
   args.last_contrib = last_contrib.data_ptr<int>();
   args.dl_rgb = d_rgb.data_ptr<float>();
@@ -436,11 +491,9 @@ CpuCullCheck check_cpu_culling(const torch::Tensor& means2d, const torch::Tensor
             }
             hits += seg_hits;
             if (keep && lanes > 1) {  // the SIMD kernels' row-segment test (blend_simd.h live_chunks)
-              bool seg_keep = true;
-              if (cs.kind == kCullNone) seg_keep = false;
+              bool seg_keep = cs.kind != kCullNone;
               if (cs.kind == kCullTest)
-                seg_keep = !(yc - cs.my > cs.ry || cs.my - yc > cs.ry) &&
-                           cull_segment_may_contribute(cs, yc - cs.my, px0 + c0 + 0.5 - cs.mx,
+                seg_keep = cull_segment_may_contribute(cs, yc - cs.my, px0 + c0 + 0.5 - cs.mx,
                                                        px0 + c1 + 0.5 - cs.mx);
               if (!seg_keep) {
                 ++segs_culled;
