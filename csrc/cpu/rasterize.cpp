@@ -9,6 +9,7 @@
 //   FEATURE3DGS_CPU_ISA=auto|scalar|baseline|avx2|avx512   blend kernels (default auto: the widest available)
 //   FEATURE3DGS_CPU_CULL=1|0            exact tile / row-segment culling (default 1)
 //   FEATURE3DGS_CPU_DETERMINISTIC=1|0   ordered reduction, or atomic adds (default 1; 0 only for benchmarks)
+//   FEATURE3DGS_CPU_WAVE_PAIRS=n        pairs per reduction wave (default: 64 MiB of partial gradients)
 #include <omp.h>
 
 #include <algorithm>
@@ -97,7 +98,7 @@ std::vector<int> depth_order(const int* radii, const float* depths, int64_t N) {
   std::vector<uint32_t> key(n), key_tmp(n);
   for (size_t i = 0; i < n; ++i) key[i] = float_key(depths[order[i]]);
   tmp.resize(n);
-  for (int shift = 0; shift < 32; shift += 8) {
+  for (int shift = 0; shift < 32 && n > 1; shift += 8) {
     size_t count[257] = {0};
     for (size_t i = 0; i < n; ++i) ++count[((key[i] >> shift) & 255u) + 1];
     if (count[1 + ((key[0] >> shift) & 255u)] == n) continue;  // one bucket: nothing moves
@@ -401,9 +402,16 @@ RasterizeGrads rasterize_backward_cpu(
 
   // Waves of consecutive tiles whose pairs' partial gradients fit the buffer
   // (64 MiB, or one tile's pairs if more), each reduced before the next.
+  // FEATURE3DGS_CPU_WAVE_PAIRS overrides the size (tests: the sums must not depend on it).
   const int64_t per_pair = kPairGeomValues + C;
-  const int64_t cap = std::max<int64_t>(max_tile_list(off, T),
-                                        std::max<int64_t>(1, (int64_t(16) << 20) / per_pair));
+  int64_t wave_pairs = std::max<int64_t>(1, (int64_t(16) << 20) / per_pair);
+  if (const char* w = std::getenv("FEATURE3DGS_CPU_WAVE_PAIRS"); w && *w) {
+    char* end = nullptr;
+    const long long v = std::strtoll(w, &end, 10);
+    TORCH_CHECK_VALUE(end && *end == '\0' && v > 0, "FEATURE3DGS_CPU_WAVE_PAIRS=", w, ": expected a positive integer");
+    wave_pairs = v;
+  }
+  const int64_t cap = std::max<int64_t>(max_tile_list(off, T), wave_pairs);
   const int64_t M = gaussian_ids.numel();
   const int64_t rows = std::min(cap, M);
   std::vector<float> pair_geom(rows * kPairGeomValues), pair_feat(std::max<int64_t>(rows * C, 1));
