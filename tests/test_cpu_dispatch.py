@@ -219,3 +219,18 @@ def test_input_tests_pass_in_every_path(isa):
                         str(tests / "test_render_inputs.py")], env=env, capture_output=True, text=True,
                        timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_jit_build_compiles_and_registers_the_isa_modules(tmp_path):
+    """The just-in-time path (a plain `pip install .`) builds the ISA modules this CPU supports."""
+    root = Path(__file__).resolve().parents[1]
+    code = ("from feature3dgs import _backend; m = _backend._jit_compile(); _backend._register_isa_modules(m, True); "
+            "print(sorted(_backend._isa_modules.items()), m.build_info()['cpu_isas_available'])")
+    env = dict(os.environ, FEATURE3DGS_CPU_ONLY="1", TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"), PYTHONPATH=str(root))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=3000)
+    assert r.returncode == 0, r.stderr[-3000:]
+    want = [i for i in ("avx2", "avx512") if kernels().cpu_isa_supported(i)]
+    for isa in want:
+        assert f"('{isa}', 'jit')" in r.stdout and f"'{isa}'" in r.stdout.split("]")[-2], r.stdout
+        assert f"compiling the {isa} CPU kernels just-in-time" in r.stderr
