@@ -52,8 +52,11 @@ LEGACY = ("legacy", "scalar", "0", "0")
 
 
 def paths() -> list[tuple[str, str, str, str]]:
+    """legacy, the scalar kernels with culling, each SIMD path, and the widest with the atomic
+    backward (the cost of determinism)."""
     avail = feature3dgs.backend_info()["cpu_isas_available"]
-    return [LEGACY, ("scalar+cull", "scalar", "1", "1")] + [(isa, isa, "1", "1") for isa in avail if isa != "scalar"]
+    return ([LEGACY, ("scalar+cull", "scalar", "1", "1")] + [(isa, isa, "1", "1") for isa in avail if isa != "scalar"]
+            + [(f"{avail[-1]}-atomic", avail[-1], "1", "0")])
 
 
 @contextmanager
@@ -232,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
             row["path_peak_gflops"] = path_peak
             if base is None:
                 base = row
+            if label.endswith("-atomic"):
+                det_row = next(r for r in rows if r["channels"] == C and r["path"] == isa)
+                row["determinism_cost_kernel_bwd_cpu"] = det_row["kernel_bwd_ms_cpu"] / row["kernel_bwd_ms_cpu"] - 1
             for key in ("kernel_fwd_ms_cpu", "kernel_bwd_ms_cpu", "render_fwd_ms_wall", "render_fwd_bwd_ms_wall",
                         "render_fwd_ms_cpu", "render_fwd_bwd_ms_cpu"):
                 row[f"speedup_{key}"] = base[key] / row[key]

@@ -83,7 +83,29 @@ struct Tile {
 using VD = at::vec::Vectorized<double>;
 constexpr int LD = VD::size();
 static_assert(kTileSize % LD == 0, "tile rows must be a whole number of double steps");
-alignas(64) constexpr double kRowIndex[16] = {0., 1., 2., 3., 4., 5., 6., 7., 8., 9., 10., 11., 12., 13., 14., 15.};
+alignas(64) constexpr double kRowIndex[32] = {0.,  1.,  2.,  3.,  4.,  5.,  6.,  7.,  8.,  9.,  10.,
+                                              11., 12., 13., 14., 15., 16., 17., 18., 19., 20., 21.,
+                                              22., 23., 24., 25., 26., 27., 28., 29., 30., 31.};
+// Rows of a band: with many channels the forward runs each tile's list once per
+// band of 4 rows, so that the band's feature accumulators (64 pixels x C) stay in
+// cache and a band stops as soon as its own pixels are done (measured: ~20% faster
+// at C = 256, slower at C = 3, and slower in the backward, which uses whole tiles).
+constexpr int kBandRowsManyChannels = 4;
+constexpr int kBandMinChannels = 32;
+
+// The chunks of rows [r0, r1) of the tile.
+inline uint64_t band_chunks(uint64_t all, int r0, int r1) {
+  const int bits = (r1 - r0) * kChunksPerRow;
+  const uint64_t rows = bits >= 64 ? ~(uint64_t)0 : (((uint64_t)1 << bits) - 1) << (r0 * kChunksPerRow);
+  return all & rows;
+}
+
+// Whether the ellipse's rows miss the pixel-centre rows [r0, r1) of the tile.
+inline bool band_missed(const Tile& tile, const CullSplat& cs, bool cull, int r0, int r1) {
+  if (!cull || cs.kind != kCullTest) return cull && cs.kind == kCullNone;
+  const double lo = tile.y0 + r0 + 0.5, hi = tile.y0 + r1 - 0.5;
+  return lo - cs.my > cs.ry || cs.my - hi > cs.ry;
+}
 
 // The chunks (bit r * kChunksPerRow + k: row r, pixels [k L, (k + 1) L)) of the
 // tile where the Gaussian may contribute: all chunks inside the image without
@@ -99,7 +121,8 @@ inline uint64_t tile_chunks(const Tile& tile) {
   return all;
 }
 
-inline uint64_t live_chunks(const Tile& tile, uint64_t all, const CullSplat& cs, bool cull) {
+inline uint64_t live_chunks(const Tile& tile, uint64_t all, const CullSplat& cs, bool cull, int r_lo,
+                            int r_hi) {
   const int row_chunks = (tile.w + L - 1) / L;
   if (!cull || cs.kind == kCullKeep) return all;
   if (cs.kind == kCullNone) return 0;
@@ -109,7 +132,7 @@ inline uint64_t live_chunks(const Tile& tile, uint64_t all, const CullSplat& cs,
   for (int k = 0; k < row_chunks; ++k) {
     const int last_col = (k + 1) * L < tile.w ? (k + 1) * L - 1 : tile.w - 1;
     const VD lo(tile.x0 + k * L + 0.5 - cs.mx), hi(tile.x0 + last_col + 0.5 - cs.mx);
-    for (int r0 = 0; r0 < tile.h; r0 += LD) {
+    for (int r0 = r_lo; r0 < r_hi; r0 += LD) {
       const VD dy = dy0 + VD::loadu(kRowIndex + r0);
       const VD dx = at::vec::minimum(at::vec::maximum(kx * dy, lo), hi);
       const VD q = a * dx * dx + b2 * dx * dy + c * dy * dy;
@@ -174,6 +197,7 @@ void forward(const CpuForwardArgs* args) {
   // Fewer channels than lanes: features channel-major, blended across pixels like
   // rgb (measured faster below L channels, slower from 64 up).
   const bool lane_feat = C < L;
+  const int band_rows = C >= kBandMinChannels ? kBandRowsManyChannels : kTileSize;
   int64_t visited = 0, contributing = 0;
 #pragma omp parallel reduction(+ : visited, contributing)
   {
@@ -198,6 +222,11 @@ void forward(const CpuForwardArgs* args) {
       if (C > 0) memset(acc_feat, 0, sizeof(float) * C * kTilePixels);
       const int start = in.tile_offsets[t], end = in.tile_offsets[t + 1];
       const uint64_t all = tile_chunks(tile);
+      for (int b0 = 0; b0 < tile.h; b0 += band_rows) {
+      const int b1 = b0 + band_rows < tile.h ? b0 + band_rows : tile.h;
+      const uint64_t band = band_chunks(all, b0, b1);
+      active = 0;
+      for (int p = b0 * kTileSize; p < b1 * kTileSize; ++p) active += done[p] == 0.f;
       for (int i = start; i < end && active > 0; ++i) {
         if (i + kPrefetch < end) {
           const int ahead = in.gaussian_ids[i + kPrefetch];
@@ -207,7 +236,9 @@ void forward(const CpuForwardArgs* args) {
         const int g = in.gaussian_ids[i];
         const PackedGaussian& P = in.packed[g];
         const float mx = P.mx, my = P.my;
-        uint64_t chunks = live_chunks(tile, all, unpack_cull(P), cull);
+        const CullSplat cs = unpack_cull(P);
+        if (band_missed(tile, cs, cull, b0, b1)) continue;
+        uint64_t chunks = live_chunks(tile, band, cs, cull, b0, b1);
         if (!chunks) continue;
         const V ca(P.ca), cb(P.cb), cc(P.cc), vo(P.opacity);
         const V cr(P.r), cg(P.g), cbl(P.b), vdep(P.depth);
@@ -263,17 +294,23 @@ void forward(const CpuForwardArgs* args) {
           }
         }
       }
+      }  // bands
+      // Pixel-major features to the (C, H, W) output: channel by channel, so that the
+      // writes run along the image rows (a pixel's channels are H W floats apart).
+      if (!lane_feat)
+        for (int64_t c = 0; c < C; ++c)
+          for (int r = 0; r < tile.h; ++r) {
+            float* dst = args->out_feat + c * HW + (int64_t)(tile.y0 + r) * in.width + tile.x0;
+            const float* src = acc_feat + (int64_t)r * kTileSize * C + c;
+            for (int col = 0; col < tile.w; ++col) dst[col] = src[(int64_t)col * C];
+          }
       for (int r = 0; r < tile.h; ++r) {
         for (int col = 0; col < tile.w; ++col) {
           const int p = r * kTileSize + col;
           const int64_t pix = (int64_t)(tile.y0 + r) * in.width + tile.x0 + col;
           for (int c = 0; c < 3; ++c) args->out_rgb[c * HW + pix] = acc_rgb[c * kTilePixels + p];
-          if (lane_feat) {
+          if (lane_feat)
             for (int64_t c = 0; c < C; ++c) args->out_feat[c * HW + pix] = acc_feat[c * kTilePixels + p];
-          } else {
-            const float* af = acc_feat + (int64_t)p * C;
-            for (int64_t c = 0; c < C; ++c) args->out_feat[c * HW + pix] = af[c];
-          }
           args->out_depth[pix] = acc_dep[p];
           args->out_alpha[pix] = 1.f - T[p];
           args->out_T[pix] = T[p];
@@ -328,17 +365,27 @@ void backward(const CpuBackwardArgs* args) {
           for (int c = 0; c < 3; ++c) g_rgb[c * kTilePixels + p] = args->dl_rgb[c * HW + pix];
           g_dep[p] = args->dl_depth[pix];
           g_alpha[p] = args->dl_alpha[pix];
-          if (lane_feat) {
+          if (lane_feat)
             for (int64_t c = 0; c < C; ++c) g_feat[c * kTilePixels + p] = args->dl_feat[c * HW + pix];
-          } else {
-            float* gf = g_feat + (int64_t)p * C;
-            for (int64_t c = 0; c < C; ++c) gf[c] = args->dl_feat[c * HW + pix];
-          }
         }
       }
+      // dL/dfeatures (C, H, W) to pixel-major, channel by channel (reads along the rows).
+      if (!lane_feat)
+        for (int64_t c = 0; c < C; ++c)
+          for (int r = 0; r < tile.h; ++r) {
+            const float* src = args->dl_feat + c * HW + (int64_t)(tile.y0 + r) * in.width + tile.x0;
+            float* dst = g_feat + (int64_t)r * kTileSize * C + c;
+            for (int col = 0; col < tile.w; ++col) dst[(int64_t)col * C] = src[col];
+          }
       const int start = in.tile_offsets[t];
       const uint64_t all = tile_chunks(tile);
-      for (int k = max_last - 1; k >= 0; --k) {
+      (void)max_last;
+      for (int b0 = 0; b0 < tile.h; b0 += kTileSize) {  // one band: the whole tile
+      const int b1 = tile.h;
+      const uint64_t band = band_chunks(all, b0, b1);
+      int band_last = 0;
+      for (int p = b0 * kTileSize; p < b1 * kTileSize; ++p) band_last = last[p] > band_last ? (int)last[p] : band_last;
+      for (int k = band_last - 1; k >= 0; --k) {
         if (k >= kPrefetch) {
           const int ahead = in.gaussian_ids[start + k - kPrefetch];
           __builtin_prefetch(in.packed + ahead);
@@ -347,7 +394,9 @@ void backward(const CpuBackwardArgs* args) {
         const int g = in.gaussian_ids[start + k];
         const PackedGaussian& P = in.packed[g];
         const float mx = P.mx, my = P.my;
-        uint64_t chunks = live_chunks(tile, all, unpack_cull(P), cull);
+        const CullSplat cs = unpack_cull(P);
+        if (band_missed(tile, cs, cull, b0, b1)) continue;
+        uint64_t chunks = live_chunks(tile, band, cs, cull, b0, b1);
         if (!chunks) continue;
         const V ca(P.ca), cb(P.cb), cc(P.cc), vo(P.opacity), vk((float)k);
         const V cr(P.r), cg(P.g), cbl(P.b), vdep(P.depth);
@@ -428,6 +477,7 @@ void backward(const CpuBackwardArgs* args) {
                                              lane_sum(a_dep)};
         emit_pair_grad(args->sink, start + k, g, geom, acc_f, C);
       }
+      }  // bands
     }
   }
 }

@@ -10,13 +10,14 @@
 // torch headers beyond ATen's vector layer. Bump kCpuKernelsAbi on any change.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "f3d/cull.h"
 
 namespace f3d {
 
-constexpr int kCpuKernelsAbi = 5;
+constexpr int kCpuKernelsAbi = 6;
 
 // Values of one (tile, Gaussian) pair's partial gradient, in this order.
 constexpr int kPairGeomValues = 10;  // means2d x, y; conic a, b, c; opacity; rgb; depth
@@ -30,7 +31,7 @@ struct alignas(64) PackedGaussian {
   float r, g, b;        // colour
   float depth;
   int cull_kind;        // f3d::CullKind
-  float pad;
+  float cull_ry;        // CullSplat ry, rounded up
   double cull_t, cull_kx;  // CullSplat t and kx; its a, c are the conic's times (1 - 2 kCullFormSlack)
 };
 static_assert(sizeof(PackedGaussian) == 64, "one cache line");
@@ -50,7 +51,8 @@ inline PackedGaussian pack_gaussian(const float* means2d, const float* conics, c
   p.depth = depths[g];
   const CullSplat cs = make_cull_splat({p.mx, p.my}, {p.ca, p.cb, p.cc}, p.opacity);
   p.cull_kind = cs.kind;
-  p.pad = 0.f;
+  p.cull_ry = (float)cs.ry;
+  if ((double)p.cull_ry < cs.ry) p.cull_ry = nextafterf(p.cull_ry, INFINITY);
   p.cull_t = cs.t;
   p.cull_kx = cs.kx;
   return p;
@@ -66,7 +68,8 @@ inline CullSplat unpack_cull(const PackedGaussian& p) {
   s.c = (double)p.cc * (1.0 - 2.0 * kCullFormSlack);
   s.t = p.cull_t;
   s.kx = p.cull_kx;
-  s.ky = s.ry = 0.0;
+  s.ky = 0.0;
+  s.ry = p.cull_ry;
   s.kind = p.cull_kind;
   return s;
 }
@@ -164,12 +167,19 @@ inline void emit_pair_grad(const CpuGradSink& s, int64_t pair, int g, const floa
     }
     return;
   }
+  // A pair may be emitted more than once (the SIMD kernels emit one partial per band
+  // of rows, in band order): the first write sets, later ones add.
   const int64_t r = pair - s.pair_begin;
   float* pg = s.pair_geom + r * kPairGeomValues;
-  for (int v = 0; v < kPairGeomValues; ++v) pg[v] = geom[v];
   float* pf = s.pair_feat + r * C;
-  for (int64_t c = 0; c < C; ++c) pf[c] = feat[c];
-  s.touched[r] = 1;
+  if (!s.touched[r]) {
+    for (int v = 0; v < kPairGeomValues; ++v) pg[v] = geom[v];
+    for (int64_t c = 0; c < C; ++c) pf[c] = feat[c];
+    s.touched[r] = 1;
+  } else {
+    for (int v = 0; v < kPairGeomValues; ++v) pg[v] += geom[v];
+    for (int64_t c = 0; c < C; ++c) pf[c] += feat[c];
+  }
 }
 
 }  // namespace f3d
