@@ -159,7 +159,10 @@ def test_all_paths_agree_and_blend_the_same_pairs(monkeypatch, scene_fn):
     ref_outs, ref_stats = results["scalar", "0"]
     assert ref_stats["contributing_pairs"] > 0
     for (isa, cull), (outs, stats) in results.items():
-        assert stats["contributing_pairs"] == ref_stats["contributing_pairs"], (isa, cull)
+        # Culling blends exactly the same pairs; another exp (the SIMD paths use ATen's) may
+        # move a pixel that sits on alpha = 1/255 to one side (1 in 19 M on the benchmark scene).
+        assert stats["contributing_pairs"] == results[isa, "0"][1]["contributing_pairs"], (isa, cull)
+        assert abs(stats["contributing_pairs"] - ref_stats["contributing_pairs"]) <= 2, (isa, cull)
         assert stats["bbox_tile_pairs"] == ref_stats["bbox_tile_pairs"]
         if cull == "1":
             assert stats["tile_pairs"] < stats["bbox_tile_pairs"], "nothing culled: the test is vacuous"
