@@ -237,3 +237,25 @@ def test_jit_build_compiles_and_registers_the_isa_modules(tmp_path):
     for isa in want:
         assert f"('{isa}', 'jit')" in r.stdout and f"'{isa}'" in r.stdout.split("]")[-2], r.stdout
         assert f"compiling the {isa} CPU kernels just-in-time" in r.stderr
+
+
+def test_no_wide_instructions_leak_into_the_baseline_module():
+    """feature3dgs._C (scalar and baseline paths, bindings) holds no AVX/AVX-512 register use, and
+    each ISA module exports nothing but its init: wider code cannot run on a CPU without it."""
+    import importlib
+    import shutil
+
+    if shutil.which("objdump") is None or shutil.which("nm") is None:
+        pytest.skip("binutils (objdump, nm) not installed")
+    main = Path(kernels().__file__)
+    if not main.name.startswith("_C"):
+        pytest.skip("a JIT build: the check is for the installed modules")
+    dis = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(main)], capture_output=True, text=True).stdout
+    assert "%ymm" not in dis and "%zmm" not in dis
+    from feature3dgs import _backend
+
+    for name in _backend.isa_modules():
+        mod = Path(importlib.import_module(f"feature3dgs._cpu_{name}").__file__)
+        lines = subprocess.run(["nm", "-D", "--defined-only", str(mod)], capture_output=True,
+                               text=True).stdout.splitlines()
+        assert [line.split()[-1] for line in lines] == [f"PyInit__cpu_{name}"], lines

@@ -223,77 +223,77 @@ void forward(const CpuForwardArgs* args) {
       const int start = in.tile_offsets[t], end = in.tile_offsets[t + 1];
       const uint64_t all = tile_chunks(tile);
       for (int b0 = 0; b0 < tile.h; b0 += band_rows) {
-      const int b1 = b0 + band_rows < tile.h ? b0 + band_rows : tile.h;
-      const uint64_t band = band_chunks(all, b0, b1);
-      active = 0;
-      for (int p = b0 * kTileSize; p < b1 * kTileSize; ++p) active += done[p] == 0.f;
-      for (int i = start; i < end && active > 0; ++i) {
-        if (i + kPrefetch < end) {
-          const int ahead = in.gaussian_ids[i + kPrefetch];
-          __builtin_prefetch(in.packed + ahead);
-          if (C > 0) __builtin_prefetch(in.features + (int64_t)ahead * C);
-        }
-        const int g = in.gaussian_ids[i];
-        const PackedGaussian& P = in.packed[g];
-        const float mx = P.mx, my = P.my;
-        const CullSplat cs = unpack_cull(P);
-        if (band_missed(tile, cs, cull, b0, b1)) continue;
-        uint64_t chunks = live_chunks(tile, band, cs, cull, b0, b1);
-        if (!chunks) continue;
-        const V ca(P.ca), cb(P.cb), cc(P.cc), vo(P.opacity);
-        const V cr(P.r), cg(P.g), cbl(P.b), vdep(P.depth);
-        const V pos((float)(i - start + 1));
-        const float* fg = C > 0 ? in.features + (int64_t)g * C : nullptr;
-        while (chunks) {
-          const int idx = __builtin_ctzll(chunks);
-          chunks &= chunks - 1;
-          const int r = idx / kChunksPerRow, col0 = (idx % kChunksPerRow) * L;
-          const int p0 = r * kTileSize + col0;
-          const V done_v = V::loadu(done + p0);
-          const V live = done_v == V(0.f);
-          const unsigned live_bits = lanes(live);
-          if (!live_bits) continue;
-          if (count) visited += popcount(live_bits);
-          const ChunkSplat s = eval_chunk(tile, r, col0, mx, my, ca, cb, cc, vo);
-          const V ok = live & s.ok;
-          if (!lanes(ok)) continue;
-          const V Tv = V::loadu(T + p0);
-          const V next_T = Tv * (V(1.f) - s.alpha);
-          const V stop = ok & (next_T < V(kTransmittanceMin));
-          const unsigned stop_bits = lanes(stop);
-          if (stop_bits) {
-            select(stop, V(1.f), done_v).store(done + p0);
-            active -= popcount(stop_bits);
+        const int b1 = b0 + band_rows < tile.h ? b0 + band_rows : tile.h;
+        const uint64_t band = band_chunks(all, b0, b1);
+        active = 0;
+        for (int p = b0 * kTileSize; p < b1 * kTileSize; ++p) active += done[p] == 0.f;
+        for (int i = start; i < end && active > 0; ++i) {
+          if (i + kPrefetch < end) {
+            const int ahead = in.gaussian_ids[i + kPrefetch];
+            __builtin_prefetch(in.packed + ahead);
+            if (C > 0) __builtin_prefetch(in.features + (int64_t)ahead * C);
           }
-          const V blend = ok & (next_T >= V(kTransmittanceMin));
-          const unsigned blend_bits = lanes(blend);
-          if (!blend_bits) continue;
-          if (count) contributing += popcount(blend_bits);
-          const V w = s.alpha * Tv;
-          float* ar = acc_rgb + p0;
-          const V r0 = V::loadu(ar), r1 = V::loadu(ar + kTilePixels), r2 = V::loadu(ar + 2 * kTilePixels);
-          select(blend, r0 + w * cr, r0).store(ar);
-          select(blend, r1 + w * cg, r1).store(ar + kTilePixels);
-          select(blend, r2 + w * cbl, r2).store(ar + 2 * kTilePixels);
-          const V d0 = V::loadu(acc_dep + p0);
-          select(blend, d0 + w * vdep, d0).store(acc_dep + p0);
-          select(blend, next_T, Tv).store(T + p0);
-          select(blend, pos, V::loadu(last + p0)).store(last + p0);
-          if (lane_feat) {
-            for (int64_t c = 0; c < C; ++c) {
-              float* af = acc_feat + c * kTilePixels + p0;
-              const V a = V::loadu(af);
-              select(blend, a + w * V(fg[c]), a).store(af);
+          const int g = in.gaussian_ids[i];
+          const PackedGaussian& P = in.packed[g];
+          const float mx = P.mx, my = P.my;
+          const CullSplat cs = unpack_cull(P);
+          if (band_missed(tile, cs, cull, b0, b1)) continue;
+          uint64_t chunks = live_chunks(tile, band, cs, cull, b0, b1);
+          if (!chunks) continue;
+          const V ca(P.ca), cb(P.cb), cc(P.cc), vo(P.opacity);
+          const V cr(P.r), cg(P.g), cbl(P.b), vdep(P.depth);
+          const V pos((float)(i - start + 1));
+          const float* fg = C > 0 ? in.features + (int64_t)g * C : nullptr;
+          while (chunks) {
+            const int idx = __builtin_ctzll(chunks);
+            chunks &= chunks - 1;
+            const int r = idx / kChunksPerRow, col0 = (idx % kChunksPerRow) * L;
+            const int p0 = r * kTileSize + col0;
+            const V done_v = V::loadu(done + p0);
+            const V live = done_v == V(0.f);
+            const unsigned live_bits = lanes(live);
+            if (!live_bits) continue;
+            if (count) visited += popcount(live_bits);
+            const ChunkSplat s = eval_chunk(tile, r, col0, mx, my, ca, cb, cc, vo);
+            const V ok = live & s.ok;
+            if (!lanes(ok)) continue;
+            const V Tv = V::loadu(T + p0);
+            const V next_T = Tv * (V(1.f) - s.alpha);
+            const V stop = ok & (next_T < V(kTransmittanceMin));
+            const unsigned stop_bits = lanes(stop);
+            if (stop_bits) {
+              select(stop, V(1.f), done_v).store(done + p0);
+              active -= popcount(stop_bits);
             }
-          } else if (C > 0) {
-            w.store(wl);
-            for (unsigned b = blend_bits; b; b &= b - 1) {
-              const int l = lowest(b);
-              axpy(wl[l], fg, acc_feat + (int64_t)(p0 + l) * C, C);
+            const V blend = ok & (next_T >= V(kTransmittanceMin));
+            const unsigned blend_bits = lanes(blend);
+            if (!blend_bits) continue;
+            if (count) contributing += popcount(blend_bits);
+            const V w = s.alpha * Tv;
+            float* ar = acc_rgb + p0;
+            const V r0 = V::loadu(ar), r1 = V::loadu(ar + kTilePixels), r2 = V::loadu(ar + 2 * kTilePixels);
+            select(blend, r0 + w * cr, r0).store(ar);
+            select(blend, r1 + w * cg, r1).store(ar + kTilePixels);
+            select(blend, r2 + w * cbl, r2).store(ar + 2 * kTilePixels);
+            const V d0 = V::loadu(acc_dep + p0);
+            select(blend, d0 + w * vdep, d0).store(acc_dep + p0);
+            select(blend, next_T, Tv).store(T + p0);
+            select(blend, pos, V::loadu(last + p0)).store(last + p0);
+            if (lane_feat) {
+              for (int64_t c = 0; c < C; ++c) {
+                float* af = acc_feat + c * kTilePixels + p0;
+                const V a = V::loadu(af);
+                select(blend, a + w * V(fg[c]), a).store(af);
+              }
+            } else if (C > 0) {
+              w.store(wl);
+              for (unsigned b = blend_bits; b; b &= b - 1) {
+                const int l = lowest(b);
+                axpy(wl[l], fg, acc_feat + (int64_t)(p0 + l) * C, C);
+              }
             }
           }
         }
-      }
       }  // bands
       // Pixel-major features to the (C, H, W) output: channel by channel, so that the
       // writes run along the image rows (a pixel's channels are H W floats apart).
@@ -345,7 +345,6 @@ void backward(const CpuBackwardArgs* args) {
 #pragma omp for schedule(dynamic, 1)
     for (int t = args->tile_begin; t < args->tile_end; ++t) {
       const Tile tile(in, t);
-      int max_last = 0;
       for (int p = 0; p < kTilePixels; ++p) {
         T[p] = 1.f;
         Q[p] = 0.f;
@@ -361,7 +360,6 @@ void backward(const CpuBackwardArgs* args) {
           T[p] = args->final_T[pix];
           const int lc = args->last_contrib[pix];
           last[p] = (float)lc;
-          max_last = lc > max_last ? lc : max_last;
           for (int c = 0; c < 3; ++c) g_rgb[c * kTilePixels + p] = args->dl_rgb[c * HW + pix];
           g_dep[p] = args->dl_depth[pix];
           g_alpha[p] = args->dl_alpha[pix];
@@ -379,104 +377,103 @@ void backward(const CpuBackwardArgs* args) {
           }
       const int start = in.tile_offsets[t];
       const uint64_t all = tile_chunks(tile);
-      (void)max_last;
       for (int b0 = 0; b0 < tile.h; b0 += kTileSize) {  // one band: the whole tile
-      const int b1 = tile.h;
-      const uint64_t band = band_chunks(all, b0, b1);
-      int band_last = 0;
-      for (int p = b0 * kTileSize; p < b1 * kTileSize; ++p) band_last = last[p] > band_last ? (int)last[p] : band_last;
-      for (int k = band_last - 1; k >= 0; --k) {
-        if (k >= kPrefetch) {
-          const int ahead = in.gaussian_ids[start + k - kPrefetch];
-          __builtin_prefetch(in.packed + ahead);
-          if (C > 0) __builtin_prefetch(in.features + (int64_t)ahead * C);
-        }
-        const int g = in.gaussian_ids[start + k];
-        const PackedGaussian& P = in.packed[g];
-        const float mx = P.mx, my = P.my;
-        const CullSplat cs = unpack_cull(P);
-        if (band_missed(tile, cs, cull, b0, b1)) continue;
-        uint64_t chunks = live_chunks(tile, band, cs, cull, b0, b1);
-        if (!chunks) continue;
-        const V ca(P.ca), cb(P.cb), cc(P.cc), vo(P.opacity), vk((float)k);
-        const V cr(P.r), cg(P.g), cbl(P.b), vdep(P.depth);
-        const float* fg = C > 0 ? in.features + (int64_t)g * C : nullptr;
-        // Lane partial sums, in the order of kernels_api.h's kPairGeomValues.
-        V a_mx(0.f), a_my(0.f), a_ca(0.f), a_cb(0.f), a_cc(0.f), a_op(0.f), a_r(0.f), a_g(0.f),
-            a_b(0.f), a_dep(0.f);
-        bool touched = false;
-        const V zero(0.f);
-        while (chunks) {
-          const int idx = __builtin_ctzll(chunks);
-          chunks &= chunks - 1;
-          const int r = idx / kChunksPerRow, col0 = (idx % kChunksPerRow) * L;
-          const int p0 = r * kTileSize + col0;
-          const V behind = V::loadu(last + p0) > vk;  // this Gaussian is before the pixel's last
-          if (!lanes(behind)) continue;
-          const ChunkSplat s = eval_chunk(tile, r, col0, mx, my, ca, cb, cc, vo);
-          const V ok = behind & s.ok;
-          const unsigned ok_bits = lanes(ok);
-          if (!ok_bits) continue;
-          if (!touched) {
-            touched = true;
-            if (lane_feat)
-              memset(acc_lanes, 0, sizeof(float) * C * L);
-            else if (C > 0)
-              memset(acc_f, 0, sizeof(float) * C);
+        const int b1 = tile.h;
+        const uint64_t band = band_chunks(all, b0, b1);
+        int band_last = 0;
+        for (int p = b0 * kTileSize; p < b1 * kTileSize; ++p) band_last = last[p] > band_last ? (int)last[p] : band_last;
+        for (int k = band_last - 1; k >= 0; --k) {
+          if (k >= kPrefetch) {
+            const int ahead = in.gaussian_ids[start + k - kPrefetch];
+            __builtin_prefetch(in.packed + ahead);
+            if (C > 0) __builtin_prefetch(in.features + (int64_t)ahead * C);
           }
-          const V one_minus = V(1.f) - s.alpha;
-          const V Tv = V::loadu(T + p0);
-          const V Tf = Tv / one_minus;  // transmittance in front of this Gaussian
-          select(ok, Tf, Tv).store(T + p0);
-          const V w = s.alpha * Tf;
-          const V gr = V::loadu(g_rgb + p0), gg = V::loadu(g_rgb + kTilePixels + p0),
-                  gb = V::loadu(g_rgb + 2 * kTilePixels + p0);
-          const V gd = V::loadu(g_dep + p0);
-          V gv = (((zero + gr * cr) + gg * cg) + gb * cbl) + gd * vdep + V::loadu(g_alpha + p0);
-          if (lane_feat) {
-            V d = zero;
-            for (int64_t c = 0; c < C; ++c) {
-              const V gc = V::loadu(g_feat + c * kTilePixels + p0);
-              d = d + gc * V(fg[c]);
-              float* al = acc_lanes + c * L;
-              (V::loadu(al) + select(ok, w * gc, zero)).store(al);
+          const int g = in.gaussian_ids[start + k];
+          const PackedGaussian& P = in.packed[g];
+          const float mx = P.mx, my = P.my;
+          const CullSplat cs = unpack_cull(P);
+          if (band_missed(tile, cs, cull, b0, b1)) continue;
+          uint64_t chunks = live_chunks(tile, band, cs, cull, b0, b1);
+          if (!chunks) continue;
+          const V ca(P.ca), cb(P.cb), cc(P.cc), vo(P.opacity), vk((float)k);
+          const V cr(P.r), cg(P.g), cbl(P.b), vdep(P.depth);
+          const float* fg = C > 0 ? in.features + (int64_t)g * C : nullptr;
+          // Lane partial sums, in the order of kernels_api.h's kPairGeomValues.
+          V a_mx(0.f), a_my(0.f), a_ca(0.f), a_cb(0.f), a_cc(0.f), a_op(0.f), a_r(0.f), a_g(0.f),
+              a_b(0.f), a_dep(0.f);
+          bool touched = false;
+          const V zero(0.f);
+          while (chunks) {
+            const int idx = __builtin_ctzll(chunks);
+            chunks &= chunks - 1;
+            const int r = idx / kChunksPerRow, col0 = (idx % kChunksPerRow) * L;
+            const int p0 = r * kTileSize + col0;
+            const V behind = V::loadu(last + p0) > vk;  // this Gaussian is before the pixel's last
+            if (!lanes(behind)) continue;
+            const ChunkSplat s = eval_chunk(tile, r, col0, mx, my, ca, cb, cc, vo);
+            const V ok = behind & s.ok;
+            const unsigned ok_bits = lanes(ok);
+            if (!ok_bits) continue;
+            if (!touched) {
+              touched = true;
+              if (lane_feat)
+                memset(acc_lanes, 0, sizeof(float) * C * L);
+              else if (C > 0)
+                memset(acc_f, 0, sizeof(float) * C);
             }
-            gv = gv + d;
-          } else if (C > 0) {
-            w.store(wl);
-            zero.store(gvl);
-            for (unsigned b = ok_bits; b; b &= b - 1) {
-              const int l = lowest(b);
-              gvl[l] = dot_and_axpy(g_feat + (int64_t)(p0 + l) * C, fg, wl[l], acc_f, C);
+            const V one_minus = V(1.f) - s.alpha;
+            const V Tv = V::loadu(T + p0);
+            const V Tf = Tv / one_minus;  // transmittance in front of this Gaussian
+            select(ok, Tf, Tv).store(T + p0);
+            const V w = s.alpha * Tf;
+            const V gr = V::loadu(g_rgb + p0), gg = V::loadu(g_rgb + kTilePixels + p0),
+                    gb = V::loadu(g_rgb + 2 * kTilePixels + p0);
+            const V gd = V::loadu(g_dep + p0);
+            V gv = (((zero + gr * cr) + gg * cg) + gb * cbl) + gd * vdep + V::loadu(g_alpha + p0);
+            if (lane_feat) {
+              V d = zero;
+              for (int64_t c = 0; c < C; ++c) {
+                const V gc = V::loadu(g_feat + c * kTilePixels + p0);
+                d = d + gc * V(fg[c]);
+                float* al = acc_lanes + c * L;
+                (V::loadu(al) + select(ok, w * gc, zero)).store(al);
+              }
+              gv = gv + d;
+            } else if (C > 0) {
+              w.store(wl);
+              zero.store(gvl);
+              for (unsigned b = ok_bits; b; b &= b - 1) {
+                const int l = lowest(b);
+                gvl[l] = dot_and_axpy(g_feat + (int64_t)(p0 + l) * C, fg, wl[l], acc_f, C);
+              }
+              gv = gv + V::loadu(gvl);
             }
-            gv = gv + V::loadu(gvl);
+            a_r = a_r + select(ok, w * gr, zero);
+            a_g = a_g + select(ok, w * gg, zero);
+            a_b = a_b + select(ok, w * gb, zero);
+            a_dep = a_dep + select(ok, w * gd, zero);
+            const V Qv = V::loadu(Q + p0);
+            const V d_alpha = Tf * gv - Qv / one_minus;
+            select(ok, Qv + w * gv, Qv).store(Q + p0);
+            // f3d::eval_splat_backward, for the lanes whose alpha was not clamped.
+            const V grad = ok & (s.alpha_raw <= V(kAlphaMax));
+            const V d_power = d_alpha * vo * s.G;
+            a_op = a_op + select(grad, d_alpha * s.G, zero);
+            a_ca = a_ca + select(grad, V(-0.5f) * s.dx * s.dx * d_power, zero);
+            a_cb = a_cb + select(grad, s.dx.neg() * s.dy * d_power, zero);
+            a_cc = a_cc + select(grad, V(-0.5f) * s.dy * s.dy * d_power, zero);
+            a_mx = a_mx + select(grad, d_power * (ca * s.dx + cb * s.dy), zero);
+            a_my = a_my + select(grad, d_power * (cb * s.dx + cc * s.dy), zero);
           }
-          a_r = a_r + select(ok, w * gr, zero);
-          a_g = a_g + select(ok, w * gg, zero);
-          a_b = a_b + select(ok, w * gb, zero);
-          a_dep = a_dep + select(ok, w * gd, zero);
-          const V Qv = V::loadu(Q + p0);
-          const V d_alpha = Tf * gv - Qv / one_minus;
-          select(ok, Qv + w * gv, Qv).store(Q + p0);
-          // f3d::eval_splat_backward, for the lanes whose alpha was not clamped.
-          const V grad = ok & (s.alpha_raw <= V(kAlphaMax));
-          const V d_power = d_alpha * vo * s.G;
-          a_op = a_op + select(grad, d_alpha * s.G, zero);
-          a_ca = a_ca + select(grad, V(-0.5f) * s.dx * s.dx * d_power, zero);
-          a_cb = a_cb + select(grad, s.dx.neg() * s.dy * d_power, zero);
-          a_cc = a_cc + select(grad, V(-0.5f) * s.dy * s.dy * d_power, zero);
-          a_mx = a_mx + select(grad, d_power * (ca * s.dx + cb * s.dy), zero);
-          a_my = a_my + select(grad, d_power * (cb * s.dx + cc * s.dy), zero);
+          if (!touched) continue;
+          if (lane_feat)
+            for (int64_t c = 0; c < C; ++c) acc_f[c] = lane_sum(V::loadu(acc_lanes + c * L));
+          const float geom[kPairGeomValues] = {lane_sum(a_mx), lane_sum(a_my), lane_sum(a_ca),
+                                               lane_sum(a_cb), lane_sum(a_cc), lane_sum(a_op),
+                                               lane_sum(a_r),  lane_sum(a_g),  lane_sum(a_b),
+                                               lane_sum(a_dep)};
+          emit_pair_grad(args->sink, start + k, g, geom, acc_f, C);
         }
-        if (!touched) continue;
-        if (lane_feat)
-          for (int64_t c = 0; c < C; ++c) acc_f[c] = lane_sum(V::loadu(acc_lanes + c * L));
-        const float geom[kPairGeomValues] = {lane_sum(a_mx), lane_sum(a_my), lane_sum(a_ca),
-                                             lane_sum(a_cb), lane_sum(a_cc), lane_sum(a_op),
-                                             lane_sum(a_r),  lane_sum(a_g),  lane_sum(a_b),
-                                             lane_sum(a_dep)};
-        emit_pair_grad(args->sink, start + k, g, geom, acc_f, C);
-      }
       }  // bands
     }
   }
