@@ -72,7 +72,11 @@ def extension_modules() -> tuple[list, dict]:
             extra_compile_args={"cxx": cfg.CXX_FLAGS},
             extra_link_args=cfg.LINK_FLAGS,
         )
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    isa_exts = [CppExtension(f"feature3dgs._cpu_{name}", [str(src.relative_to(ROOT))],
+                             include_dirs=[str(ROOT / d) for d in cfg.INCLUDE_DIRS],
+                             extra_compile_args={"cxx": flags}, extra_link_args=cfg.LINK_FLAGS)
+                for name, src, flags in cfg.isa_modules(ROOT / "csrc")]
+    return [ext] + isa_exts, {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
 ext_modules, cmdclass = extension_modules()

@@ -7,12 +7,18 @@ it trains the same number of steps with D_render = teacher dim (no decoder) and
 with the decoder at --render-dim, and reports ms/step, feature PSNR and cosine
 similarity to the teacher on the test views. Prints a table, writes JSON.
 
-    python benchmarks/distill_speed.py [--steps 300] [--teacher-dim 256] [--render-dim 64]
+On the CPU, --cpu-paths also runs every configuration with the CPU rasterizer of
+before the SIMD work (FEATURE3DGS_CPU_ISA=scalar, culling off, atomic backward:
+`legacy`) and reports the step-time ratio, with the share of the step spent in
+the compiled kernels (the rest is Python, autograd, losses and the optimizer).
+
+    python benchmarks/distill_speed.py [--steps 300] [--teacher-dim 256] [--render-dim 64] [--cpu-paths]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -31,6 +37,38 @@ from feature3dgs.training.config import TrainConfig  # noqa: E402
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_utils import git_revision, write_result  # noqa: E402
 
+KERNELS = ("preprocess_forward", "preprocess_backward", "rasterize_forward", "rasterize_backward")
+CPU_PATHS = {"legacy": {"FEATURE3DGS_CPU_ISA": "scalar", "FEATURE3DGS_CPU_CULL": "0",
+                        "FEATURE3DGS_CPU_DETERMINISTIC": "0"},
+             "default": {}}
+
+
+class KernelTimer:
+    """Wall time spent in the compiled kernels' entry points while active."""
+
+    def __init__(self):
+        from feature3dgs.rendering._backend import kernels
+
+        self.module, self.seconds, self.saved = kernels(), 0.0, {}
+
+    def __enter__(self):
+        for name in KERNELS:
+            fn = self.saved[name] = getattr(self.module, name)
+
+            def timed(*args, _fn=fn):
+                t0 = time.perf_counter()
+                try:
+                    return _fn(*args)
+                finally:
+                    self.seconds += time.perf_counter() - t0
+
+            setattr(self.module, name, timed)
+        return self
+
+    def __exit__(self, *exc):
+        for name, fn in self.saved.items():
+            setattr(self.module, name, fn)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -39,30 +77,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher-dim", type=int, default=256)
     parser.add_argument("--render-dim", type=int, default=64)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--cpu-paths", action="store_true",
+                        help="also run with the legacy CPU rasterizer and report the ratios")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "distill_speed.json")
     args = parser.parse_args(argv)
+    path_names = list(CPU_PATHS) if args.cpu_paths else ["default"]
 
     scene = load_scene(args.data or builtin_scene())
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         cache = label_feature_cache(scene, Path(tmp), dim=args.teacher_dim)
-        for render_dim in (args.teacher_dim, args.render_dim):
-            tc = TrainConfig(iterations=args.steps, device=args.device, lpips=None, tensorboard=False,
-                             progress=False, save_test_renders=False, eval_every=0)
-            t0 = time.perf_counter()
-            m = distill(scene, None, tc, DistillConfig(render_dim=render_dim), cache=cache)
-            wall = time.perf_counter() - t0
-            f, t = m.features, m.train
-            rows.append(dict(render_dim=render_dim, decoder=render_dim != args.teacher_dim,
-                             ms_per_step=1e3 * t.train_time_s / t.step, wall_s=wall,
-                             n_gaussians=t.n_gaussians, feature_psnr=f.feature_psnr,
-                             cosine=f.cosine, rgb_psnr=t.eval.psnr, device=t.device))
+        for path in path_names:
+            for render_dim in (args.teacher_dim, args.render_dim):
+                tc = TrainConfig(iterations=args.steps, device=args.device, lpips=None, tensorboard=False,
+                                 progress=False, save_test_renders=False, eval_every=0)
+                saved_env = {k: os.environ.get(k) for k in CPU_PATHS["legacy"]}
+                os.environ.update(CPU_PATHS[path])
+                try:
+                    with KernelTimer() as kt:
+                        t0 = time.perf_counter()
+                        m = distill(scene, None, tc, DistillConfig(render_dim=render_dim), cache=cache)
+                        wall = time.perf_counter() - t0
+                finally:
+                    for k, v in saved_env.items():
+                        if v is None:
+                            os.environ.pop(k, None)
+                        else:
+                            os.environ[k] = v
+                f, t = m.features, m.train
+                rows.append(dict(cpu_path=path, render_dim=render_dim, decoder=render_dim != args.teacher_dim,
+                                 ms_per_step=1e3 * t.train_time_s / t.step, wall_s=wall,
+                                 kernel_share=kt.seconds / wall, kernel_s=kt.seconds,
+                                 n_gaussians=t.n_gaussians, feature_psnr=f.feature_psnr,
+                                 cosine=f.cosine, rgb_psnr=t.eval.psnr, device=t.device))
     base = rows[0]["ms_per_step"]
     print(f"distillation on {scene.source_path}, teacher dim {args.teacher_dim}, {args.steps} steps, "
           f"device {rows[0]['device']}, git {git_revision()}")
-    print(f"{'D_render':>8} {'decoder':>7} | {'ms/step':>8} {'speed-up':>8} | {'feat PSNR':>9} {'cosine':>6} | {'RGB PSNR':>8}")
+    print(f"{'CPU path':>8} {'D_render':>8} {'decoder':>7} | {'ms/step':>8} {'speed-up':>8} {'vs legacy':>9} "
+          f"{'kernels':>7} | {'feat PSNR':>9} {'cosine':>6} | {'RGB PSNR':>8}")
+    legacy = {r["render_dim"]: r["ms_per_step"] for r in rows if r["cpu_path"] == "legacy"}
     for r in rows:
-        print(f"{r['render_dim']:>8} {str(r['decoder']):>7} | {r['ms_per_step']:8.1f} {base / r['ms_per_step']:7.2f}x | "
+        if r["render_dim"] in legacy:
+            r["speedup_vs_legacy_cpu_path"] = legacy[r["render_dim"]] / r["ms_per_step"]
+        vs = f"{r['speedup_vs_legacy_cpu_path']:8.2f}x" if "speedup_vs_legacy_cpu_path" in r else f"{'-':>9}"
+        print(f"{r['cpu_path']:>8} {r['render_dim']:>8} {str(r['decoder']):>7} | {r['ms_per_step']:8.1f} "
+              f"{base / r['ms_per_step']:7.2f}x {vs} {100 * r['kernel_share']:6.0f}% | "
               f"{r['feature_psnr']:9.2f} {r['cosine']:6.3f} | {r['rgb_psnr']:8.2f}")
     result = dict(benchmark="distill_speed", torch=torch.__version__, git=git_revision(),
                   date=time.strftime("%Y-%m-%d"), steps=args.steps, teacher_dim=args.teacher_dim, rows=rows)

@@ -5,6 +5,7 @@
 #include <omp.h>
 #include <torch/extension.h>
 
+#include "cpu/cpu_dispatch.h"
 #include "ops.h"
 
 #define F3D_STRINGIFY(...) #__VA_ARGS__
@@ -119,6 +120,70 @@ RasterizeGrads rasterize_backward(
                                 d_depth, d_alpha);
 }
 
+// The CPU kernels of an ISA module (feature3dgs._cpu_avx2, _cpu_avx512): a capsule
+// holding an f3d::CpuKernels (cpu/kernels_api.h).
+void register_cpu_kernels_capsule(const pybind11::capsule& capsule) {
+  auto* k = static_cast<const CpuKernels*>(PyCapsule_GetPointer(capsule.ptr(), "feature3dgs.cpu_kernels"));
+  if (k == nullptr) throw pybind11::error_already_set();
+  register_cpu_kernels(*k);
+}
+
+// rasterize_forward on CPU tensors, returning the pair counts of the binning and
+// the blend with the outputs: (rgb, features, depth, alpha, stats dict).
+pybind11::tuple cpu_forward_stats(const torch::Tensor& means2d, const torch::Tensor& conics,
+                                  const torch::Tensor& colors, const torch::Tensor& opacities,
+                                  const torch::Tensor& depths, const torch::Tensor& features,
+                                  const torch::Tensor& radii, int width, int height) {
+  const auto dev = means2d.device();
+  TORCH_CHECK_VALUE(dev.is_cpu(), "cpu_forward_stats takes CPU tensors");
+  for (auto [t, n] : {std::pair{&means2d, "means2d"}, {&conics, "conics"}, {&colors, "colors"},
+                      {&opacities, "opacities"}, {&depths, "depths"}, {&features, "features"}})
+    check_tensor(*t, n, torch::kFloat32, dev);
+  check_tensor(radii, "radii", torch::kInt32, dev);
+  TORCH_CHECK_VALUE(width > 0 && height > 0, "width and height must be positive");
+  CpuRasterStats st;
+  RasterizeOut out;
+  {
+    pybind11::gil_scoped_release no_gil;
+    out = rasterize_forward_cpu_stats(means2d, conics, colors, opacities, depths, features, radii,
+                                      width, height, &st);
+  }
+  pybind11::dict d;
+  d["isa"] = st.isa;
+  d["lanes"] = st.lanes;
+  d["cull"] = st.cull;
+  d["bbox_tile_pairs"] = st.bbox_tile_pairs;
+  d["tile_pairs"] = st.tile_pairs;
+  d["visited_pairs"] = st.visited;
+  d["contributing_pairs"] = st.contributing;
+  return pybind11::make_tuple(std::get<0>(out), std::get<1>(out), std::get<2>(out), std::get<3>(out), d);
+}
+
+// Brute-force check of the exact culling (f3d/cull.h) against f3d::eval_splat.
+pybind11::dict cpu_check_culling(const torch::Tensor& means2d, const torch::Tensor& conics,
+                                 const torch::Tensor& opacities, const torch::Tensor& radii,
+                                 int width, int height, int lanes) {
+  const auto dev = means2d.device();
+  TORCH_CHECK_VALUE(dev.is_cpu(), "cpu_check_culling takes CPU tensors");
+  for (auto [t, n] : {std::pair{&means2d, "means2d"}, {&conics, "conics"}, {&opacities, "opacities"}})
+    check_tensor(*t, n, torch::kFloat32, dev);
+  check_tensor(radii, "radii", torch::kInt32, dev);
+  TORCH_CHECK_VALUE(width > 0 && height > 0, "width and height must be positive");
+  TORCH_CHECK_VALUE(lanes == 1 || lanes == 4 || lanes == 8 || lanes == 16, "lanes must be 1, 4, 8 or 16");
+  CpuCullCheck c;
+  {
+    pybind11::gil_scoped_release no_gil;
+    c = check_cpu_culling(means2d, conics, opacities, radii, width, height, lanes);
+  }
+  pybind11::dict d;
+  d["tiles_culled"] = c.tiles_culled;
+  d["tiles_wrong"] = c.tiles_wrong;
+  d["segments_culled"] = c.segments_culled;
+  d["segments_wrong"] = c.segments_wrong;
+  d["pixels_wrong"] = c.pixels_wrong;
+  return d;
+}
+
 pybind11::dict build_info() {
   pybind11::dict info;
 #ifdef F3D_WITH_CUDA
@@ -133,6 +198,13 @@ pybind11::dict build_info() {
 #endif
   info["openmp_threads"] = omp_get_max_threads();
   info["tile_size"] = kTileSize;
+  // The CPU blend kernels that a render would use now (FEATURE3DGS_CPU_ISA), those
+  // registered and supported, and the switches (cpu/rasterize.cpp).
+  info["cpu_isa"] = std::string(selected_cpu_kernels().isa);
+  info["cpu_isa_lanes"] = selected_cpu_kernels().lanes;
+  info["cpu_isas_available"] = cpu_isas_available();
+  info["cpu_tile_culling"] = cpu_culling_enabled();
+  info["cpu_deterministic_backward"] = cpu_deterministic_enabled();
   return info;
 }
 
@@ -146,4 +218,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rasterize_forward", &f3d::rasterize_forward);
   m.def("rasterize_backward", &f3d::rasterize_backward);
   m.def("build_info", &f3d::build_info);
+  m.def("cpu_isa_supported", [](const std::string& isa) { return f3d::cpu_supports(isa); });
+  m.def("register_cpu_kernels", &f3d::register_cpu_kernels_capsule);
+  m.def("cpu_forward_stats", &f3d::cpu_forward_stats);
+  m.def("cpu_check_culling", &f3d::cpu_check_culling);
 }

@@ -16,8 +16,8 @@ def _single_thread():
 
 @pytest.fixture
 def one_thread():
-    """One torch/OpenMP thread for a test: the CPU kernels add gradients with atomics across
-    threads, so one thread makes them exact (and tiny networks faster on a shared 2-core machine)."""
+    """One torch/OpenMP thread for a test: tiny networks run faster on a shared 2-core machine
+    (the CPU kernels' backward is deterministic for any thread count)."""
     yield from _single_thread()
 
 

@@ -1,4 +1,7 @@
-"""CPU kernels against the PyTorch reference: forward values and gradients."""
+"""CPU kernels against the PyTorch reference: forward values and gradients.
+
+Every test runs once per CPU blend path this machine supports (scalar, baseline,
+avx2, avx512: FEATURE3DGS_CPU_ISA), with the exact culling on."""
 
 from __future__ import annotations
 
@@ -10,6 +13,15 @@ from feature3dgs.rendering import reference
 from scenes import intrinsics, look_at_viewmat, random_scene
 
 OUTPUTS = ("rgb", "features", "depth", "alpha")
+CPU_ISAS = feature3dgs.backend_info()["cpu_isas_available"]
+
+
+@pytest.fixture(autouse=True, params=CPU_ISAS)
+def cpu_isa(request, monkeypatch):
+    """Forces one CPU blend path for the test."""
+    monkeypatch.setenv("FEATURE3DGS_CPU_ISA", request.param)
+    assert feature3dgs.backend_info()["cpu_isa"] == request.param
+    return request.param
 
 
 def render_both(scene: dict, camera: dict, grad: bool = True, **kwargs):

@@ -2,11 +2,16 @@
 // it touches (tile_rect), with a 64-bit key (tile index << 32 | depth key); one
 // stable radix sort then orders the pairs by tile and, within a tile, by depth,
 // ties keeping the Gaussian index order in which the pairs were written. This
-// reproduces the CPU's per-tile stable sort by depth of index-ordered lists.
+// reproduces the CPU's lists, sorted by depth with ties by index. Before the sort,
+// a pair whose Gaussian has alpha < kAlphaMin at every pixel of its tile
+// (f3d/cull.h, the CPU binning's test) gets the tile key T, which sorts it after
+// every tile's list, outside all tile ranges: no render kernel visits it, and no
+// pixel changes.
 #include <cub/cub.cuh>
 
 #include <climits>
 
+#include "f3d/cull.h"
 #include "f3d/projection.h"
 #include "helpers.cuh"
 
@@ -59,6 +64,24 @@ __global__ void __launch_bounds__(kThreads1D)
   }
 }
 
+// Exact culling of pair i: its key's tile becomes T (past the last tile) when the
+// Gaussian contributes to no pixel of the tile.
+__global__ void __launch_bounds__(kThreads1D)
+    cull_pairs_kernel(int64_t M, const float* __restrict__ means2d, const float* __restrict__ conics,
+                      const float* __restrict__ opacities, int gx, int width, int height,
+                      uint64_t T, uint64_t* __restrict__ keys, const int* __restrict__ values) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= M) return;
+  const int64_t g = values[i];
+  const uint64_t key = keys[i];
+  const int tile = (int)(key >> 32);
+  const CullSplat cs = make_cull_splat({means2d[2 * g], means2d[2 * g + 1]},
+                                       {conics[3 * g], conics[3 * g + 1], conics[3 * g + 2]},
+                                       opacities[g]);
+  if (!cull_tile_may_contribute(cs, tile % gx, tile / gx, width, height))
+    keys[i] = (T << 32) | (key & 0xffffffffull);
+}
+
 // tile_offsets[t] = the first sorted position whose tile is >= t, for t in [0, T];
 // thread i in [0, M] writes the entries t in (tile(i - 1), tile(i)], with tile(-1)
 // = -1 and tile(M) = T, so every entry is written exactly once.
@@ -82,6 +105,7 @@ int bit_width_of_count(int64_t n) {
 }  // namespace
 
 Binning bin_gaussians_cuda(const TileGrid& grid, const torch::Tensor& means2d,
+                           const torch::Tensor& conics, const torch::Tensor& opacities,
                            const torch::Tensor& radii, const torch::Tensor& depths,
                            cudaStream_t stream) {
   const int64_t N = means2d.size(0);
@@ -124,11 +148,17 @@ Binning bin_gaussians_cuda(const TileGrid& grid, const torch::Tensor& means2d,
          grid.gx, grid.gy, cum.data_ptr<int64_t>(), kin, values_in.data_ptr<int>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
-  // Stable LSD radix sort on the key bits in use: 32 depth bits and the tile bits.
+  launch(cull_pairs_kernel, blocks_for(M), kThreads1D, 0, stream, M, m2d, conics.data_ptr<float>(),
+         opacities.data_ptr<float>(), grid.gx, grid.width, grid.height, (uint64_t)T, kin,
+         values_in.data_ptr<int>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+  // Stable LSD radix sort on the key bits in use: 32 depth bits and the tile bits
+  // (tiles 0 .. T, T for the culled pairs).
   auto keys_out = torch::empty({M}, i64);
   auto gaussian_ids = torch::empty({M}, i32);
   uint64_t* kout = reinterpret_cast<uint64_t*>(keys_out.data_ptr<int64_t>());
-  const int end_bit = 32 + bit_width_of_count(T);
+  const int end_bit = 32 + bit_width_of_count(T + 1);
   size_t sort_bytes = 0;
   C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, kin, kout,
                                                  values_in.data_ptr<int>(),

@@ -158,7 +158,11 @@ inline void fill_raster_inputs(RasterInputs& p, const TileGrid& grid, int64_t C,
 }
 
 // binning.cu. Reads M back to the host (the one synchronisation of the forward).
+// Pairs that f3d/cull.h proves empty (alpha < kAlphaMin at every pixel of the
+// tile) are sorted past the last tile: gaussian_ids keeps M entries, tile_offsets
+// covers only the kept ones.
 Binning bin_gaussians_cuda(const TileGrid& grid, const torch::Tensor& means2d,
+                           const torch::Tensor& conics, const torch::Tensor& opacities,
                            const torch::Tensor& radii, const torch::Tensor& depths,
                            cudaStream_t stream);
 

@@ -178,7 +178,7 @@ RasterizeOut rasterize_forward_cuda(const torch::Tensor& means2d, const torch::T
   const auto i32 = f32.dtype(torch::kInt32);
 
   // Sorts the tile-Gaussian pairs; reads their number M back to the host.
-  gpu::Binning bins = gpu::bin_gaussians_cuda(grid, means2d, radii, depths, stream);
+  gpu::Binning bins = gpu::bin_gaussians_cuda(grid, means2d, conics, opacities, radii, depths, stream);
 
   if (bins.num_pairs == 0) {  // nothing visible: the CPU's empty image
     return {torch::zeros({3, height, width}, f32), torch::zeros({C, height, width}, f32),

@@ -7,6 +7,7 @@ in any build environment.
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 from pathlib import Path
 
@@ -31,8 +32,33 @@ LINK_FLAGS = ["-fopenmp"]
 FALLBACK_CUDA_ARCHS = "8.0;9.0+PTX"
 
 
+# The SIMD blend kernels for wider instruction sets than the build's baseline: one
+# small extension module each (feature3dgs._cpu_<name>, source csrc/cpu/isa/<name>.cpp),
+# compiled with its own -m flags so that its instructions cannot leak into code that
+# the other paths run, and imported only on CPUs that support it (feature3dgs/_backend.py).
+ISA_MODULES = {
+    "avx2": ["-mavx2", "-mfma"],
+    "avx512": ["-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw", "-mavx2", "-mfma"],
+}
+# Each ISA module keeps its symbols to itself.
+ISA_VISIBILITY_FLAGS = ["-fvisibility=hidden", "-fvisibility-inlines-hidden"]
+
+
 def cpu_sources(csrc: Path) -> list[Path]:
+    """The C++ sources of feature3dgs._C (the scalar and baseline SIMD kernels among them)."""
     return sorted(csrc.glob("cpu/*.cpp")) + [csrc / "bindings.cpp"]
+
+
+def isa_modules(csrc: Path) -> list[tuple[str, Path, list[str]]]:
+    """(name, source, C++ flags) of each ISA module to build here: x86-64 builds all of
+    ISA_MODULES (the compiler needs no such CPU, only the flags); other architectures
+    and FEATURE3DGS_NO_ISA_MODULES=1 build none (the baseline kernels serve)."""
+    if os.environ.get("FEATURE3DGS_NO_ISA_MODULES"):
+        return []
+    if platform.machine().lower() not in ("x86_64", "amd64", "x64"):
+        return []
+    return [(name, csrc / "cpu" / "isa" / f"{name}.cpp", CXX_FLAGS + flags + ISA_VISIBILITY_FLAGS)
+            for name, flags in ISA_MODULES.items()]
 
 
 def cuda_sources(csrc: Path) -> list[Path]:

@@ -1,0 +1,274 @@
+"""CPU rasterizer throughput on a trained scene, against this machine's fp32 peak.
+
+The scene: the built-in synthetic scene trained (RGB, --train-steps, 100k random
+initial Gaussians, seed 0), cached as a PLY; rendered at --size x --size from test
+view 0 with random seeded features of C channels. For each C (3, 64, 256) and each
+CPU path it reports, in one run:
+
+- pairs: (tile, Gaussian) pairs of the tile rectangles and after the exact culling;
+  (pixel, Gaussian) pairs visited (alpha evaluated) and contributing (blended);
+- the rasterizer kernels alone (forward, backward) and feature3dgs.render (forward,
+  forward+backward), wall and CPU (process) time, medians of --repeats runs;
+- ns per visited and per contributing pair; the feature blend's GFLOP/s: useful
+  flops (2 C per contributing pair forward; 4 C backward: dL/dv . f and
+  dL/df += w dL/dout) over the kernel's time, and that as a fraction of the fp32
+  peak, which is computed (and printed) from the detected ISA, threads and clock;
+- ratios to the path of before this work: FEATURE3DGS_CPU_ISA=scalar, culling off,
+  atomic backward (`legacy`).
+
+    python benchmarks/cpu_throughput.py                     # full run, writes JSON
+    python benchmarks/cpu_throughput.py --quick             # small smoke run
+
+The machine may be shared: the CPU-time figures are less disturbed by other load
+than wall time; the JSON records the load average before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import feature3dgs  # noqa: E402
+from bench_utils import git_revision, write_result  # noqa: E402
+from feature3dgs.rendering._backend import kernels  # noqa: E402
+
+SCENE_VERSION = "cpu_throughput_scene_v1"
+CHANNELS = [3, 64, 256]
+# (label, FEATURE3DGS_CPU_ISA, CULL, DETERMINISTIC)
+LEGACY = ("legacy", "scalar", "0", "0")
+
+
+def paths() -> list[tuple[str, str, str, str]]:
+    """legacy, the scalar kernels with culling, each SIMD path, and the widest with the atomic
+    backward (the cost of determinism)."""
+    avail = feature3dgs.backend_info()["cpu_isas_available"]
+    return ([LEGACY, ("scalar+cull", "scalar", "1", "1")] + [(isa, isa, "1", "1") for isa in avail if isa != "scalar"]
+            + [(f"{avail[-1]}-atomic", avail[-1], "1", "0")])
+
+
+@contextmanager
+def cpu_path(isa: str, cull: str, det: str):
+    keys = ("FEATURE3DGS_CPU_ISA", "FEATURE3DGS_CPU_CULL", "FEATURE3DGS_CPU_DETERMINISTIC")
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update(dict(zip(keys, (isa, cull, det))))
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def trained_scene(steps: int, cache: Path):
+    """The trained built-in scene's Gaussians (cached PLY) and its test view 0."""
+    from feature3dgs.data import builtin_scene, load_scene
+    from feature3dgs.ply import load_ply, save_ply
+    from feature3dgs.run import fit
+
+    scene = load_scene(builtin_scene())
+    path = cache / f"{SCENE_VERSION}-{steps}.ply"
+    if not path.is_file():
+        print(f"training the built-in scene for {steps} steps (once; cached in {path}) ...", flush=True)
+        t0 = time.perf_counter()
+        trainer = fit(scene, None, iterations=steps, device="cpu", lpips="none", tensorboard=False,
+                      progress=False, save_test_renders=False, eval_every=0, checkpoint_every=0,
+                      init_random_points=100_000, seed=0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_ply(trainer.model, path)
+        print(f"trained in {time.perf_counter() - t0:.0f} s", flush=True)
+    return load_ply(path), scene.test_views[0].camera
+
+
+def clock_ghz() -> tuple[float, str]:
+    for f in ("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq",
+              "/sys/devices/system/cpu/cpu0/cpufreq/base_frequency"):
+        try:
+            return int(Path(f).read_text()) / 1e6, f
+        except (OSError, ValueError):
+            pass
+    try:
+        mhz = [float(l.split(":")[1]) for l in Path("/proc/cpuinfo").read_text().splitlines()
+               if l.lower().startswith("cpu mhz")]
+        if mhz:
+            return max(mhz) / 1e3, "/proc/cpuinfo cpu MHz (max over cores)"
+    except OSError:
+        pass
+    return 2.0, "unknown (assumed 2.0 GHz)"
+
+
+def fp32_peak(isa: str, threads: int) -> dict:
+    """threads x FMA units x lanes x 2 flops x clock. Two FMA units per core for AVX2 and
+    AVX-512 (server x86 cores since Haswell / Skylake-SP; a one-unit AVX-512 part has half),
+    SSE2 baseline 4 lanes, scalar 1 lane."""
+    lanes = {"avx512": 16, "avx2": 8, "baseline": 4, "scalar": 1}[isa]
+    units = 2
+    ghz, source = clock_ghz()
+    gflops = threads * units * lanes * 2 * ghz
+    return dict(isa=isa, threads=threads, fma_units=units, lanes=lanes, ghz=ghz, clock_source=source,
+                gflops=gflops, formula=f"{threads} threads x {units} FMA units x {lanes} lanes x 2 flops x {ghz:.2f} GHz = {gflops:.1f} GFLOP/s")
+
+
+def timed(fn, repeats: int) -> tuple[float, float]:
+    """Median wall and CPU (process) ms."""
+    fn()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        w0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        cpu.append(time.process_time() - c0)
+        wall.append(time.perf_counter() - w0)
+    return statistics.median(wall) * 1e3, statistics.median(cpu) * 1e3
+
+
+def render_args(model, camera, channels: int, size: int) -> dict:
+    g = torch.Generator().manual_seed(channels)
+    cam = camera.scaled(size / camera.width)
+    with torch.no_grad():
+        args = dict(means=model.means.detach(), quats=model.quats.detach(), scales=model.scales.detach(),
+                    opacities=model.opacities.detach(), colors=model.sh.detach(),
+                    features=torch.randn(model.means.shape[0], channels, generator=g))
+    return args, cam
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train-steps", type=int, default=1000)
+    parser.add_argument("--size", type=int, default=512, help="render size (square)")
+    parser.add_argument("--channels", type=int, nargs="*", default=CHANNELS)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="default: torch's")
+    parser.add_argument("--cache", type=Path, default=Path(os.environ.get("FEATURE3DGS_CACHE", Path.home() / ".cache" / "feature3dgs")) / "bench")
+    parser.add_argument("--quick", action="store_true", help="30 training steps, 128 px, C=3, 1 repeat")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.train_steps, args.size, args.channels, args.repeats = 30, 128, [3], 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    load_before = os.getloadavg()
+
+    model, camera = trained_scene(args.train_steps, args.cache)
+    n = model.means.shape[0]
+    info = feature3dgs.backend_info()
+    best = info["cpu_isas_available"][-1]
+    peak = fp32_peak(best, threads)
+    print(f"feature3dgs {info['version']}, git {git_revision()}, torch {torch.__version__}, "
+          f"{platform.processor() or platform.machine()}, {threads} threads, load average {load_before[0]:.1f}")
+    print(f"scene: built-in, trained {args.train_steps} steps, {n} Gaussians, {args.size}x{args.size}, test view 0")
+    print(f"fp32 peak ({best}): {peak['formula']} (clock from {peak['clock_source']})")
+
+    rows = []
+    header = (f"{'C':>4} {'path':>12} | {'tile pairs':>10} {'visited':>11} {'contrib':>11} | "
+              f"{'k fwd':>7} {'k bwd':>7} ms cpu | {'fwd':>7} {'fwd+bwd':>8} ms wall ({'cpu':>7}) | "
+              f"{'ns/visit':>8} {'GF/s f':>7} {'%pk':>5} {'GF/s b':>7} {'%pk':>5} | {'x fwd':>6} {'x f+b':>6}")
+    print(header)
+    print("-" * len(header))
+    for C in args.channels:
+        rargs, cam = render_args(model, camera, C, args.size)
+        render_kw = dict(viewmat=cam.viewmat, K=cam.K, width=cam.width, height=cam.height)
+        K = kernels()
+        # The rasterizer's own inputs, for timing its kernels alone.
+        from feature3dgs.rendering.kernels import ProjectFunction as _Project
+        from feature3dgs.rendering.inputs import validate_render_inputs
+        inp = validate_render_inputs(**rargs, **render_kw)
+        with torch.no_grad():
+            sh = inp.sh if inp.sh is not None else torch.empty(0)
+            m2d, conics, depths, radii, sh_colors = _Project.apply(
+                inp.means, inp.quats, inp.scales, sh, inp.sh_degree, inp.viewmat, inp.K, cam.width,
+                cam.height, inp.near)
+        colors = (inp.colors if inp.sh is None else sh_colors).contiguous()
+        kin = (m2d, conics, colors, inp.opacities.contiguous(), depths, inp.features.contiguous(), radii)
+        base = None
+        for label, isa, cull, det in paths():
+            with cpu_path(isa, cull, det):
+                *_, stats = K.cpu_forward_stats(*kin, cam.width, cam.height)
+                out = K.rasterize_forward(*kin, cam.width, cam.height)
+                gr = [torch.randn_like(out[i]) for i in range(4)]
+                kf = timed(lambda: K.rasterize_forward(*kin, cam.width, cam.height), args.repeats)
+                kb = timed(lambda: K.rasterize_backward(*kin[:6], cam.width, cam.height, out[4], out[5], out[6],
+                                                        out[7], gr[0], gr[1], gr[2], gr[3]), args.repeats)
+
+                def fwd():
+                    with torch.no_grad():
+                        feature3dgs.render(**rargs, **render_kw)
+
+                def fwd_bwd():
+                    leaves = {k: (v.clone().requires_grad_(True) if isinstance(v, torch.Tensor) else v)
+                              for k, v in rargs.items()}
+                    o = feature3dgs.render(**leaves, **render_kw)
+                    (o.rgb.sum() + o.features.sum() + 1e-3 * o.depth.sum()).backward()
+
+                rf = timed(fwd, args.repeats)
+                rfb = timed(fwd_bwd, args.repeats)
+            contrib = stats["contributing_pairs"]
+            path_peak = fp32_peak(isa, threads)["gflops"]
+            row = dict(channels=C, path=label, isa=isa, cull=cull == "1", deterministic=det == "1",
+                       n_gaussians=n, width=cam.width, height=cam.height, **{k: stats[k] for k in
+                       ("bbox_tile_pairs", "tile_pairs", "visited_pairs", "contributing_pairs")},
+                       kernel_fwd_ms_wall=kf[0], kernel_fwd_ms_cpu=kf[1], kernel_bwd_ms_wall=kb[0],
+                       kernel_bwd_ms_cpu=kb[1], render_fwd_ms_wall=rf[0], render_fwd_ms_cpu=rf[1],
+                       render_fwd_bwd_ms_wall=rfb[0], render_fwd_bwd_ms_cpu=rfb[1])
+            # Per pair and GFLOP/s from wall time of the kernels with `threads` threads.
+            row["ns_per_visited_pair_fwd"] = kf[0] * 1e6 / max(stats["visited_pairs"], 1)
+            row["ns_per_contributing_pair_fwd"] = kf[0] * 1e6 / max(contrib, 1)
+            row["ns_per_visited_pair_fwd_bwd"] = (kf[0] + kb[0]) * 1e6 / max(stats["visited_pairs"], 1)
+            row["feature_gflops_fwd"] = 2 * C * contrib / (kf[0] * 1e6)
+            row["feature_gflops_bwd"] = 4 * C * contrib / (kb[0] * 1e6)
+            row["feature_peak_fraction_fwd"] = row["feature_gflops_fwd"] / peak["gflops"]
+            row["feature_peak_fraction_bwd"] = row["feature_gflops_bwd"] / peak["gflops"]
+            # The same from CPU time (threads x the time each thread ran), less disturbed by
+            # other load on a shared machine.
+            row["feature_gflops_fwd_cpu"] = 2 * C * contrib / (kf[1] / threads * 1e6)
+            row["feature_gflops_bwd_cpu"] = 4 * C * contrib / (kb[1] / threads * 1e6)
+            row["feature_peak_fraction_fwd_cpu"] = row["feature_gflops_fwd_cpu"] / peak["gflops"]
+            row["feature_peak_fraction_bwd_cpu"] = row["feature_gflops_bwd_cpu"] / peak["gflops"]
+            row["path_peak_gflops"] = path_peak
+            if base is None:
+                base = row
+            if label.endswith("-atomic"):
+                det_row = next(r for r in rows if r["channels"] == C and r["path"] == isa)
+                row["determinism_cost_kernel_bwd_cpu"] = det_row["kernel_bwd_ms_cpu"] / row["kernel_bwd_ms_cpu"] - 1
+            for key in ("kernel_fwd_ms_cpu", "kernel_bwd_ms_cpu", "render_fwd_ms_wall", "render_fwd_bwd_ms_wall",
+                        "render_fwd_ms_cpu", "render_fwd_bwd_ms_cpu"):
+                row[f"speedup_{key}"] = base[key] / row[key]
+            rows.append(row)
+            print(f"{C:>4} {label:>12} | {stats['tile_pairs']:>10} {stats['visited_pairs']:>11} {contrib:>11} | "
+                  f"{kf[1]:7.0f} {kb[1]:7.0f} ms cpu | {rf[0]:7.0f} {rfb[0]:8.0f} ms wall ({rfb[1]:7.0f}) | "
+                  f"{row['ns_per_visited_pair_fwd']:8.2f} {row['feature_gflops_fwd']:7.1f} "
+                  f"{100 * row['feature_peak_fraction_fwd']:4.1f}% {row['feature_gflops_bwd']:7.1f} "
+                  f"{100 * row['feature_peak_fraction_bwd']:4.1f}% | {row['speedup_render_fwd_ms_cpu']:5.2f}x "
+                  f"{row['speedup_render_fwd_bwd_ms_cpu']:5.2f}x", flush=True)
+    load_after = os.getloadavg()
+    print(f"bbox tile pairs (no culling) at C={args.channels[0]}: {rows[0]['bbox_tile_pairs']}; "
+          f"load average before {load_before[0]:.1f}, after {load_after[0]:.1f}. Ratios (x) are CPU-time "
+          "ratios of feature3dgs.render against the legacy path.")
+    result = dict(benchmark="cpu_throughput", device="cpu", device_name=platform.processor() or platform.machine(),
+                  torch=torch.__version__, feature3dgs=info, git=git_revision(), date=time.strftime("%Y-%m-%d"),
+                  threads=threads, repeats=args.repeats, train_steps=args.train_steps, n_gaussians=n,
+                  size=args.size, fp32_peak=peak, load_average_before=load_before, load_average_after=load_after,
+                  flop_model=("feature blend flops: forward 2*C per contributing pair, backward 4*C; over the kernel's "
+                              "wall time (feature_gflops_*) or its CPU time / threads (feature_gflops_*_cpu)"),
+                  rows=rows)
+    out = args.out or ROOT / "benchmarks" / "results" / f"cpu_throughput{'-quick' if args.quick else ''}.json"
+    write_result(out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,487 @@
+// The SIMD blend kernels, written once over ATen's at::vec::Vectorized<float> and
+// compiled once per instruction set: into feature3dgs._C for the baseline
+// (blend_baseline.cpp: SSE2 on x86-64, NEON on aarch64) and into one extension
+// module per wider ISA (isa/avx2.cpp, isa/avx512.cpp), each built with its own -m
+// flags. The including file defines F3D_SIMD_NS (a namespace unique to the ISA)
+// and F3D_SIMD_ISA (its name) and includes this header once.
+//
+// Layout: a tile is 16 rows of 16 pixels; one SIMD step covers L = V::size()
+// consecutive pixels of a row (16 with AVX-512, 8 with AVX2 and the baseline), so
+// a row is 16 / L chunks. Per Gaussian the kernels visit only the chunks that
+// f3d/cull.h cannot prove empty, evaluate alpha for the chunk's pixels at once
+// (one vectorised exp), and skip or stop pixels with lane masks. The alpha, T and
+// weight arithmetic repeats f3d/blend.h operation by operation (no FMA: the build
+// uses -ffp-contract=off), so a pixel's blend differs from the scalar kernels only
+// through the exp. The feature channels are vectorised across channels, per
+// blended pixel: out_f += w f (forward), dL/dv . f and dL/df += w dL/dout
+// (backward), L channels per step.
+#pragma once
+
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <omp.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include "cpu/kernels_api.h"
+#include "f3d/blend.h"
+#include "f3d/cull.h"
+
+#ifndef F3D_SIMD_NS
+#error "define F3D_SIMD_NS (and F3D_SIMD_ISA) before including cpu/blend_simd.h"
+#endif
+
+namespace f3d {
+namespace F3D_SIMD_NS {
+namespace {
+
+using V = at::vec::Vectorized<float>;
+constexpr int L = V::size();
+static_assert(kTileSize % L == 0 && L <= 16, "a tile row must be a whole number of SIMD steps");
+constexpr int kChunksPerRow = kTileSize / L;
+constexpr int kTilePixels = kTileSize * kTileSize;
+constexpr unsigned kFullMask = (1u << L) - 1u;
+constexpr int kPrefetch = 4;  // list positions ahead to prefetch a Gaussian's PackedGaussian
+
+alignas(64) constexpr float kLaneCentre[16] = {0.5f, 1.5f, 2.5f,  3.5f,  4.5f,  5.5f,  6.5f,  7.5f,
+                                               8.5f, 9.5f, 10.5f, 11.5f, 12.5f, 13.5f, 14.5f, 15.5f};
+
+// Lanes of a mask vector (all bits set or zero) as the low L bits.
+inline unsigned lanes(const V& m) { return ~(unsigned)m.zero_mask() & kFullMask; }
+inline V select(const V& m, const V& if_true, const V& if_false) { return V::blendv(if_false, if_true, m); }
+inline int popcount(unsigned b) { return __builtin_popcount(b); }
+inline int lowest(unsigned b) { return __builtin_ctz(b); }
+
+inline float lane_sum(const V& v) {
+  return at::vec::vec_reduce_all<float>([](const V& x, const V& y) { return x + y; }, v);
+}
+
+// 64-byte aligned scratch of n floats (n may be 0).
+struct Scratch {
+  float* p = nullptr;
+  explicit Scratch(int64_t n) {
+    void* q = nullptr;
+    if (posix_memalign(&q, 64, (size_t)(n > 0 ? n : 1) * sizeof(float)) == 0) p = static_cast<float*>(q);
+  }
+  ~Scratch() { free(p); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+};
+
+struct Tile {
+  int x0, y0, w, h;
+  Tile(const CpuRasterInputs& in, int t) {
+    x0 = (t % in.grid_x) * kTileSize;
+    y0 = (t / in.grid_x) * kTileSize;
+    w = in.width - x0 < kTileSize ? in.width - x0 : kTileSize;
+    h = in.height - y0 < kTileSize ? in.height - y0 : kTileSize;
+  }
+};
+
+using VD = at::vec::Vectorized<double>;
+constexpr int LD = VD::size();
+static_assert(kTileSize % LD == 0, "tile rows must be a whole number of double steps");
+alignas(64) constexpr double kRowIndex[32] = {0.,  1.,  2.,  3.,  4.,  5.,  6.,  7.,  8.,  9.,  10.,
+                                              11., 12., 13., 14., 15., 16., 17., 18., 19., 20., 21.,
+                                              22., 23., 24., 25., 26., 27., 28., 29., 30., 31.};
+// Rows of a band: with many channels the forward runs each tile's list once per
+// band of 4 rows, so that the band's feature accumulators (64 pixels x C) stay in
+// cache and a band stops as soon as its own pixels are done (measured: ~20% faster
+// at C = 256, slower at C = 3, and slower in the backward, which uses whole tiles).
+constexpr int kBandRowsManyChannels = 4;
+constexpr int kBandMinChannels = 32;
+
+// The chunks of rows [r0, r1) of the tile.
+inline uint64_t band_chunks(uint64_t all, int r0, int r1) {
+  const int bits = (r1 - r0) * kChunksPerRow;
+  const uint64_t rows = bits >= 64 ? ~(uint64_t)0 : (((uint64_t)1 << bits) - 1) << (r0 * kChunksPerRow);
+  return all & rows;
+}
+
+// Whether the ellipse's rows miss the pixel-centre rows [r0, r1) of the tile.
+inline bool band_missed(const Tile& tile, const CullSplat& cs, bool cull, int r0, int r1) {
+  if (!cull || cs.kind != kCullTest) return cull && cs.kind == kCullNone;
+  const double lo = tile.y0 + r0 + 0.5, hi = tile.y0 + r1 - 0.5;
+  return lo - cs.my > cs.ry || cs.my - hi > cs.ry;
+}
+
+// The chunks (bit r * kChunksPerRow + k: row r, pixels [k L, (k + 1) L)) of the
+// tile where the Gaussian may contribute: all chunks inside the image without
+// culling; with it, those whose row segment f3d/cull.h cannot rule out (its exact
+// segment minimum, evaluated for LD rows at once in double).
+// The chunks of the tile inside the image.
+inline uint64_t tile_chunks(const Tile& tile) {
+  const int row_chunks = (tile.w + L - 1) / L;
+  uint64_t row_bits = 0;
+  for (int k = 0; k < row_chunks; ++k) row_bits |= (uint64_t)1 << k;
+  uint64_t all = 0;
+  for (int r = 0; r < tile.h; ++r) all |= row_bits << (r * kChunksPerRow);
+  return all;
+}
+
+inline uint64_t live_chunks(const Tile& tile, uint64_t all, const CullSplat& cs, bool cull, int r_lo,
+                            int r_hi) {
+  const int row_chunks = (tile.w + L - 1) / L;
+  if (!cull || cs.kind == kCullKeep) return all;
+  if (cs.kind == kCullNone) return 0;
+  const VD a(cs.a), b2(2.0 * cs.b), c(cs.c), kx(cs.kx), t(cs.t);
+  const VD dy0(tile.y0 + 0.5 - cs.my);
+  uint64_t m = 0;
+  for (int k = 0; k < row_chunks; ++k) {
+    const int last_col = (k + 1) * L < tile.w ? (k + 1) * L - 1 : tile.w - 1;
+    const VD lo(tile.x0 + k * L + 0.5 - cs.mx), hi(tile.x0 + last_col + 0.5 - cs.mx);
+    for (int r0 = r_lo; r0 < r_hi; r0 += LD) {
+      const VD dy = dy0 + VD::loadu(kRowIndex + r0);
+      const VD dx = at::vec::minimum(at::vec::maximum(kx * dy, lo), hi);
+      const VD q = a * dx * dx + b2 * dx * dy + c * dy * dy;
+      unsigned live = ~(unsigned)(q <= t).zero_mask() & ((1u << LD) - 1u);
+      for (; live; live &= live - 1) m |= (uint64_t)1 << ((r0 + lowest(live)) * kChunksPerRow + k);
+    }
+  }
+  return m & all;
+}
+
+// One Gaussian at the L pixels of a chunk, as f3d::eval_splat computes it per pixel.
+struct ChunkSplat {
+  V dx, dy, G, alpha_raw, alpha, ok;  // ok: power <= 0 and alpha >= kAlphaMin (NaN: false)
+};
+
+inline ChunkSplat eval_chunk(const Tile& tile, int r, int col0, float mx, float my, const V& ca,
+                             const V& cb, const V& cc, const V& opacity) {
+  ChunkSplat s;
+  s.dx = (V((float)(tile.x0 + col0)) + V::loadu(kLaneCentre)) - V(mx);
+  s.dy = V(((float)(tile.y0 + r) + 0.5f) - my);
+  const V power = V(-0.5f) * (ca * s.dx * s.dx + cc * s.dy * s.dy) - cb * s.dx * s.dy;
+  s.G = power.exp();
+  s.alpha_raw = opacity * s.G;
+  s.alpha = select(s.alpha_raw > V(kAlphaMax), V(kAlphaMax), s.alpha_raw);
+  s.ok = (power <= V(0.f)) & (s.alpha >= V(kAlphaMin));
+  return s;
+}
+
+// dst[c] += w * src[c], c < C, L channels per step (the scalar kernels' rounding).
+inline void axpy(float w, const float* src, float* dst, int64_t C) {
+  const V vw(w);
+  int64_t c = 0;
+  for (; c + L <= C; c += L) (V::loadu(dst + c) + vw * V::loadu(src + c)).store(dst + c);
+  for (; c < C; ++c) dst[c] += w * src[c];
+}
+
+// Returns sum_c g[c] f[c] and adds w g[c] to acc[c].
+inline float dot_and_axpy(const float* g, const float* f, float w, float* acc, int64_t C) {
+  const V vw(w);
+  V d(0.f);
+  int64_t c = 0;
+  for (; c + L <= C; c += L) {
+    const V gc = V::loadu(g + c);
+    d = d + gc * V::loadu(f + c);
+    (V::loadu(acc + c) + vw * gc).store(acc + c);
+  }
+  float s = lane_sum(d);
+  for (; c < C; ++c) {
+    s += g[c] * f[c];
+    acc[c] += w * g[c];
+  }
+  return s;
+}
+
+void forward(const CpuForwardArgs* args) {
+  const CpuRasterInputs& in = args->in;
+  const int64_t C = in.C;
+  const int64_t HW = (int64_t)in.width * in.height;
+  const int n_tiles = in.grid_x * in.grid_y;
+  const bool count = args->stats != nullptr;
+  const bool cull = in.cull != 0;
+  // Fewer channels than lanes: features channel-major, blended across pixels like
+  // rgb (measured faster below L channels, slower from 64 up).
+  const bool lane_feat = C < L;
+  const int band_rows = C >= kBandMinChannels ? kBandRowsManyChannels : kTileSize;
+  int64_t visited = 0, contributing = 0;
+#pragma omp parallel reduction(+ : visited, contributing)
+  {
+    // Tile state, structure of arrays over the 16 x 16 pixels; features pixel-major.
+    Scratch s_T(kTilePixels), s_rgb(3 * kTilePixels), s_dep(kTilePixels), s_last(kTilePixels),
+        s_done(kTilePixels), s_feat(C * kTilePixels), s_w(16);
+    float *T = s_T.p, *acc_rgb = s_rgb.p, *acc_dep = s_dep.p, *last = s_last.p, *done = s_done.p;
+    float *acc_feat = s_feat.p, *wl = s_w.p;
+#pragma omp for schedule(dynamic, 1)
+    for (int t = 0; t < n_tiles; ++t) {
+      const Tile tile(in, t);
+      int active = 0;
+      for (int p = 0; p < kTilePixels; ++p) {
+        const bool inside = p / kTileSize < tile.h && p % kTileSize < tile.w;
+        T[p] = 1.f;
+        acc_rgb[p] = acc_rgb[kTilePixels + p] = acc_rgb[2 * kTilePixels + p] = 0.f;
+        acc_dep[p] = 0.f;
+        last[p] = 0.f;
+        done[p] = inside ? 0.f : 1.f;
+        active += inside;
+      }
+      if (C > 0) memset(acc_feat, 0, sizeof(float) * C * kTilePixels);
+      const int start = in.tile_offsets[t], end = in.tile_offsets[t + 1];
+      const uint64_t all = tile_chunks(tile);
+      for (int b0 = 0; b0 < tile.h; b0 += band_rows) {
+        const int b1 = b0 + band_rows < tile.h ? b0 + band_rows : tile.h;
+        const uint64_t band = band_chunks(all, b0, b1);
+        active = 0;
+        for (int p = b0 * kTileSize; p < b1 * kTileSize; ++p) active += done[p] == 0.f;
+        for (int i = start; i < end && active > 0; ++i) {
+          if (i + kPrefetch < end) {
+            const int ahead = in.gaussian_ids[i + kPrefetch];
+            __builtin_prefetch(in.packed + ahead);
+            if (C > 0) __builtin_prefetch(in.features + (int64_t)ahead * C);
+          }
+          const int g = in.gaussian_ids[i];
+          const PackedGaussian& P = in.packed[g];
+          const float mx = P.mx, my = P.my;
+          const CullSplat cs = unpack_cull(P);
+          if (band_missed(tile, cs, cull, b0, b1)) continue;
+          uint64_t chunks = live_chunks(tile, band, cs, cull, b0, b1);
+          if (!chunks) continue;
+          const V ca(P.ca), cb(P.cb), cc(P.cc), vo(P.opacity);
+          const V cr(P.r), cg(P.g), cbl(P.b), vdep(P.depth);
+          const V pos((float)(i - start + 1));
+          const float* fg = C > 0 ? in.features + (int64_t)g * C : nullptr;
+          while (chunks) {
+            const int idx = __builtin_ctzll(chunks);
+            chunks &= chunks - 1;
+            const int r = idx / kChunksPerRow, col0 = (idx % kChunksPerRow) * L;
+            const int p0 = r * kTileSize + col0;
+            const V done_v = V::loadu(done + p0);
+            const V live = done_v == V(0.f);
+            const unsigned live_bits = lanes(live);
+            if (!live_bits) continue;
+            if (count) visited += popcount(live_bits);
+            const ChunkSplat s = eval_chunk(tile, r, col0, mx, my, ca, cb, cc, vo);
+            const V ok = live & s.ok;
+            if (!lanes(ok)) continue;
+            const V Tv = V::loadu(T + p0);
+            const V next_T = Tv * (V(1.f) - s.alpha);
+            const V stop = ok & (next_T < V(kTransmittanceMin));
+            const unsigned stop_bits = lanes(stop);
+            if (stop_bits) {
+              select(stop, V(1.f), done_v).store(done + p0);
+              active -= popcount(stop_bits);
+            }
+            const V blend = ok & (next_T >= V(kTransmittanceMin));
+            const unsigned blend_bits = lanes(blend);
+            if (!blend_bits) continue;
+            if (count) contributing += popcount(blend_bits);
+            const V w = s.alpha * Tv;
+            float* ar = acc_rgb + p0;
+            const V r0 = V::loadu(ar), r1 = V::loadu(ar + kTilePixels), r2 = V::loadu(ar + 2 * kTilePixels);
+            select(blend, r0 + w * cr, r0).store(ar);
+            select(blend, r1 + w * cg, r1).store(ar + kTilePixels);
+            select(blend, r2 + w * cbl, r2).store(ar + 2 * kTilePixels);
+            const V d0 = V::loadu(acc_dep + p0);
+            select(blend, d0 + w * vdep, d0).store(acc_dep + p0);
+            select(blend, next_T, Tv).store(T + p0);
+            select(blend, pos, V::loadu(last + p0)).store(last + p0);
+            if (lane_feat) {
+              for (int64_t c = 0; c < C; ++c) {
+                float* af = acc_feat + c * kTilePixels + p0;
+                const V a = V::loadu(af);
+                select(blend, a + w * V(fg[c]), a).store(af);
+              }
+            } else if (C > 0) {
+              w.store(wl);
+              for (unsigned b = blend_bits; b; b &= b - 1) {
+                const int l = lowest(b);
+                axpy(wl[l], fg, acc_feat + (int64_t)(p0 + l) * C, C);
+              }
+            }
+          }
+        }
+      }  // bands
+      // Pixel-major features to the (C, H, W) output: channel by channel, so that the
+      // writes run along the image rows (a pixel's channels are H W floats apart).
+      if (!lane_feat)
+        for (int64_t c = 0; c < C; ++c)
+          for (int r = 0; r < tile.h; ++r) {
+            float* dst = args->out_feat + c * HW + (int64_t)(tile.y0 + r) * in.width + tile.x0;
+            const float* src = acc_feat + (int64_t)r * kTileSize * C + c;
+            for (int col = 0; col < tile.w; ++col) dst[col] = src[(int64_t)col * C];
+          }
+      for (int r = 0; r < tile.h; ++r) {
+        for (int col = 0; col < tile.w; ++col) {
+          const int p = r * kTileSize + col;
+          const int64_t pix = (int64_t)(tile.y0 + r) * in.width + tile.x0 + col;
+          for (int c = 0; c < 3; ++c) args->out_rgb[c * HW + pix] = acc_rgb[c * kTilePixels + p];
+          if (lane_feat)
+            for (int64_t c = 0; c < C; ++c) args->out_feat[c * HW + pix] = acc_feat[c * kTilePixels + p];
+          args->out_depth[pix] = acc_dep[p];
+          args->out_alpha[pix] = 1.f - T[p];
+          args->out_T[pix] = T[p];
+          args->out_last[pix] = (int)last[p];
+        }
+      }
+    }
+  }
+  if (count) {
+    args->stats->visited += visited;
+    args->stats->contributing += contributing;
+  }
+}
+
+void backward(const CpuBackwardArgs* args) {
+  const CpuRasterInputs& in = args->in;
+  const int64_t C = in.C;
+  const int64_t HW = (int64_t)in.width * in.height;
+  const bool cull = in.cull != 0;
+  const bool lane_feat = C < L;  // as in forward(): channel-major, across pixels
+#pragma omp parallel
+  {
+    // Per pixel (structure of arrays): T recovered back to front, Q = the sum over
+    // the Gaussians behind of w_j (dL/dout . v_j), last contributor, output
+    // gradients; dL/dfeatures pixel-major.
+    Scratch s_T(kTilePixels), s_Q(kTilePixels), s_last(kTilePixels), s_grgb(3 * kTilePixels),
+        s_gdep(kTilePixels), s_galpha(kTilePixels), s_gfeat(C * kTilePixels), s_accf(C), s_w(16),
+        s_gv(16), s_accl(C * L);
+    float *T = s_T.p, *Q = s_Q.p, *last = s_last.p, *g_rgb = s_grgb.p, *g_dep = s_gdep.p;
+    float *g_alpha = s_galpha.p, *g_feat = s_gfeat.p, *acc_f = s_accf.p, *wl = s_w.p, *gvl = s_gv.p;
+    float* acc_lanes = s_accl.p;  // lane_feat: per channel, the lane partial sums of dL/df
+#pragma omp for schedule(dynamic, 1)
+    for (int t = args->tile_begin; t < args->tile_end; ++t) {
+      const Tile tile(in, t);
+      for (int p = 0; p < kTilePixels; ++p) {
+        T[p] = 1.f;
+        Q[p] = 0.f;
+        last[p] = 0.f;
+        g_rgb[p] = g_rgb[kTilePixels + p] = g_rgb[2 * kTilePixels + p] = 0.f;
+        g_dep[p] = g_alpha[p] = 0.f;
+      }
+      if (C > 0) memset(g_feat, 0, sizeof(float) * C * kTilePixels);
+      for (int r = 0; r < tile.h; ++r) {
+        for (int col = 0; col < tile.w; ++col) {
+          const int p = r * kTileSize + col;
+          const int64_t pix = (int64_t)(tile.y0 + r) * in.width + tile.x0 + col;
+          T[p] = args->final_T[pix];
+          const int lc = args->last_contrib[pix];
+          last[p] = (float)lc;
+          for (int c = 0; c < 3; ++c) g_rgb[c * kTilePixels + p] = args->dl_rgb[c * HW + pix];
+          g_dep[p] = args->dl_depth[pix];
+          g_alpha[p] = args->dl_alpha[pix];
+          if (lane_feat)
+            for (int64_t c = 0; c < C; ++c) g_feat[c * kTilePixels + p] = args->dl_feat[c * HW + pix];
+        }
+      }
+      // dL/dfeatures (C, H, W) to pixel-major, channel by channel (reads along the rows).
+      if (!lane_feat)
+        for (int64_t c = 0; c < C; ++c)
+          for (int r = 0; r < tile.h; ++r) {
+            const float* src = args->dl_feat + c * HW + (int64_t)(tile.y0 + r) * in.width + tile.x0;
+            float* dst = g_feat + (int64_t)r * kTileSize * C + c;
+            for (int col = 0; col < tile.w; ++col) dst[(int64_t)col * C] = src[col];
+          }
+      const int start = in.tile_offsets[t];
+      const uint64_t all = tile_chunks(tile);
+      for (int b0 = 0; b0 < tile.h; b0 += kTileSize) {  // one band: the whole tile
+        const int b1 = tile.h;
+        const uint64_t band = band_chunks(all, b0, b1);
+        int band_last = 0;
+        for (int p = b0 * kTileSize; p < b1 * kTileSize; ++p) band_last = last[p] > band_last ? (int)last[p] : band_last;
+        for (int k = band_last - 1; k >= 0; --k) {
+          if (k >= kPrefetch) {
+            const int ahead = in.gaussian_ids[start + k - kPrefetch];
+            __builtin_prefetch(in.packed + ahead);
+            if (C > 0) __builtin_prefetch(in.features + (int64_t)ahead * C);
+          }
+          const int g = in.gaussian_ids[start + k];
+          const PackedGaussian& P = in.packed[g];
+          const float mx = P.mx, my = P.my;
+          const CullSplat cs = unpack_cull(P);
+          if (band_missed(tile, cs, cull, b0, b1)) continue;
+          uint64_t chunks = live_chunks(tile, band, cs, cull, b0, b1);
+          if (!chunks) continue;
+          const V ca(P.ca), cb(P.cb), cc(P.cc), vo(P.opacity), vk((float)k);
+          const V cr(P.r), cg(P.g), cbl(P.b), vdep(P.depth);
+          const float* fg = C > 0 ? in.features + (int64_t)g * C : nullptr;
+          // Lane partial sums, in the order of kernels_api.h's kPairGeomValues.
+          V a_mx(0.f), a_my(0.f), a_ca(0.f), a_cb(0.f), a_cc(0.f), a_op(0.f), a_r(0.f), a_g(0.f),
+              a_b(0.f), a_dep(0.f);
+          bool touched = false;
+          const V zero(0.f);
+          while (chunks) {
+            const int idx = __builtin_ctzll(chunks);
+            chunks &= chunks - 1;
+            const int r = idx / kChunksPerRow, col0 = (idx % kChunksPerRow) * L;
+            const int p0 = r * kTileSize + col0;
+            const V behind = V::loadu(last + p0) > vk;  // this Gaussian is before the pixel's last
+            if (!lanes(behind)) continue;
+            const ChunkSplat s = eval_chunk(tile, r, col0, mx, my, ca, cb, cc, vo);
+            const V ok = behind & s.ok;
+            const unsigned ok_bits = lanes(ok);
+            if (!ok_bits) continue;
+            if (!touched) {
+              touched = true;
+              if (lane_feat)
+                memset(acc_lanes, 0, sizeof(float) * C * L);
+              else if (C > 0)
+                memset(acc_f, 0, sizeof(float) * C);
+            }
+            const V one_minus = V(1.f) - s.alpha;
+            const V Tv = V::loadu(T + p0);
+            const V Tf = Tv / one_minus;  // transmittance in front of this Gaussian
+            select(ok, Tf, Tv).store(T + p0);
+            const V w = s.alpha * Tf;
+            const V gr = V::loadu(g_rgb + p0), gg = V::loadu(g_rgb + kTilePixels + p0),
+                    gb = V::loadu(g_rgb + 2 * kTilePixels + p0);
+            const V gd = V::loadu(g_dep + p0);
+            V gv = (((zero + gr * cr) + gg * cg) + gb * cbl) + gd * vdep + V::loadu(g_alpha + p0);
+            if (lane_feat) {
+              V d = zero;
+              for (int64_t c = 0; c < C; ++c) {
+                const V gc = V::loadu(g_feat + c * kTilePixels + p0);
+                d = d + gc * V(fg[c]);
+                float* al = acc_lanes + c * L;
+                (V::loadu(al) + select(ok, w * gc, zero)).store(al);
+              }
+              gv = gv + d;
+            } else if (C > 0) {
+              w.store(wl);
+              zero.store(gvl);
+              for (unsigned b = ok_bits; b; b &= b - 1) {
+                const int l = lowest(b);
+                gvl[l] = dot_and_axpy(g_feat + (int64_t)(p0 + l) * C, fg, wl[l], acc_f, C);
+              }
+              gv = gv + V::loadu(gvl);
+            }
+            a_r = a_r + select(ok, w * gr, zero);
+            a_g = a_g + select(ok, w * gg, zero);
+            a_b = a_b + select(ok, w * gb, zero);
+            a_dep = a_dep + select(ok, w * gd, zero);
+            const V Qv = V::loadu(Q + p0);
+            const V d_alpha = Tf * gv - Qv / one_minus;
+            select(ok, Qv + w * gv, Qv).store(Q + p0);
+            // f3d::eval_splat_backward, for the lanes whose alpha was not clamped.
+            const V grad = ok & (s.alpha_raw <= V(kAlphaMax));
+            const V d_power = d_alpha * vo * s.G;
+            a_op = a_op + select(grad, d_alpha * s.G, zero);
+            a_ca = a_ca + select(grad, V(-0.5f) * s.dx * s.dx * d_power, zero);
+            a_cb = a_cb + select(grad, s.dx.neg() * s.dy * d_power, zero);
+            a_cc = a_cc + select(grad, V(-0.5f) * s.dy * s.dy * d_power, zero);
+            a_mx = a_mx + select(grad, d_power * (ca * s.dx + cb * s.dy), zero);
+            a_my = a_my + select(grad, d_power * (cb * s.dx + cc * s.dy), zero);
+          }
+          if (!touched) continue;
+          if (lane_feat)
+            for (int64_t c = 0; c < C; ++c) acc_f[c] = lane_sum(V::loadu(acc_lanes + c * L));
+          const float geom[kPairGeomValues] = {lane_sum(a_mx), lane_sum(a_my), lane_sum(a_ca),
+                                               lane_sum(a_cb), lane_sum(a_cc), lane_sum(a_op),
+                                               lane_sum(a_r),  lane_sum(a_g),  lane_sum(a_b),
+                                               lane_sum(a_dep)};
+          emit_pair_grad(args->sink, start + k, g, geom, acc_f, C);
+        }
+      }  // bands
+    }
+  }
+}
+
+}  // namespace
+
+CpuKernels simd_kernels() { return {kCpuKernelsAbi, F3D_SIMD_ISA, L, &forward, &backward}; }
+
+}  // namespace F3D_SIMD_NS
+}  // namespace f3d
