@@ -16,6 +16,7 @@ covers the whole image (cell (i, j) covers rows [i, i+1) H / h').
 
 from __future__ import annotations
 
+import difflib
 import os
 from typing import Any, Optional, Union
 
@@ -164,7 +165,7 @@ class DenseClipTeacher(LanguageTeacher):
         known = oc.list_models()
         if not isinstance(model_name, str) or (model_name not in known
                                                and not model_name.startswith(("hf-hub:", "local-dir:"))):
-            close = [m for m in known if isinstance(model_name, str) and model_name.lower()[:5] in m.lower()][:8]
+            close = difflib.get_close_matches(str(model_name), known, n=6, cutoff=0.5)
             raise ValueError(f"unknown CLIP model {model_name!r} (--teacher-model): not an open_clip model name; "
                              f"e.g. {', '.join(close or known[:8])} (open_clip.list_models() has all "
                              f"{len(known)})")
