@@ -574,3 +574,54 @@ def test_semantic_fit_stops_on_exploding_or_non_finite_loss():
     for lr in (float("nan"), float("inf"), 0.0, -1.0):
         with pytest.raises(ValueError, match="lr must be a positive finite number"):
             fit_semantics(model, pairs, steps=3, lr=lr, num_classes=3)
+
+
+# ---------------------------------------------------------------------- the source: weights-only loading
+def _unsafe_loads(source: str, relpath: str) -> list[str]:
+    """Calls of torch.load without weights_only=True, and of np.load without allow_pickle=False,
+    outside the one function that unpickles trusted files."""
+    import ast
+
+    tree = ast.parse(source)
+    trusted = {id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name == "_full_unpickle"
+               for n in ast.walk(f)}
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or id(node) in trusted or not isinstance(node.func, ast.Attribute):
+            continue
+        owner = node.func.value
+        name = f"{owner.id if isinstance(owner, ast.Name) else '?'}.{node.func.attr}"
+        kw = {k.arg: k.value for k in node.keywords}
+        if name == "torch.load" and not (isinstance(kw.get("weights_only"), ast.Constant)
+                                         and kw["weights_only"].value is True):
+            found.append(f"{relpath}:{node.lineno}: torch.load without weights_only=True")
+        if name == "np.load" and not (isinstance(kw.get("allow_pickle"), ast.Constant)
+                                      and kw["allow_pickle"].value is False):
+            found.append(f"{relpath}:{node.lineno}: np.load without allow_pickle=False")
+    return found
+
+
+def test_every_load_of_a_file_is_weights_only():
+    package = ROOT / "feature3dgs"
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        found += _unsafe_loads(path.read_text(encoding="utf-8"), str(path.relative_to(package)))
+    assert found == []
+    # the checker sees what it must refuse
+    assert _unsafe_loads("import torch\ntorch.load(p)\n", "x.py")
+    assert _unsafe_loads("import torch\ntorch.load(p, weights_only=False)\n", "x.py")
+    assert _unsafe_loads("import numpy as np\nnp.load(p)\n", "x.py")
+    assert not _unsafe_loads("def _full_unpickle(p):\n    return torch.load(p, weights_only=False)\n", "x.py")
+
+
+def test_viewer_save_to_an_unwritable_place_writes_nothing(sandbox, tmp_path):
+    from feature3dgs.viewer.session import ViewerSession
+
+    session = ViewerSession.open(sandbox / "run")
+    (tmp_path / "f").write_text("x")
+    for bad, pattern in ((tmp_path / "f", "is an existing file"), (tmp_path / "f" / "x", "lies under"),
+                         ("/sys/feature3dgs-save", "is not writable")):
+        with pytest.raises(ValueError, match=f"the save folder .*{pattern}"):
+            session.save(bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+    assert (session.save(tmp_path / "ok")).is_file()

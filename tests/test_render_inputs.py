@@ -326,3 +326,16 @@ def test_accepted_edge_values_agree_between_kernels_and_reference():
     for name in ("means", "opacities", "colors"):
         num = (g_k[name] - g_r[name]).norm()
         assert num <= 1e-3 * max(1.0, float(g_r[name].norm())), name
+
+
+def test_cameras_with_rounding_in_their_constant_entries_are_accepted():
+    """A viewmat from torch.linalg.inv of a camera-to-world matrix has rounding noise in its last
+    row; that (and a K with a rounding-size skew) is accepted and renders as the exact camera."""
+    c2w = torch.linalg.inv(CAM["viewmat"].double())
+    noisy = torch.linalg.inv(c2w).float()
+    noisy[3, :3] += torch.tensor([3e-7, -2e-7, 1e-7])
+    K = CAM["K"].clone()
+    K[0, 1] = 1e-5
+    exact = feature3dgs.render(**scene(), **CAM)
+    out = feature3dgs.render(**scene(), **{**CAM, "viewmat": noisy, "K": K})
+    torch.testing.assert_close(out.rgb, exact.rgb, atol=1e-4, rtol=0)

@@ -184,7 +184,7 @@ class FeatureCache:
         """The (D, h, w) float16 features, memory-mapped read-only (no copy is made)."""
         if not self.has(name):
             raise KeyError(f"{name!r} is not in the feature cache {self.path}")
-        mm = np.load(self.file(name), mmap_mode="r")
+        mm = np.load(self.file(name), mmap_mode="r", allow_pickle=False)
         if mm.dtype != np.float16 or mm.ndim != 3:
             raise RuntimeError(f"{self.file(name)}: expected a (D, h, w) float16 array, got {mm.dtype} {mm.shape}")
         return mm

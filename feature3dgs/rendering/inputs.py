@@ -169,12 +169,22 @@ def _count(name: str, bad: Tensor, what: str, hint: str = "") -> None:
         raise ValueError(f"{name}: {k} of {bad.numel()} values {what}{hint}")
 
 
+#: how far the constant entries of viewmat and K may be from their values (rounding of an inverse)
+CAMERA_ATOL = 1e-5
+
+
+def _near(values: Sequence[float], expected: Sequence[float], atol: float = CAMERA_ATOL) -> bool:
+    return all(abs(v - e) <= atol for v, e in zip(values, expected))
+
+
 def check_values(inp: RenderInputs) -> None:
     """Refuses values that no render can mean, with a ValueError naming the argument and how
     many of its values are wrong:
 
     - viewmat, K: NaN/Inf anywhere; a viewmat whose last row is not [0, 0, 0, 1]; a K that is
       not pinhole intrinsics [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] with fx, fy > 0 (no skew);
+      the constant entries may differ by rounding (:data:`CAMERA_ATOL`, times max(fx, fy) for
+      the skew);
     - scales < 0; opacities outside [0, 1] or NaN/Inf;
     - NaN/Inf colours, SH coefficients, features or backgrounds.
 
@@ -195,13 +205,14 @@ def check_values(inp: RenderInputs) -> None:
     finite = math.isfinite
     if not all(map(finite, viewmat)):
         _count("viewmat", ~torch.isfinite(inp.viewmat), "are NaN or Inf")
-    if viewmat[12:] != [0.0, 0.0, 0.0, 1.0]:
+    if not _near(viewmat[12:], (0.0, 0.0, 0.0, 1.0)):
         raise ValueError(f"viewmat must be a world-to-camera matrix [[R, t], [0, 0, 0, 1]]; its last row is "
                          f"{[float(x) for x in viewmat[12:]]}")
     if not all(map(finite, K)):
         _count("K", ~torch.isfinite(inp.K), "are NaN or Inf")
     fx, skew, _, k10, fy, _, *last = K
-    if not (fx > 0 and fy > 0) or last != [0.0, 0.0, 1.0] or skew != 0.0 or k10 != 0.0:
+    if not (fx > 0 and fy > 0) or not _near(last, (0.0, 0.0, 1.0)) or not _near((skew, k10), (0.0, 0.0),
+                                                                                 CAMERA_ATOL * max(fx, fy, 1.0)):
         raise ValueError("K must be pinhole intrinsics [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] in pixels with "
                          f"fx, fy > 0, got {[K[r:r + 3] for r in (0, 3, 6)]}")
     if not finite(next(summary)):

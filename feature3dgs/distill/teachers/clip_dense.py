@@ -165,7 +165,8 @@ class DenseClipTeacher(LanguageTeacher):
         known = oc.list_models()
         if not isinstance(model_name, str) or (model_name not in known
                                                and not model_name.startswith(("hf-hub:", "local-dir:"))):
-            close = difflib.get_close_matches(str(model_name), known, n=6, cutoff=0.5)
+            lower = {m.lower(): m for m in known}
+            close = [lower[m] for m in difflib.get_close_matches(str(model_name).lower(), list(lower), n=6, cutoff=0.5)]
             raise ValueError(f"unknown CLIP model {model_name!r} (--teacher-model): not an open_clip model name; "
                              f"e.g. {', '.join(close or known[:8])} (open_clip.list_models() has all "
                              f"{len(known)})")
