@@ -197,7 +197,7 @@ def check_values(inp: RenderInputs) -> None:
         rows.append(inp.feature_background.sum()[None])
     colours = inp.colors if inp.colors is not None else inp.sh
     if inp.means.shape[0]:
-        rows.append(torch.stack([inp.opacities.amin(), inp.opacities.amax(), inp.scales.amin(), colours.sum()]))
+        rows.append(torch.stack([*torch.aminmax(inp.opacities), inp.scales.amin(), colours.sum()]))
         if inp.features is not None:
             rows.append(inp.features.sum()[None])
     values = torch.cat([r.detach().to(torch.float64) for r in rows]).cpu().tolist()
