@@ -160,7 +160,7 @@ def test_edit_command_errors(runs, tmp_path, capsys):
     assert "no Gaussian matches" in capsys.readouterr().err
     assert main(["edit", str(runs["clip"]), "--query", "x", "--top-k", "5", "--action", "delete",
                  "--out", str(runs["clip"])]) == 2
-    assert "overwrite" in capsys.readouterr().err
+    assert "is the run folder" in capsys.readouterr().err
 
 
 def _box_pixel(scene, view):

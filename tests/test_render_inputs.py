@@ -1,12 +1,16 @@
-"""render() input checking: clear errors, accepted variants, documented edge cases."""
+"""render() input checking: clear errors, accepted variants, documented edge cases; the kernels
+and the reference accept and refuse the same inputs and agree on every accepted one."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
 import feature3dgs
-from feature3dgs.rendering import reference
+from feature3dgs.rendering import inputs, reference
+from feature3dgs.rendering.kernels import DOUBLE_BACKWARD_MESSAGE
 from scenes import intrinsics, look_at_viewmat, random_scene
 
 CAM = dict(viewmat=look_at_viewmat((0.0, 0.0, 3.0)), K=intrinsics(40, 32), width=40, height=32)
@@ -76,17 +80,6 @@ def test_cuda_tensors_without_a_gpu_give_a_clear_error():
         feature3dgs.render(**{k: v.to("cuda") for k, v in s.items()}, **CAM)
 
 
-def test_non_finite_camera_refused():
-    bad = CAM["viewmat"].clone()
-    bad[0, 3] = float("nan")
-    with pytest.raises(ValueError, match="viewmat contains NaN or Inf"):
-        feature3dgs.render(**scene(), **{**CAM, "viewmat": bad})
-    badK = CAM["K"].clone()
-    badK[0, 0] = float("inf")
-    with pytest.raises(ValueError, match="K contains NaN or Inf"):
-        feature3dgs.render(**scene(), **{**CAM, "K": badK})
-
-
 def test_non_contiguous_inputs_accepted_and_equal():
     s = scene(40, channels=6)
     base = feature3dgs.render(**s, **CAM)
@@ -133,35 +126,6 @@ def test_everything_behind_camera_renders_background():
     assert (out.radii == 0).all() and torch.equal(out.rgb, torch.ones(3, 32, 40))
 
 
-def test_non_finite_gaussians_are_culled_not_fatal():
-    s = scene(30)
-    s["means"][0, 1] = float("nan")
-    s["quats"][1] = 0.0  # zero quaternion: no rotation defined
-    s["scales"][2, 0] = float("inf")
-    s["opacities"][3] = float("nan")
-    out = feature3dgs.render(**s, **CAM)
-    assert (out.radii[:3] == 0).all()
-    assert torch.isfinite(out.rgb).all() and torch.isfinite(out.features).all()
-    # NaN opacity: still projected, but invisible; the rest of the image is unaffected.
-    s2 = scene(30)
-    s2["opacities"][3] = 0.0
-    for i in range(3):
-        s2["opacities"][i] = 0.0
-    ref = feature3dgs.render(**s2, **CAM)
-    torch.testing.assert_close(out.rgb, ref.rgb, atol=1e-6, rtol=0)
-
-
-def test_nan_feature_propagates_only_where_the_gaussian_is():
-    s = scene(30)
-    out0 = feature3dgs.render(**s, **CAM)
-    i = int(torch.argmax(out0.radii))
-    s["features"][i, 0] = float("nan")
-    out = feature3dgs.render(**s, **CAM)
-    nan_pixels = torch.isnan(out.features[0])
-    assert nan_pixels.any() and not nan_pixels.all()
-    assert torch.isfinite(out.rgb).all()
-
-
 def test_backend_info_reports_kernels():
     info = feature3dgs.backend_info()
     assert info["cpu"] is True and isinstance(info["cuda"], bool)
@@ -178,3 +142,200 @@ def test_render_without_features_returns_none():
     assert out.features is None and out.rgb.shape == (3, 32, 40)
     with_features = feature3dgs.render(**scene(), **CAM)
     assert out.alpha.max() > 0.5 and torch.equal(out.rgb, with_features.rgb)
+
+
+# ---------------------------------------------------------------------- values no render can mean
+def _set(name, index, value):
+    """An edit of the scene/camera: ``kwargs[name][index] = value`` on a copy."""
+    def edit(kwargs):
+        t = kwargs[name].clone()
+        t[index] = value
+        kwargs[name] = t
+    return edit
+
+
+def _replace(name, value):
+    def edit(kwargs):
+        kwargs[name] = value() if callable(value) else value
+    return edit
+
+
+NAN, INF = float("nan"), float("inf")
+K0 = CAM["K"]
+
+# (case id, edit, the message's pattern): every class of value that is refused
+REFUSED = [
+    ("negative scale", _set("scales", (slice(0, 2), 0), -0.1), r"scales: 2 of 90 values are negative"),
+    ("opacity 5", _set("opacities", 3, 5.0), r"opacities: 1 of 30 values lie outside \[0, 1\].*max 5"),
+    ("opacity -1", _set("opacities", slice(0, 4), -1.0), r"opacities: 4 of 30 values lie outside \[0, 1\]"),
+    ("opacity NaN", _set("opacities", 3, NAN), r"opacities: 1 of 30 values are NaN or Inf"),
+    ("opacity Inf", _set("opacities", 3, INF), r"opacities: 1 of 30 values are NaN or Inf"),
+    ("colour NaN", _set("colors", (0, 1), NAN), r"colors: 1 of 90 values are NaN or Inf"),
+    ("colour -Inf", _set("colors", (slice(0, 3), 2), -INF), r"colors: 3 of 90 values are NaN or Inf"),
+    ("SH NaN", _replace("colors", lambda: torch.full((30, 4, 3), 0.2).index_put_((torch.tensor([5]),), torch.tensor(NAN))),
+     r"colors \(SH coefficients\): 12 of 360 values are NaN or Inf"),
+    ("feature NaN", _set("features", (7, 2), NAN), r"features: 1 of 120 values are NaN or Inf"),
+    ("feature Inf", _set("features", slice(0, 30), INF), r"features: 120 of 120 values are NaN or Inf"),
+    ("background NaN", _replace("background", torch.tensor([0.0, NAN, 0.0])), r"background: 1 of 3 values"),
+    ("feature background Inf", _replace("feature_background", torch.tensor([0.0, 0.0, INF, 0.0])),
+     r"feature_background: 1 of 4 values"),
+    ("viewmat NaN", _set("viewmat", (0, 3), NAN), r"viewmat: 1 of 16 values are NaN or Inf"),
+    ("viewmat last row", _set("viewmat", (3, 0), 0.5), r"viewmat must be a world-to-camera matrix.*last row"),
+    ("K NaN", _set("K", (0, 0), INF), r"K: 1 of 9 values are NaN or Inf"),
+    ("K zeros", _replace("K", torch.zeros(3, 3)), r"K must be pinhole intrinsics"),
+    ("K fx < 0", _set("K", (0, 0), -float(K0[0, 0])), r"K must be pinhole intrinsics .* fx, fy > 0"),
+    ("K fy = 0", _set("K", (1, 1), 0.0), r"K must be pinhole intrinsics"),
+    ("K last row", _set("K", (2, 2), 2.0), r"K must be pinhole intrinsics"),
+    ("K skew", _set("K", (0, 1), 0.5), r"K must be pinhole intrinsics"),
+    ("K row 1", _set("K", (1, 0), 0.5), r"K must be pinhole intrinsics"),
+    ("viewmat requires grad", _replace("viewmat", lambda: CAM["viewmat"].clone().requires_grad_(True)),
+     r"viewmat requires grad, but camera gradients are not supported: pass viewmat.detach\(\)"),
+    ("K requires grad", _replace("K", lambda: K0.clone().requires_grad_(True)),
+     r"K requires grad, but camera gradients are not supported"),
+]
+
+
+@pytest.mark.parametrize("renderer", [feature3dgs.render, reference.render], ids=["kernels", "reference"])
+@pytest.mark.parametrize("edit,pattern", [c[1:] for c in REFUSED], ids=[c[0] for c in REFUSED])
+def test_values_no_render_can_mean_are_refused(renderer, edit, pattern):
+    kwargs = {**scene(), **CAM}
+    edit(kwargs)
+    with pytest.raises(ValueError, match=pattern):
+        renderer(**kwargs)
+
+
+def test_zero_scales_and_boundary_opacities_are_accepted_and_agree():
+    s = scene()
+    s["scales"][:5] = 0.0  # a point: the 0.3 px low-pass dilation still gives it a footprint
+    s["opacities"][:3] = 0.0
+    s["opacities"][3:6] = 1.0
+    out = feature3dgs.render(**s, **CAM)
+    ref = reference.render(**s, **CAM)
+    torch.testing.assert_close(out.rgb, ref.rgb, atol=1e-5, rtol=0)
+    assert (out.radii[:5] > 0).any()
+
+
+def _grads(renderer, s, cam=CAM):
+    leaves = {k: v.clone().requires_grad_(True) for k, v in s.items()}
+    out = renderer(**leaves, **cam, background=torch.tensor([0.2, 0.3, 0.4]))
+    w = torch.linspace(-1, 1, out.rgb.numel()).reshape(out.rgb.shape)
+    ((out.rgb * w).sum() + out.features.sum() + out.depth.sum() + out.alpha.sum()).backward()
+    return out, {k: v.grad for k, v in leaves.items()}
+
+
+@pytest.mark.parametrize("case", ["behind the camera", "N = 0", "all non-finite"])
+def test_renders_with_every_gaussian_culled_backpropagate_zero_gradients(case):
+    s = scene()
+    if case == "behind the camera":
+        s["means"] = s["means"] + torch.tensor([0.0, 0.0, 10.0])
+    elif case == "N = 0":
+        s = {k: v[:0] for k, v in s.items()}
+    else:
+        s["means"][:, 0] = NAN
+    results = [_grads(r, s) for r in (feature3dgs.render, reference.render)]
+    for out, grads in results:
+        assert (out.radii == 0).all()
+        torch.testing.assert_close(out.rgb, torch.tensor([0.2, 0.3, 0.4])[:, None, None].expand(3, 32, 40))
+        assert out.rgb.grad_fn is not None and out.features.grad_fn is not None
+        for name, g in grads.items():
+            assert g is not None and g.shape == s[name].shape, name
+            assert (g == 0).all(), name
+
+
+def test_non_finite_geometry_is_culled_alike_in_kernels_and_reference():
+    """NaN/Inf means, quaternions or scales and zero quaternions cull the Gaussian in both
+    implementations: same images, and zero (not NaN) gradients for the culled rows."""
+    s = scene(30)
+    s["means"][0, 1] = NAN
+    s["quats"][1] = 0.0
+    s["scales"][2, 0] = INF
+    s["quats"][3, 2] = -INF
+    s["means"][4] = INF
+    out_k, g_k = _grads(feature3dgs.render, s)
+    out_r, g_r = _grads(reference.render, s)
+    assert (out_k.radii[:5] == 0).all() and (out_r.radii[:5] == 0).all()
+    assert (out_k.radii[5:] > 0).any()
+    torch.testing.assert_close(out_k.rgb, out_r.rgb, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out_k.features, out_r.features, atol=1e-5, rtol=0)
+    for name in g_k:
+        assert torch.isfinite(g_k[name]).all() and torch.isfinite(g_r[name]).all(), name
+        assert (g_k[name][:5] == 0).all() and (g_r[name][:5] == 0).all(), name
+        torch.testing.assert_close(g_k[name], g_r[name], atol=1e-4, rtol=1e-3)
+    # the culled Gaussians change nothing: the image is the one without them
+    rest = {k: v[5:] for k, v in s.items()}
+    torch.testing.assert_close(feature3dgs.render(**rest, **CAM, background=torch.tensor([0.2, 0.3, 0.4])).rgb,
+                               out_k.rgb, atol=1e-6, rtol=0)
+
+
+def test_double_backward_is_refused_by_the_kernels_and_works_in_the_reference():
+    s = scene(20)
+    means = s.pop("means").requires_grad_(True)
+    out = feature3dgs.render(means, **s, **CAM)
+    with pytest.raises(RuntimeError, match="double backward is not supported"):
+        torch.autograd.grad(out.rgb.sum(), means, create_graph=True)
+    assert "double backward is not supported" in DOUBLE_BACKWARD_MESSAGE
+    # first-order gradients are unaffected, and the reference differentiates twice
+    (g,) = torch.autograd.grad(feature3dgs.render(means, **s, **CAM).rgb.sum(), means)
+    s64 = {k: v.double() for k, v in s.items()}
+    m64 = means.detach().double().requires_grad_(True)
+    (g_ref,) = torch.autograd.grad(reference.render(m64, **s64, **CAM).rgb.sum(), m64, create_graph=True)
+    torch.testing.assert_close(g.double(), g_ref.detach(), atol=1e-4, rtol=1e-3)
+    (hvp,) = torch.autograd.grad((g_ref * torch.ones_like(g_ref)).sum(), m64)
+    assert torch.isfinite(hvp).all() and hvp.abs().sum() > 0
+
+
+def test_render_bytes_estimate_and_device_limit():
+    assert inputs.render_bytes(40, 32, 4) == 40 * 32 * (2 * 9 + 2) * 4
+    assert inputs.render_bytes(16384, 16384, 5000) > 5e12  # the issue's 5.4 TB request
+    limit = inputs.memory_limit(torch.device("cpu"))
+    assert limit is not None and limit > 2**28
+    assert inputs.memory_limit(torch.device("meta")) is None
+
+
+@pytest.mark.parametrize("renderer", [feature3dgs.render, reference.render], ids=["kernels", "reference"])
+def test_renders_larger_than_memory_are_refused_before_allocating(renderer, monkeypatch):
+    one = {k: v[:1] for k, v in scene(1, channels=5000).items()}
+    with pytest.raises(ValueError, match=r"a 16384x16384 render with 5000 feature channels needs about "
+                                         r"[\d.,]+ TiB .* more than the .* of the host's RAM"):
+        renderer(**one, **{**CAM, "width": 16384, "height": 16384})
+    # the limit is what decides: one byte short of the estimate refuses, the estimate passes
+    need = inputs.render_bytes(40, 32, 4)
+    monkeypatch.setattr(inputs, "memory_limit", lambda device: need - 1)
+    with pytest.raises(ValueError, match="a 40x32 render with 4 feature channels"):
+        renderer(**scene(), **CAM)
+    monkeypatch.setattr(inputs, "memory_limit", lambda device: need)
+    assert renderer(**scene(), **CAM).rgb.shape == (3, 32, 40)
+
+
+def test_accepted_edge_values_agree_between_kernels_and_reference():
+    """Values at the edges of what is accepted: tiny and huge (finite) scales, opacities of
+    exactly 0 and 1, colours outside [0, 1], huge features, a principal point off the image."""
+    s = scene(30, channels=3)
+    s["scales"][0] = 1e-8
+    s["scales"][1] = 50.0
+    s["opacities"][2] = 1.0
+    s["opacities"][3] = 0.0
+    s["colors"][4] = torch.tensor([-2.0, 3.0, 0.5])
+    s["features"][5] = 1e30
+    cam = {**CAM, "K": intrinsics(40, 32, cx=-5.0, cy=40.0)}
+    out_k, g_k = _grads(feature3dgs.render, s, cam)
+    out_r, g_r = _grads(reference.render, s, cam)
+    for a, b in ((out_k.rgb, out_r.rgb), (out_k.alpha, out_r.alpha), (out_k.depth, out_r.depth)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out_k.features, out_r.features, atol=1e-5, rtol=1e-5)
+    for name in ("means", "opacities", "colors"):
+        num = (g_k[name] - g_r[name]).norm()
+        assert num <= 1e-3 * max(1.0, float(g_r[name].norm())), name
+
+
+def test_cameras_with_rounding_in_their_constant_entries_are_accepted():
+    """A viewmat from torch.linalg.inv of a camera-to-world matrix has rounding noise in its last
+    row; that (and a K with a rounding-size skew) is accepted and renders as the exact camera."""
+    c2w = torch.linalg.inv(CAM["viewmat"].double())
+    noisy = torch.linalg.inv(c2w).float()
+    noisy[3, :3] += torch.tensor([3e-7, -2e-7, 1e-7])
+    K = CAM["K"].clone()
+    K[0, 1] = 1e-5
+    exact = feature3dgs.render(**scene(), **CAM)
+    out = feature3dgs.render(**scene(), **{**CAM, "viewmat": noisy, "K": K})
+    torch.testing.assert_close(out.rgb, exact.rgb, atol=1e-4, rtol=0)

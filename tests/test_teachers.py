@@ -207,8 +207,42 @@ def test_sam_from_checkpoint_standard_name_and_hash(sam, sam_case, tmp_path, mon
     sd = sam.sam_model.state_dict()
     sd.pop("mask_decoder.iou_token.weight")
     torch.save(sd, path)
-    with pytest.raises(RuntimeError, match="iou_token"):
+    with pytest.raises(ValueError, match=r"does not match SAM vit_b: 1 missing keys \['mask_decoder.iou_token"):
         SamTeacher.from_checkpoint("vit_b", cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize("case,pattern", [
+    ("garbage", "SAM vit_b checkpoint .* is not a PyTorch weights file"),
+    ("truncated", "is not a PyTorch weights file"),
+    ("a list", "is not a state dict of tensors"),
+    ("extra key", r"1 unexpected keys \['extra'\]"),
+    ("wrong shape", r"1 of the wrong shape \['mask_decoder.iou_token.weight'\].*--teacher-model"),
+    ("object", r"was not loaded: it references io.open"),
+])
+def test_sam_unusable_weights_are_value_errors_naming_the_file(sam, tmp_path, monkeypatch, case, pattern):
+    import segment_anything
+
+    monkeypatch.setitem(segment_anything.sam_model_registry, "vit_b",
+                        lambda checkpoint=None: SamTeacher.tiny_random(seed=3).sam_model)
+    path = tmp_path / "sam.pth"
+    sd = dict(sam.sam_model.state_dict())
+    marker = tmp_path / "marker"
+    if case == "garbage":
+        path.write_bytes(b"\x89PNG not weights" * 50)
+    elif case == "truncated":
+        torch.save(sd, path)
+        path.write_bytes(path.read_bytes()[:2000])
+    elif case == "a list":
+        torch.save([torch.zeros(1)], path)
+    elif case == "extra key":
+        torch.save({**sd, "extra": torch.zeros(1)}, path)
+    elif case == "wrong shape":
+        torch.save({**sd, "mask_decoder.iou_token.weight": torch.zeros(2, 2)}, path)
+    else:
+        torch.save({**sd, "x": _WritesMarker(marker)}, path)
+    with pytest.raises(ValueError, match=pattern) as e:
+        SamTeacher.from_checkpoint("vit_b", checkpoint=str(path))
+    assert str(path) in str(e.value) and not marker.exists()
 
 
 # ---------------------------------------------------------------------- dense CLIP
@@ -293,6 +327,28 @@ def test_clip_from_pretrained_file_and_missing_weights(clip, tmp_path, monkeypat
         DenseClipTeacher.from_pretrained("ViT-B-16", "no-such-tag")
 
 
+@pytest.mark.parametrize("case,pattern", [
+    ("unknown model", r"unknown CLIP model 'ViT-Q-99' \(--teacher-model\): not an open_clip model name"),
+    ("garbage", "open_clip weights file .* is not a PyTorch weights file"),
+    ("wrong keys", r"open_clip ViT-B-16 weights file .*bad.pt is not usable: .*Missing key"),
+    ("object", r"was not loaded: it references io.open"),
+])
+def test_clip_unusable_weights_and_unknown_models_are_value_errors(tmp_path, case, pattern):
+    path = tmp_path / "bad.pt"
+    marker = tmp_path / "marker"
+    model = "ViT-Q-99" if case == "unknown model" else "ViT-B-16"
+    if case == "garbage":
+        path.write_bytes(b"not weights at all " * 20)
+    elif case in ("wrong keys", "unknown model"):
+        torch.save({"foo": torch.zeros(2)}, path)
+    else:
+        torch.save({"foo": torch.zeros(2), "x": _WritesMarker(marker)}, path)
+    with pytest.raises(ValueError, match=pattern) as e:
+        DenseClipTeacher.from_pretrained(model, str(path), resolution=64)
+    assert case == "unknown model" or str(path) in str(e.value)
+    assert "\n" not in str(e.value) and not marker.exists()
+
+
 # ---------------------------------------------------------------------- LSeg
 def _expand(pattern: str) -> list[str]:
     parts = re.split(r"(\{[^}]*\})", pattern)
@@ -345,10 +401,13 @@ def test_lseg_official_layout_checkpoint_loads_strictly():
     # a missing or an extra key is refused
     bad = dict(sd)
     bad.pop("scratch.head1.bias")
-    with pytest.raises(RuntimeError, match="scratch.head1.bias"):
+    with pytest.raises(ValueError, match="scratch.head1.bias"):
         build_lseg_from_state_dict(bad)
     bad = dict(sd, logit_scale=torch.empty((), device="meta"))
-    with pytest.raises(RuntimeError, match="logit_scale"):
+    with pytest.raises(ValueError, match="logit_scale"):
+        build_lseg_from_state_dict(bad)
+    bad = dict(sd, **{"scratch.head1.bias": torch.empty(7, device="meta")})
+    with pytest.raises(ValueError, match="1 tensors of the wrong shape.*scratch.head1.bias"):
         build_lseg_from_state_dict(bad)
 
 
@@ -384,39 +443,132 @@ def test_lseg_checkpoint_round_trip(lseg, tmp_path):
     torch.testing.assert_close(t.extract(img), lseg.extract(img))
     torch.testing.assert_close(t.encode_text(["a"]), lseg.encode_text(["a"]))
     # arch_option 2 adds scratch.head_block, which the keys reveal
-    with pytest.raises(RuntimeError, match="head_block"):
+    with pytest.raises(ValueError, match="head_block"):
         build_lseg_from_state_dict(dict(sd), LSegConfig.tiny(), {"arch_option": 2, "block_depth": 1})
     with pytest.raises(FileNotFoundError, match="demo_e200.ckpt"):
         LSegTeacher.from_checkpoint(str(tmp_path / "missing.ckpt"))
 
 
-def test_lseg_lightning_checkpoint_without_lightning_installed(lseg, tmp_path, monkeypatch):
-    """Lightning stores hyper-parameters as pytorch_lightning objects: the checkpoint must load
-    without that package (its classes become dicts) and its arch options must be honoured."""
+def _fake_modules(monkeypatch, dotted: str):
+    """Register empty modules for ``dotted`` and its parents (so pickle can save their classes)."""
     import sys
     import types
 
-    mod = types.ModuleType("f3d_fake_lightning")
+    parts = dotted.split(".")
+    for i in range(1, len(parts) + 1):
+        monkeypatch.setitem(sys.modules, ".".join(parts[:i]), types.ModuleType(".".join(parts[:i])))
+    return sys.modules[dotted]
+
+
+def _lightning_checkpoint(lseg, monkeypatch, path, extra=None, **hp):
+    """A Lightning-style checkpoint of ``lseg`` as pytorch_lightning writes it: hyper-parameters as
+    an AttributeDict, callback states keyed by the callback class, a numpy number; then the fake
+    pytorch_lightning modules are removed again (as on a machine without Lightning)."""
+    mod = _fake_modules(monkeypatch, "pytorch_lightning.utilities.parsing")
+    cb = _fake_modules(monkeypatch, "pytorch_lightning.callbacks.model_checkpoint")
 
     class AttributeDict(dict):
         pass
 
-    AttributeDict.__module__, AttributeDict.__qualname__ = mod.__name__, "AttributeDict"
-    mod.AttributeDict = AttributeDict
-    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    class ModelCheckpoint:
+        pass
+
+    for m, cls in ((mod, AttributeDict), (cb, ModelCheckpoint)):
+        cls.__module__, cls.__qualname__ = m.__name__, cls.__name__
+        setattr(m, cls.__name__, cls)
     ckpt = {"state_dict": {f"net.{k}": v for k, v in lseg.net.state_dict().items()},
-            "hyper_parameters": AttributeDict(backbone="clip_vitl16_384", arch_option=0, activation="lrelu")}
-    path = tmp_path / "demo.ckpt"
+            "hyper_parameters": AttributeDict(**{"backbone": "clip_vitl16_384", "arch_option": 0,
+                                                 "activation": "lrelu", "base_lr": np.float64(0.004), **hp}),
+            "callbacks": {ModelCheckpoint: {"best_model_score": torch.tensor(0.5), "monitor": "val_acc"}},
+            "pytorch-lightning_version": "1.3.5", "epoch": 199, **(extra or {})}
     torch.save(ckpt, path)
-    monkeypatch.delitem(sys.modules, mod.__name__)
+    monkeypatch.undo()
+    return path
+
+
+def test_lseg_lightning_checkpoint_loads_weights_only_without_lightning(lseg, tmp_path, monkeypatch):
+    """Lightning's objects get inert stand-ins (their modules are never imported): the checkpoint
+    loads weights-only, without a warning, and its arch options are honoured."""
+    import sys
+    import warnings
+
+    path = _lightning_checkpoint(lseg, monkeypatch, tmp_path / "demo.ckpt")
+    assert "pytorch_lightning" not in sys.modules
+    unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    assert "pytorch_lightning.utilities.parsing.AttributeDict" in unsafe
     with pytest.raises(Exception):
-        torch.load(path, weights_only=False)
-    with pytest.warns(UserWarning, match="trusted"):
+        torch.load(path, weights_only=True)  # torch alone refuses it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         t = LSegTeacher.from_checkpoint(str(path), config=LSegConfig.tiny(), resolution=64)
+    assert "pytorch_lightning" not in sys.modules
     img = _image(32, 64, seed=2)
     torch.testing.assert_close(t.extract(img), lseg.extract(img))
-    with pytest.raises(Exception):
-        LSegTeacher.from_checkpoint(str(path), config=LSegConfig.tiny(), trusted=False)
+    # the hyper-parameters are read through the stand-in: arch_option 2 needs scratch.head_block
+    arch2 = _lightning_checkpoint(lseg, monkeypatch, tmp_path / "arch2.ckpt", arch_option=2, block_depth=1)
+    with pytest.raises(ValueError, match="arch2.ckpt.*missing keys.*head_block"):
+        LSegTeacher.from_checkpoint(str(arch2), config=LSegConfig.tiny(), resolution=64)
+
+
+class _WritesMarker:
+    """Unpickling this calls open(marker, 'w'): a stand-in for any code a crafted file runs."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_lseg_checkpoint_that_would_run_code_is_refused_unless_trusted(lseg, tmp_path, monkeypatch):
+    from feature3dgs.distill.teachers import UnsafeCheckpointError
+
+    marker = tmp_path / "marker"
+    path = _lightning_checkpoint(lseg, monkeypatch, tmp_path / "evil.ckpt", {"x": _WritesMarker(marker)})
+    with pytest.raises(UnsafeCheckpointError, match=r"evil.ckpt was not loaded: it references io.open.*"
+                                                    r"--trust-checkpoint"):
+        LSegTeacher.from_checkpoint(str(path), config=LSegConfig.tiny(), resolution=64)
+    with pytest.raises(ValueError, match="io.open"):
+        build_teacher("lseg", checkpoint=str(path))
+    assert not marker.exists()
+    with pytest.warns(UserWarning, match="trust_checkpoint=True.*code in the file can run"):
+        t = LSegTeacher.from_checkpoint(str(path), config=LSegConfig.tiny(), resolution=64, trust_checkpoint=True)
+    assert marker.exists()  # the point of the flag: the file was unpickled completely
+    torch.testing.assert_close(t.extract(_image(32, 32)), lseg.extract(_image(32, 32)))
+
+
+@pytest.mark.parametrize("content,pattern", [
+    (b"\x00garbage" * 100, "is not a PyTorch weights file"),
+    (b"", "is not a PyTorch weights file"),
+    ("truncated", "is not a PyTorch weights file"),
+    ("not a dict", "an LSeg checkpoint is a dict"),
+    ("no tensors", "holds no tensors"),
+    ("wrong keys", r"does not match the LSeg definition: \d+ missing keys"),
+    ("bad hyper-parameter", r"hyper-parameter 'arch_option' must be a int"),
+    ("legacy format with an object", r"is not usable.*--trust-checkpoint"),
+])
+def test_lseg_unusable_checkpoints_are_value_errors_naming_the_file(lseg, tmp_path, content, pattern):
+    path = tmp_path / "bad.ckpt"
+    sd = {f"net.{k}": v for k, v in lseg.net.state_dict().items()}
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content == "truncated":
+        torch.save({"state_dict": sd}, path)
+        path.write_bytes(path.read_bytes()[:4000])
+    elif content == "not a dict":
+        torch.save([torch.zeros(2)], path)
+    elif content == "no tensors":
+        torch.save({"state_dict": {"a": 1}}, path)
+    elif content == "wrong keys":
+        torch.save({"state_dict": {"net.foo": torch.zeros(2)}}, path)
+    elif content == "bad hyper-parameter":
+        torch.save({"state_dict": sd, "hyper_parameters": {"arch_option": "zero"}}, path)
+    else:
+        torch.save({"state_dict": sd, "obj": _WritesMarker(tmp_path / "m")}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(ValueError, match=pattern) as e:
+        LSegTeacher.from_checkpoint(str(path), config=LSegConfig.tiny(), resolution=64)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "m").exists()
 
 
 def test_lseg_vit_matches_timm():

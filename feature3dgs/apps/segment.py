@@ -7,6 +7,7 @@ All functions take channels-first maps ``(D, H, W)``; pixel coordinates are ``(x
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -28,6 +29,7 @@ __all__ = [
     "select_by_clicks",
     "stroke_pixels",
     "click_features",
+    "check_prompts",
 ]
 
 
@@ -35,6 +37,37 @@ def _check_map(features: Tensor, what: str = "features") -> Tensor:
     if features.dim() != 3:
         raise ValueError(f"{what} must be (D, H, W), got {tuple(features.shape)}")
     return features
+
+
+def check_prompts(points=None, boxes=None, *, width: int, height: int) -> None:
+    """Refuse prompts that do not lie on a ``width`` x ``height`` view (ValueError naming them).
+
+    points: (n, 2) pixel coordinates (x, y), each finite with 0 <= x < width, 0 <= y < height.
+    boxes: (m, 4) or (4,) boxes (x0, y0, x1, y1) in pixels, each finite with
+    0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height (not inverted, not of zero area, inside the
+    view).
+    """
+    if points is not None:
+        pts = torch.as_tensor(points, dtype=torch.float64).reshape(-1, 2)
+        for x, y in pts.tolist():
+            if not (math.isfinite(x) and math.isfinite(y) and 0 <= x < width and 0 <= y < height):
+                raise ValueError(f"point ({x:g},{y:g}) is outside the {width}x{height} view "
+                                 f"(0 <= x < {width}, 0 <= y < {height})")
+    if boxes is not None:
+        bx = torch.as_tensor(boxes, dtype=torch.float64)
+        if bx.numel() % 4 or bx.numel() == 0:
+            raise ValueError(f"boxes must be (x0, y0, x1, y1) quadruples, got shape {tuple(bx.shape)}")
+        for x0, y0, x1, y1 in bx.reshape(-1, 4).tolist():
+            box = f"box ({x0:g},{y0:g},{x1:g},{y1:g})"
+            if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+                raise ValueError(f"{box} has a NaN or Inf corner")
+            if x1 <= x0 or y1 <= y0:
+                what = "is inverted" if (x1 < x0 or y1 < y0) else "has zero area"
+                raise ValueError(f"{box} {what}: give X0,Y0,X1,Y1 with X0 < X1 and Y0 < Y1 (top-left, then "
+                                 "bottom-right corner)")
+            if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+                raise ValueError(f"{box} is not inside the {width}x{height} view "
+                                 f"(0 <= X0 < X1 <= {width}, 0 <= Y0 < Y1 <= {height})")
 
 
 def render_decoded_features(model: GaussianModel, camera: Camera, decoder: Optional[FeatureDecoder] = None,
@@ -88,8 +121,12 @@ def sam_masks_on_view(model: GaussianModel, camera: Camera, decoder: Optional[Fe
 
     Returns:
         a :class:`SamMasks` (masks (k, H, W) bool, scores (k,), stage timings).
+
+    Raises:
+        ValueError: a prompt is not on the view (see :func:`check_prompts`).
     """
     H, W = camera.height, camera.width
+    check_prompts(points, boxes, width=W, height=H)
     dev = model.device
     with torch.no_grad():
         _sync(dev)

@@ -24,6 +24,7 @@ vector; pixels can also be left out of the loss with ``ignore_index``.
 from __future__ import annotations
 
 import math
+import numbers
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -33,13 +34,15 @@ from torch import Tensor, nn
 
 from feature3dgs.model.camera import Camera
 from feature3dgs.model.gaussians import SEMANTICS, GaussianModel
-from feature3dgs.training.trainer import Trainer
+from feature3dgs.training.trainer import NonFiniteLossError, Trainer
 from feature3dgs.utils.io import safe_name, save_png
 from feature3dgs.utils.metrics import confusion_matrix, label_map, segmentation_metrics
 from feature3dgs.utils.visualize import class_palette, colorize_labels
 
 __all__ = [
     "EMPTY_LOGIT",
+    "DIVERGENCE_FACTOR",
+    "SemanticFitDiverged",
     "add_semantic_logits",
     "semantic_logits",
     "empty_logits",
@@ -293,11 +296,14 @@ def fit_semantics(model: GaussianModel, scene, steps: int = 300, lr: float = 0.1
 
     Returns:
         (a copy of the model with the fitted logits, the loss of every step).
+
+    Raises:
+        SemanticFitDiverged: the loss became NaN/Inf or exploded (see :data:`DIVERGENCE_FACTOR`).
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr}")
+    if isinstance(lr, bool) or not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive finite number, got {lr}")
     pairs = _label_views(scene, kind, views)
     k = num_classes
     if k is None and SEMANTICS in model.params:
@@ -328,11 +334,34 @@ def fit_semantics(model: GaussianModel, scene, steps: int = 300, lr: float = 0.1
             cam, lab = data[order.pop()]
             out = fitted.render(cam, features=logits, feature_background=bg, detach_geometry=True)
             loss = semantic_loss(out.features, lab, ignore_index)
+            value = float(loss.detach())
+            limit = DIVERGENCE_FACTOR * max(curve[0] if curve else value, math.log(max(k, 2)))
+            if not math.isfinite(value) or value > limit:
+                raise SemanticFitDiverged(len(curve), value, curve[0] if curve else value, lr)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            curve.append(float(loss.detach()))
+            curve.append(value)
+    if not bool(torch.isfinite(logits).all()):
+        raise SemanticFitDiverged(len(curve), float("nan"), curve[0] if curve else float("nan"), lr)
     return fitted, curve
+
+
+#: fit_semantics stops when the loss exceeds this many times max(its first value, log K)
+DIVERGENCE_FACTOR = 10.0
+
+
+class SemanticFitDiverged(NonFiniteLossError):
+    """:func:`fit_semantics` stopped: the cross-entropy became NaN/Inf, or grew above
+    ``DIVERGENCE_FACTOR`` x max(first loss, log K) (a learning rate far too high). Like a
+    non-finite training loss it is a failed run (the CLI exits 1), not a bad argument: nothing
+    is returned or written."""
+
+    def __init__(self, step: int, loss: float, first: float, lr: float):
+        self.step, self.terms, self.params = step, {"cross_entropy": loss}, []
+        kind = "a non-finite" if not math.isfinite(loss) else "an exploding"
+        RuntimeError.__init__(self, f"semantic fit stopped at step {step}: {kind} cross-entropy {loss:.4g} "
+                                    f"(it started at {first:.4g}); lower the learning rate (lr = {lr:g})")
 
 
 # ---------------------------------------------------------------------------------- inference

@@ -8,10 +8,15 @@
     feature3dgs semantic RUN --out NEWRUN [--steps 300]
 
 Views (``--view``) are a view name or an index into ``--split`` (default: test, i.e. views the
-Gaussians were not fitted to). Pixels are (x, y) = (column, row) at the scene's resolution.
-Every command writes PNGs and a JSON summary into ``--out``; ``edit``, ``select --action`` and
-``semantic`` write a new run folder that ``feature3dgs view`` and these commands read, never
-overwriting RUN.
+Gaussians were not fitted to), counted from 0. Pixels are (x, y) = (column, row) at the scene's
+resolution. Every command writes PNGs and a JSON summary into ``--out``; ``edit``,
+``select --action`` and ``semantic`` write a new run folder that ``feature3dgs view`` and these
+commands read, never overwriting RUN.
+
+Before any work each command checks its options (one line and exit 2 for a bad one): ``--out``
+must be a writable folder (not a file, not under a file, not RUN for the commands that write a
+scene), prompts must lie on the view, counts must be in range, and ``--data`` must hold the
+cameras the run was fitted to.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +42,9 @@ from feature3dgs.apps.edit import (
 )
 from feature3dgs.apps.mask_fusion import fuse_object, multiview_sam_masks
 from feature3dgs.apps.query import LERF_NEGATIVES, relevancy_map, text_relevancy
+from feature3dgs.apps.scene_check import check_scene_matches
 from feature3dgs.apps.segment import (
+    check_prompts,
     click_features,
     sam_masks_on_view,
     select_by_clicks,
@@ -43,10 +52,11 @@ from feature3dgs.apps.segment import (
 )
 from feature3dgs.apps.semantic import evaluate_semantics, fit_semantics
 from feature3dgs.cli.args import numbers, split_list
+from feature3dgs.cli.errors import CLIError
 from feature3dgs.model.gaussians import SEMANTICS
 from feature3dgs.rendering.device import resolve_device
 from feature3dgs.run import load_run
-from feature3dgs.utils.io import atomic_open, atomic_write_text, safe_name, save_png
+from feature3dgs.utils.io import atomic_open, atomic_write_text, check_writable_dir, safe_name, save_png
 from feature3dgs.utils.visualize import (
     class_palette,
     colorize_labels,
@@ -134,9 +144,35 @@ def register(sub) -> dict:
 
 
 # ---------------------------------------------------------------------- shared plumbing
+def _check_out(args: argparse.Namespace, writes_scene: bool = False) -> Path:
+    """--out is a folder this process can write (and, for a new scene, not RUN itself)."""
+    out = check_writable_dir(args.out, "--out")
+    if writes_scene:
+        run = Path(args.run)
+        run_dir = run.parent if run.is_file() else run
+        if out.exists() and run_dir.exists() and out.resolve() == run_dir.resolve():
+            raise CLIError(f"--out {out} is the run folder {args.run}: the new scene must go to another folder")
+    return out
+
+
+def _check_number(option: str, value, lo=None, hi=None) -> None:
+    """A finite ``value`` in [lo, hi] (bounds optional), else a one-line error naming ``option``."""
+    if value is None:
+        return
+    if not math.isfinite(value) or (lo is not None and value < lo) or (hi is not None and value > hi):
+        span = (f"in [{lo:g}, {hi:g}]" if lo is not None and hi is not None
+                else f">= {lo:g}" if lo is not None else f"<= {hi:g}" if hi is not None else "finite")
+        raise CLIError(f"{option} must be {span}, got {value:g}")
+
+
 def _load(args: argparse.Namespace):
+    """The run, and its scene (``--data`` when given), checked to hold the run's cameras."""
     run = load_run(args.run, device=resolve_device(args.device))
-    return run, run.load_data(data=args.data)
+    data = run.load_data(data=args.data)
+    note = check_scene_matches(run.scene_info, data, "--data" if args.data else "the scene recorded in config.json,")
+    if note:
+        print(note, file=sys.stderr)
+    return run, data
 
 
 def _pick_view(data, split: str, key: str):
@@ -151,8 +187,8 @@ def _pick_view(data, split: str, key: str):
     except ValueError:
         raise ValueError(f"--view {key!r}: no {split} view has that name "
                          f"(names: {', '.join(v.name for v in views[:6])}{', ...' if len(views) > 6 else ''})") from None
-    if not -len(views) <= i < len(views):
-        raise ValueError(f"--view {i}: the {split} split has {len(views)} views")
+    if not 0 <= i < len(views):
+        raise ValueError(f"--view {i}: the {split} split has {len(views)} views, numbered 0..{len(views) - 1}")
     return views[i]
 
 
@@ -176,12 +212,18 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     if not args.point and args.box is None:
         raise ValueError("give at least one --point or a --box")
+    out = _check_out(args)
     fs, data = _load(args)
     if fs.teacher_kind != "sam":
         raise ValueError(f"segment needs a scene distilled from SAM; {args.run} was distilled from {fs.teacher_kind}")
     view = _pick_view(data, args.split, args.view)
     cam = view.camera.to(fs.device)
     _check_points(args.point + args.negative, cam, "point")
+    if args.box is not None:
+        try:
+            check_prompts(boxes=[args.box], width=cam.width, height=cam.height)
+        except ValueError as e:
+            raise CLIError(f"--box: {e}") from None
     points = labels = None
     if args.point or args.negative:
         points = torch.tensor(args.point + args.negative, dtype=torch.float32)
@@ -191,7 +233,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
     sam_masks_on_view(fs.model, cam, fs.decoder, teacher, points, labels, boxes)  # warm-up (first call allocates)
     res = sam_masks_on_view(fs.model, cam, fs.decoder, teacher, points, labels, boxes,
                             multimask_output=args.multimask)
-    out = Path(args.out)
     rgb = _render_rgb(fs, cam)
     summary: dict[str, Any] = {"view": view.name, "points": args.point, "negatives": args.negative,
                                "box": args.box, "timings_ms": dataclasses.asdict(res.timings), "masks": []}
@@ -213,6 +254,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- query
 def cmd_query(args: argparse.Namespace) -> int:
 
+    out = _check_out(args)
     fs, data = _load(args)
     view = _pick_view(data, args.split, args.view)
     query = args.query or args.labels[0]
@@ -223,7 +265,6 @@ def cmd_query(args: argparse.Namespace) -> int:
     q_emb = text[args.labels.index(query)] if query in args.labels else text[-1]
     negatives = None if args.negatives == ["none"] else fs.encode_text(args.negatives)
     heat = relevancy_map(feats, q_emb, negatives).cpu()
-    out = Path(args.out)
     rgb = _render_rgb(fs, view.camera)
     save_png(colorize_labels(seg, class_palette(len(args.labels))), out / "semantic.png")
     save_png(heatmap(heat), out / f"relevancy_{safe_name(query)}.png")
@@ -261,6 +302,12 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
     if args.threshold is None and args.top_k is None:
         raise ValueError("give --threshold and/or --top-k")
+    _check_number("--threshold", args.threshold)
+    _check_number("--top-k", args.top_k, lo=1)
+    _check_number("--max-views", args.max_views, lo=0)
+    for c in args.color:
+        _check_number("--color", c, lo=0, hi=1)
+    out = _check_out(args, writes_scene=True)
     fs, data = _load(args)
     text = fs.encode_text([args.query])[0]
     scores = gaussian_scores(fs.model, fs.decoder, text)
@@ -270,9 +317,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
         raise ValueError(f"no Gaussian matches {args.query!r} (scores range {float(scores.min()):.3f} .. "
                          f"{float(scores.max()):.3f}); lower --threshold or use --top-k")
     edited = fs.with_model(_apply_edit(fs.model, mask, args.action, args.color))
-    out = Path(args.out)
     ply = edited.save(out)
-    views = data.test_views[: max(0, args.max_views)] or data.train_views[: max(0, args.max_views)]
+    views = data.test_views[: args.max_views] or data.train_views[: args.max_views]
     names = _before_after(fs, edited, views, out / "before_after")
     _write_json(out / "edit.json", {"source": str(args.run), "query": args.query, "threshold": args.threshold,
                                     "top_k": args.top_k, "action": args.action, "color": args.color,
@@ -289,13 +335,19 @@ def cmd_select(args: argparse.Namespace) -> int:
     clicks = list(args.click) + [p for s in args.stroke for p in stroke_pixels(s)]
     if not clicks:
         raise ValueError("give at least one --click or --stroke")
+    _check_number("--threshold", args.threshold, lo=-1, hi=1)
+    for c in args.color:
+        _check_number("--color", c, lo=0, hi=1)
+    out = _check_out(args, writes_scene=args.action != "none")
     fs, data = _load(args)
     src = _pick_view(data, args.split, args.view)
     _check_points(clicks + args.negative, src.camera, "click")
     src_feats = fs.render_features(src.camera, decoded=False)
     pos = click_features(src_feats, clicks)
     neg = click_features(src_feats, args.negative) if args.negative else None
-    out = Path(args.out)
+    gsel = select_gaussians_by_clicks(fs.model, pos, neg, args.threshold)
+    if args.action != "none" and not bool(gsel.any()):
+        raise ValueError("no Gaussian is selected; lower --threshold or add clicks")
     per_view = {}
     for view in data.train_views + data.test_views:
         with torch.no_grad():  # one render gives the view's features and its picture
@@ -303,15 +355,12 @@ def cmd_select(args: argparse.Namespace) -> int:
         mask = select_by_clicks(src_feats, clicks, rendered.features, args.threshold, args.negative or None)
         save_png(overlay_mask(rendered.rgb.clamp(0, 1).cpu(), mask.cpu()), out / "views" / f"{safe_name(view.name)}.png")
         per_view[view.name] = int(mask.sum())
-    gsel = select_gaussians_by_clicks(fs.model, pos, neg, args.threshold)
     with atomic_open(out / "selection.pt", "wb") as f:
         torch.save({"mask": gsel.cpu(), "clicks": clicks, "negatives": args.negative, "view": src.name}, f)
     summary = {"view": src.name, "n_clicks": len(clicks), "n_negatives": len(args.negative),
                "threshold": None if neg is not None else args.threshold, "pixels_per_view": per_view,
                "n_selected_gaussians": int(gsel.sum()), "n_gaussians": fs.model.num_gaussians}
     if args.action != "none":
-        if not bool(gsel.any()):
-            raise ValueError("no Gaussian is selected; lower --threshold or add clicks")
         edited = fs.with_model(_apply_edit(fs.model, gsel, args.action, args.color))
         summary["scene"] = str(edited.save(out / "scene"))
         summary["n_after"] = edited.model.num_gaussians
@@ -338,6 +387,7 @@ def cmd_mask(args: argparse.Namespace) -> int:
         raise ValueError("give at least one --point on --view")
     if args.views < 1:
         raise ValueError(f"--views must be >= 1, got {args.views}")
+    out = _check_out(args)
     fs, data = _load(args)
     if fs.teacher_kind != "sam":
         raise ValueError(f"mask needs a scene distilled from SAM; {args.run} was distilled from {fs.teacher_kind}")
@@ -353,7 +403,6 @@ def cmd_mask(args: argparse.Namespace) -> int:
         raise ValueError("the prompt is visible in no view (does it lie on the rendered scene?)")
     refine = [_render_rgb(fs, c).to(fs.device) for _, c, _ in used] if args.refine else None
     fused = fuse_object(fs.model, [c for _, c, _ in used], [m for *_, m in used], args.method, refine_images=refine)
-    out = Path(args.out)
     for (view, cam, m) in used:
         save_png(overlay_mask(_render_rgb(fs, cam), m.cpu(), color=(0.2, 0.6, 1.0)), out / "sam" / f"{safe_name(view.name)}.png")
     rendered = {}
@@ -383,6 +432,9 @@ def cmd_semantic(args: argparse.Namespace) -> int:
 
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise CLIError(f"--lr must be a positive finite number, got {args.lr:g}")
+    out = _check_out(args, writes_scene=True)
     fs, data = _load(args)
     if not data.has_labels:
         raise ValueError(f"the scene {data.source_path} has no class label maps to learn from")
@@ -393,7 +445,6 @@ def cmd_semantic(args: argparse.Namespace) -> int:
     names = list(data.class_names) if data.class_names and len(data.class_names) == k else [f"class_{i}" for i in range(k)]
     fitted = fs.with_model(model)
     fitted.class_names = names
-    out = Path(args.out)
     ply = fitted.save(out)
     m = evaluate_semantics(model, data, save_dir=out / "semantic")
     summary = {"steps": args.steps, "lr": args.lr, "fit_s": wall, "class_names": names,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from feature3dgs.cli.errors import CLIError
 from feature3dgs.run import RunDir
+from feature3dgs.viewer.address import check_listen_address
 from feature3dgs.viewer.server import require_viser, serve
 
 __all__ = ["register"]
@@ -21,7 +22,8 @@ def register(sub) -> dict:
                                    "click-to-segment with SAM, delete/extract/recolour, training curves. "
                                    "Open the printed address in a browser; Ctrl-C stops it.")
     v.add_argument("run", metavar="RUN", help="a training or distillation output folder, or a .ply")
-    v.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0: any free port)")
+    v.add_argument("--port", type=int, default=8080,
+                   help="TCP port (default 8080; 0: any free port); a port in use is an error")
     v.add_argument("--host", default="127.0.0.1",
                    help="interface to listen on (default 127.0.0.1, this machine only; 0.0.0.0: every interface)")
     v.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -41,6 +43,7 @@ def cmd_view(args: argparse.Namespace) -> int:
         raise CLIError(f"--port must be in 0..65535, got {args.port}")
     if args.max_resolution is not None and args.max_resolution < 16:
         raise CLIError(f"--max-resolution must be >= 16 pixels, got {args.max_resolution}")
+    check_listen_address(args.host, args.port)  # a malformed or busy address fails at once, never hangs
     require_viser()
 
     # Ctrl-C only sets an event, from before the server starts: a SIGINT that lands while it is

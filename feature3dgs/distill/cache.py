@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from feature3dgs.utils.io import atomic_open
+from feature3dgs.utils.io import atomic_open, check_writable_dir
 
 __all__ = ["FeatureCache", "extract_features", "fill_feature_cache", "ExtractResult", "view_source", "default_cache_dir",
            "FORMAT_VERSION"]
@@ -70,7 +70,8 @@ class FeatureCache:
         root: the cache root; each key gets its own subfolder.
         key: the teacher's ``cache_key()``.
         meta: JSON-able description stored in the manifest on creation (``teacher.describe()``).
-        create: create the folder if missing (else FileNotFoundError).
+        create: create the folder if missing (else FileNotFoundError); a root that cannot be
+            written (a file, under a file, read-only) is a ValueError before anything is created.
     """
 
     def __init__(self, root: PathLike, key: str, meta: Optional[dict] = None, create: bool = True):
@@ -89,6 +90,7 @@ class FeatureCache:
                                    "delete the folder to rebuild it")
             self.meta: dict = m.get("meta") or {}
         elif create:
+            check_writable_dir(self.root, "the feature cache folder (--cache-dir)")
             self.path.mkdir(parents=True, exist_ok=True)
             self.meta = dict(meta or {})
             _write_json(manifest, {"format": FORMAT_VERSION, "key": key, "meta": self.meta,
@@ -182,7 +184,7 @@ class FeatureCache:
         """The (D, h, w) float16 features, memory-mapped read-only (no copy is made)."""
         if not self.has(name):
             raise KeyError(f"{name!r} is not in the feature cache {self.path}")
-        mm = np.load(self.file(name), mmap_mode="r")
+        mm = np.load(self.file(name), mmap_mode="r", allow_pickle=False)
         if mm.dtype != np.float16 or mm.ndim != 3:
             raise RuntimeError(f"{self.file(name)}: expected a (D, h, w) float16 array, got {mm.dtype} {mm.shape}")
         return mm

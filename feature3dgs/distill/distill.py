@@ -69,6 +69,10 @@ class DistillConfig:
     lr_decoder: float = _help("Adam learning rate of the decoder", default=1e-3)
     feature_to_geometry: bool = _help("let the feature loss move means, rotations, scales and opacities",
                                       default=True)
+    trust_checkpoint: bool = _help(
+        "LSeg: unpickle a --checkpoint that references objects beyond tensors; this can run code from the "
+        "file, so only for a file from a source you trust (default: weights-only loading, such a file is "
+        "refused)", default=False)
     cache_dir: Optional[str] = _help("teacher feature cache (default ~/.cache/feature3dgs/features)", default=None)
     extract_batch_size: int = _help("images per teacher call while filling the cache", default=1)
 
@@ -228,7 +232,8 @@ def _teacher_and_cache(scene, dc: DistillConfig, train_config: TrainConfig, teac
                                   random_weights=False, cache_key=cache.key)
     if teacher is None:
         teacher = build_teacher(dc.teacher, checkpoint=dc.checkpoint, model=dc.teacher_model,
-                                weights_dir=dc.weights_dir, random_weights=dc.random_weights)
+                                weights_dir=dc.weights_dir, random_weights=dc.random_weights,
+                                trust_checkpoint=dc.trust_checkpoint)
     if teacher.is_random:
         print(RANDOM_WEIGHTS_WARNING, file=sys.stderr, flush=True)
     cache, _ = fill_feature_cache(scene, teacher, dc.cache_dir, dc.extract_batch_size, train_config.progress)

@@ -25,6 +25,7 @@ Writes are atomic (temporary file + os.replace).
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Union
@@ -103,7 +104,14 @@ def _indexed(names: list[str], prefix: str) -> list[str]:
 
 
 def load_ply(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> GaussianModel:
-    """Read a 3DGS (or feature3dgs) Gaussian PLY file into a :class:`GaussianModel`."""
+    """Read a 3DGS (or feature3dgs) Gaussian PLY file into a :class:`GaussianModel`.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: not a Gaussian PLY, or values that cannot be rendered (NaN/Inf opacities,
+            colours, features or class logits; no Gaussian with finite geometry); the message
+            names the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Gaussian PLY file not found: {path}")
@@ -157,4 +165,36 @@ def load_ply(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -
     sem = _indexed(names, SEMANTIC_PREFIX)
     if sem:
         params[SEMANTICS] = cols(sem)
+    _check_finite(path, params)
     return GaussianModel(params, active_sh_degree=active).to(device)
+
+
+#: parameters a NaN/Inf in which the renderer culls (the Gaussian is then invisible)
+_CULLABLE = ("means", "scales", "quats")
+#: the PLY properties of each parameter (for messages)
+_PROPERTIES = {"sh_dc": "f_dc_*", "sh_rest": "f_rest_*", "opacities": "opacity", FEATURES: f"{FEATURE_PREFIX}*",
+               SEMANTICS: f"{SEMANTIC_PREFIX}*"}
+
+
+def _check_finite(path: Path, params: dict[str, torch.Tensor]) -> None:
+    """Refuse a file whose values cannot be rendered: NaN/Inf opacities, colours, features or
+    class logits (the renderer refuses them), or no Gaussian with finite geometry at all (NaN/Inf
+    means, scales or rotations cull a Gaussian; a file of only such Gaussians renders nothing)."""
+    n = next(iter(params.values())).shape[0]
+    for name, t in params.items():
+        if name in _CULLABLE:
+            continue
+        t = t.reshape(n, -1)
+        # an infinite opacity logit is an opacity of exactly 0 or 1; NaN is no opacity
+        bad = torch.isnan(t).any(dim=1) if name == "opacities" else ~torch.isfinite(t).all(dim=1)
+        if bool(bad.any()):
+            raise ValueError(f"{path}: {int(bad.sum())} of {n} Gaussians have NaN or Inf values in "
+                             f"{_PROPERTIES.get(name, name)} (first: Gaussian {int(bad.nonzero()[0])}); the file is corrupt or "
+                             "comes from a diverged training")
+    ok = torch.ones(n, dtype=torch.bool)
+    for name in _CULLABLE:
+        t = params[name].reshape(n, -1)
+        ok &= torch.isfinite(t).all(dim=1) if name != "scales" else ~torch.isnan(t).any(dim=1) & (t < math.inf).all(dim=1)
+    if not bool(ok.any()):
+        raise ValueError(f"{path}: none of its {n} Gaussians has finite means, scales and rotations (all NaN "
+                         "or Inf), so it renders nothing; the file is corrupt or comes from a diverged training")

@@ -7,16 +7,20 @@ and refuse the same inputs.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 MAX_IMAGE_SIDE = 16384
 MAX_SH_DEGREE = 3
+_CAMERA_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 @dataclass
@@ -133,23 +137,144 @@ def validate_render_inputs(means, quats, scales, opacities, colors, viewmat, K, 
     height = _check_size("height", height)
     if isinstance(near, bool) or not isinstance(near, numbers.Real) or not (math.isfinite(near) and near > 0):
         raise ValueError(f"near must be a positive finite number, got {near}")
-    viewmat = _check_tensor("viewmat", viewmat, (4, 4), (torch.float16, torch.bfloat16, torch.float32, torch.float64), None)
-    K = _check_tensor("K", K, (3, 3), (torch.float16, torch.bfloat16, torch.float32, torch.float64), None)
+    viewmat = _check_tensor("viewmat", viewmat, (4, 4), _CAMERA_DTYPES, None)
+    K = _check_tensor("K", K, (3, 3), _CAMERA_DTYPES, None)
     for name, m in (("viewmat", viewmat), ("K", K)):
-        if m.device.type == "cpu" and not bool(torch.isfinite(m).all()):
-            raise ValueError(f"{name} contains NaN or Inf")
-    viewmat = viewmat.detach().to(device=device, dtype=dtype).contiguous()
-    K = K.detach().to(device=device, dtype=dtype).contiguous()
+        if m.requires_grad:
+            raise ValueError(f"{name} requires grad, but camera gradients are not supported: "
+                             f"pass {name}.detach()")
+    viewmat = viewmat.to(device=device, dtype=dtype).contiguous()
+    K = K.to(device=device, dtype=dtype).contiguous()
     bg = _as_vector("background", 0.0 if background is None else background, 3, dtype, device)
     fbg = None
     if feature_background is not None:
         if features is None:
             raise ValueError("feature_background is given but features is None")
         fbg = _as_vector("feature_background", feature_background, features.shape[1], dtype, device)
-    return RenderInputs(means=means.contiguous(), quats=quats.contiguous(), scales=scales.contiguous(),
-                        opacities=opacities.contiguous(), colors=rgb, sh=sh, sh_degree=int(sh_degree),
-                        features=features, viewmat=viewmat, K=K, width=width, height=height,
-                        near=float(near), background=bg, feature_background=fbg)
+    inp = RenderInputs(means=means.contiguous(), quats=quats.contiguous(), scales=scales.contiguous(),
+                       opacities=opacities.contiguous(), colors=rgb, sh=sh, sh_degree=int(sh_degree),
+                       features=features, viewmat=viewmat, K=K, width=width, height=height,
+                       near=float(near), background=bg, feature_background=fbg)
+    check_memory(inp)
+    check_values(inp)
+    return inp
+
+
+
+
+def _count(name: str, bad: Tensor, what: str, hint: str = "") -> None:
+    """Raise ValueError naming ``name`` when the boolean tensor ``bad`` has any True."""
+    k = int(bad.sum())
+    if k:
+        raise ValueError(f"{name}: {k} of {bad.numel()} values {what}{hint}")
+
+
+#: how far the constant entries of viewmat and K may be from their values (rounding of an inverse)
+CAMERA_ATOL = 1e-5
+
+
+def _near(values: Sequence[float], expected: Sequence[float], atol: float = CAMERA_ATOL) -> bool:
+    return all(abs(v - e) <= atol for v, e in zip(values, expected))
+
+
+def check_values(inp: RenderInputs) -> None:
+    """Refuses values that no render can mean, with a ValueError naming the argument and how
+    many of its values are wrong:
+
+    - viewmat, K: NaN/Inf anywhere; a viewmat whose last row is not [0, 0, 0, 1]; a K that is
+      not pinhole intrinsics [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] with fx, fy > 0 (no skew);
+      the constant entries may differ by rounding (:data:`CAMERA_ATOL`, times max(fx, fy) for
+      the skew);
+    - scales < 0; opacities outside [0, 1] or NaN/Inf;
+    - NaN/Inf colours, SH coefficients, features or backgrounds.
+
+    NaN/Inf means, quaternions and scales are accepted: those Gaussians are culled. The values
+    are summarised on their device (min, max, sum) and copied to the host once, so a CUDA render
+    pays one small synchronisation; exact counts are computed only when a summary is off.
+    """
+    rows = [inp.viewmat.reshape(-1), inp.K.reshape(-1), inp.background.reshape(-1).sum()[None]]
+    if inp.feature_background is not None:
+        rows.append(inp.feature_background.sum()[None])
+    colours = inp.colors if inp.colors is not None else inp.sh
+    if inp.means.shape[0]:
+        rows.append(torch.stack([*torch.aminmax(inp.opacities), inp.scales.amin(), colours.sum()]))
+        if inp.features is not None:
+            rows.append(inp.features.sum()[None])
+    values = torch.cat([r.detach().to(torch.float64) for r in rows]).cpu().tolist()
+    viewmat, K, summary = values[:16], values[16:25], iter(values[25:])
+    finite = math.isfinite
+    if not all(map(finite, viewmat)):
+        _count("viewmat", ~torch.isfinite(inp.viewmat), "are NaN or Inf")
+    if not _near(viewmat[12:], (0.0, 0.0, 0.0, 1.0)):
+        raise ValueError(f"viewmat must be a world-to-camera matrix [[R, t], [0, 0, 0, 1]]; its last row is "
+                         f"{[float(x) for x in viewmat[12:]]}")
+    if not all(map(finite, K)):
+        _count("K", ~torch.isfinite(inp.K), "are NaN or Inf")
+    fx, skew, _, k10, fy, _, *last = K
+    if not (fx > 0 and fy > 0) or not _near(last, (0.0, 0.0, 1.0)) or not _near((skew, k10), (0.0, 0.0),
+                                                                                 CAMERA_ATOL * max(fx, fy, 1.0)):
+        raise ValueError("K must be pinhole intrinsics [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] in pixels with "
+                         f"fx, fy > 0, got {[K[r:r + 3] for r in (0, 3, 6)]}")
+    if not finite(next(summary)):
+        _count("background", ~torch.isfinite(inp.background), "are NaN or Inf")
+    if inp.feature_background is not None and not finite(next(summary)):
+        _count("feature_background", ~torch.isfinite(inp.feature_background), "are NaN or Inf")
+    if not inp.means.shape[0]:
+        return
+    op_min, op_max, scale_min, colour_sum = (next(summary) for _ in range(4))
+    if not (0.0 <= op_min and op_max <= 1.0):
+        _count("opacities", ~torch.isfinite(inp.opacities), "are NaN or Inf")
+        _count("opacities", (inp.opacities < 0) | (inp.opacities > 1),
+               f"lie outside [0, 1] (min {op_min:g}, max {op_max:g})",
+               "; pass activated opacities (the sigmoid of the logits)")
+    if not scale_min >= 0.0:  # NaN scales are culled, only negative ones are refused
+        _count("scales", inp.scales < 0, f"are negative (min {float(inp.scales.nan_to_num(0.0).amin()):g})",
+               "; pass activated scales (the exp of the log-scales)")
+    if not finite(colour_sum):  # a sum can overflow without a NaN/Inf value: then nothing is refused
+        _count("colors" if inp.colors is not None else "colors (SH coefficients)", ~torch.isfinite(colours),
+               "are NaN or Inf")
+    if inp.features is not None and not finite(next(summary)):
+        _count("features", ~torch.isfinite(inp.features), "are NaN or Inf")
+
+def render_bytes(width: int, height: int, channels: int, element_size: int = 4) -> int:
+    """Estimated bytes a render of ``width`` x ``height`` pixels with ``channels`` feature
+    channels allocates per pixel: the rgb, features, depth and alpha outputs (3 + C + 1 + 1), their
+    composited copies over the background (as many again), and the per-pixel final
+    transmittance and last-contributor buffers the backward keeps (2). Per-Gaussian buffers
+    (tile lists) come on top."""
+    return int(width) * int(height) * (2 * (int(channels) + 5) + 2) * int(element_size)
+
+
+@functools.lru_cache(maxsize=None)
+def memory_limit(device: torch.device) -> Optional[int]:
+    """Bytes of memory of ``device``: the CUDA device's total memory, or the host's physical RAM
+    for the CPU; None when unknown (then renders are not size-checked)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    if device.type == "cpu":
+        try:
+            return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+        except (AttributeError, ValueError, OSError):  # not POSIX
+            return None
+    return None
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n < 2**40 else f"{n / 2**40:,.1f} TiB"
+
+
+def check_memory(inp: RenderInputs) -> None:
+    """Refuses (ValueError, with the estimate) a render whose output images and per-pixel
+    buffers (:func:`render_bytes`) would not fit in the memory of its device
+    (:func:`memory_limit`), before anything is allocated."""
+    channels = inp.features.shape[1] if inp.features is not None else 0
+    need = render_bytes(inp.width, inp.height, channels, inp.means.element_size())
+    limit = memory_limit(inp.means.device)
+    if limit is not None and need > limit:
+        where = "the host's RAM" if inp.means.device.type == "cpu" else f"{inp.means.device}"
+        raise ValueError(f"a {inp.width}x{inp.height} render with {channels} feature channels needs about "
+                         f"{_gib(need)} for its images and per-pixel buffers, more than the {_gib(limit)} of "
+                         f"{where}; render fewer pixels or channels")
 
 
 @dataclass

@@ -33,6 +33,17 @@ def _grad_or_zeros(g: Tensor | None, like: Tensor) -> Tensor:
     return torch.zeros_like(like) if g is None else g.contiguous()
 
 
+DOUBLE_BACKWARD_MESSAGE = ("double backward is not supported: the gradients of the compiled kernels are not "
+                           "differentiable (use feature3dgs.rendering.reference.render for higher-order "
+                           "gradients)")
+
+
+def _first_order_only() -> None:
+    """The backward runs with grad mode on only for ``create_graph=True`` (a double backward)."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(DOUBLE_BACKWARD_MESSAGE)
+
+
 class ProjectFunction(torch.autograd.Function):
     """The kernels' preprocess stage: (means, quats, scales, sh) -> (means2d, conics, depths,
     radii, colors). Arguments as in :func:`project`; ``sh`` is empty for plain RGB."""
@@ -48,6 +59,7 @@ class ProjectFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, d_means2d, d_conics, d_depths, _d_radii, d_colors):
+        _first_order_only()
         means, quats, scales, sh, viewmat, K, radii, colors_raw = ctx.saved_tensors
         sh_degree, width, height, near = ctx.config
         d_colors = _empty_like(means) if sh.dim() != 3 else _grad_or_zeros(d_colors, colors_raw)
@@ -74,6 +86,7 @@ class RasterizeFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, d_rgb, d_feats, d_depth, d_alpha):
+        _first_order_only()
         means2d, conics, colors, opacities, depths, features, final_T, last, offsets, ids = ctx.saved_tensors
         width, height = ctx.size
         C = features.shape[1] if features.dim() == 2 else 0
@@ -133,11 +146,22 @@ def render(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colo
     the screen-space gradient. Differentiable with respect to means, quats,
     scales, opacities, colors and features (and the backgrounds).
 
-    Non-finite values: a Gaussian whose mean, quaternion or scale holds NaN/Inf,
-    or whose quaternion is zero, is culled (radius 0); a NaN opacity makes it
-    invisible; NaN colours or features propagate to the pixels the Gaussian
-    covers. A viewmat or K holding NaN/Inf raises ValueError when on the CPU
-    (checking a CUDA one would cost a device sync; there every Gaussian is culled).
+    Refused with ValueError naming the argument (and how many values): shapes, dtypes and
+    devices that do not match; negative scales; opacities outside [0, 1]; NaN/Inf opacities,
+    colours, SH coefficients, features or backgrounds; a viewmat or K holding NaN/Inf, a viewmat
+    whose last row is not [0, 0, 0, 1], a K that is not [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]
+    with fx, fy > 0; a viewmat or K that requires grad (camera gradients are not supported:
+    pass ``.detach()``); a render whose images and per-pixel buffers would exceed the device's
+    memory (the estimate is in the message). These checks cost one small device-to-host copy
+    per call.
+
+    Culled, not refused: a Gaussian whose mean, quaternion or scale holds NaN/Inf, whose
+    quaternion is zero, that lies closer than ``near`` or that touches no tile gets radius 0
+    and no pixel; with ``requires_grad`` inputs, its gradients are zero. A render where every
+    Gaussian is culled (or N = 0) gives the background, and backward gives zero gradients.
+
+    Double backward (``create_graph=True``) raises RuntimeError("double backward is not
+    supported ..."); the reference renderer is differentiable twice.
     """
     inp = validate_render_inputs(means, quats, scales, opacities, colors, viewmat, K, width, height,
                                  features=features, sh_degree=sh_degree, near=near,

@@ -203,6 +203,10 @@ def blend_tiles(inp: RenderInputs, mean2d: Tensor, conic: Tensor, opacity: Tenso
             row.append(img.T.reshape(V + 1, h_t, w_t))
         rows.append(torch.cat(row, dim=2))
     image = torch.cat(rows, dim=1)  # (V+1, H, W)
+    if values.shape[0] == 0:
+        # Nothing visible: the images are constant, but they stay in the autograd graph (with zero
+        # gradients), as the kernels' outputs do, so that backward works on any render.
+        image = image + 0 * (values.sum() + mean2d.sum() + conic.sum() + opacity.sum())
     return dict(rgb=image[0:3], depth=image[3:4], features=image[4:V] if features is not None else None,
                 alpha=image[V:V + 1])
 

@@ -1,4 +1,4 @@
-"""Atomic file writes, PNG images and file-name-safe view names.
+"""Atomic file writes, PNG images, file-name-safe view names, and output-folder checks.
 
 Atomic: write beside the target, fsync, then ``os.replace``. A reader (or a crash) never sees a
 half-written file: the target either keeps its old contents or gets the complete new ones.
@@ -77,22 +77,43 @@ def safe_name(name: str) -> str:
 
 
 def check_writable_dir(path: PathLike, option: str = "--out") -> Path:
-    """``path`` as a folder that can be written (created later if missing), or OSError naming
-    ``option``: the path is an existing file, lies under a file, or is not writable. Call it
-    before any work, so a bad output path never costs a run."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"{option}: {path} is a file, not a folder")
-    probe = path
+    """Check, before any work, that ``path`` can be (or is) a folder this process writes into.
+
+    The folder need not exist; nothing is created (one temporary file is created and removed in
+    the nearest existing folder to test the permission, which also catches read-only file
+    systems and permissions that ``os.access`` misjudges).
+
+    Args:
+        path: the output folder.
+        option: how messages name it (a CLI flag such as ``--out`` or ``--cache-dir``).
+
+    Returns:
+        ``path`` as a Path (``~`` expanded).
+
+    Raises:
+        ValueError: one line naming ``option`` and the path: an existing file, a path under a
+            file, or a folder that cannot be written.
+    """
+    if path is None or str(path).strip() == "":
+        raise ValueError(f"{option} must name a folder, got {path!r}")
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{option} {out} is an existing file, not a folder; choose another path")
+    probe = out
     while not probe.exists():
-        if probe.parent == probe:
-            break
+        if probe.parent == probe:  # pragma: no cover - a root that does not exist
+            raise ValueError(f"{option} {out}: no existing folder above it")
         probe = probe.parent
     if not probe.is_dir():
-        raise NotADirectoryError(f"{option}: {path} lies under {probe}, which is a file")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise PermissionError(f"{option}: cannot write in {probe}")
-    return path
+        raise ValueError(f"{option} {out} lies under {probe}, which is a file, not a folder; choose another path")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".feature3dgs-write-test.", suffix=TEMP_SUFFIX, dir=probe)
+    except OSError as e:
+        where = "" if probe == out else f" (in {probe}, where it would be created)"
+        raise ValueError(f"{option} {out} is not writable{where}: {e.strerror or e}") from None
+    os.close(fd)
+    os.unlink(tmp)
+    return out
 
 
 def remove_stale_temp_files(folder: PathLike) -> int:

@@ -32,6 +32,7 @@ from feature3dgs.model.camera import Camera
 from feature3dgs.rendering.device import resolve_device
 from feature3dgs.run import RunDir
 from feature3dgs.utils.optional import require
+from feature3dgs.viewer.address import check_listen_address
 from feature3dgs.viewer.camera_convert import (
     camera_from_client,
     scene_up_direction,
@@ -185,7 +186,8 @@ class ViewerServer:
         Args:
             session: the scene and state to show.
             host: interface to listen on ('127.0.0.1': this machine only; '0.0.0.0': every interface).
-            port: TCP port (0: any free port; viser takes the next free one when it is taken).
+            port: TCP port (0: any free port). A port in use is an error (viser would silently take
+                the next free one).
             max_resolution: longer side of refined frames in pixels (default: 1920 GPU / 640 CPU),
                 never more than the browser canvas.
             moving_resolution: longer side while the camera moves (default: adaptive, to keep a
@@ -211,10 +213,14 @@ class ViewerServer:
         self._stopped = False
         self._status_text = ""
         self._last_error: Optional[tuple[str, str]] = None
+        check_listen_address(host, port)
         self.server = viser.ViserServer(host=host, port=port, verbose=False)
         self.host = host
         self.port = int(self.server.get_port())
         try:
+            if port and self.port != port:  # taken between the check and the start
+                raise ValueError(f"port (--port) {port} is already in use on {host}; choose another port, or 0 "
+                                 "for any free one")
             self._setup_scene()
             self._setup_gui()
             self.server.on_client_connect(self._on_connect)
@@ -574,7 +580,7 @@ def serve(scene_dir: PathLike, host: str = "127.0.0.1", port: int = 8080, *,
     Args:
         scene_dir: a distillation / training output folder, or a .ply.
         host: '127.0.0.1' (default) serves this machine only; '0.0.0.0' every interface.
-        port: TCP port (0: any free port).
+        port: TCP port (0: any free port; a port in use is a ValueError).
         device: 'cuda', 'cpu' (default: cuda when available).
         max_resolution: longer side of refined frames (default: 1920 GPU / 640 CPU).
         weights_dir: where the teacher's weights are (SAM prompts, text queries).
@@ -583,6 +589,7 @@ def serve(scene_dir: PathLike, host: str = "127.0.0.1", port: int = 8080, *,
         the running :class:`ViewerServer`; call ``.stop()`` (or use it as a context manager).
     """
     require_viser()
+    check_listen_address(host, port)  # before loading anything: a bad address fails at once
     device = resolve_device(device)
     session = ViewerSession.open(scene_dir, device=device, weights_dir=weights_dir)
     cams: list[Camera] = []

@@ -29,6 +29,7 @@ from feature3dgs.model.camera import Camera
 from feature3dgs.model.gaussians import GaussianModel
 from feature3dgs.run import Run, RunDir, load_run
 from feature3dgs.training.config import background_arg
+from feature3dgs.utils.io import check_writable_dir
 from feature3dgs.utils.visualize import (
     FeaturePCA,
     class_palette,
@@ -538,7 +539,8 @@ class ViewerSession:
         the edits (viewer_edits.json).
 
         Raises:
-            ValueError: ``out_dir`` is the folder of the original scene (never overwritten).
+            ValueError: ``out_dir`` is the folder of the original scene (never overwritten), or
+                cannot be written (a file, under a file, read-only); nothing is written then.
             FileExistsError: ``out_dir`` already holds a point_cloud.ply and not ``overwrite``.
         Returns:
             the PLY path.
@@ -552,6 +554,7 @@ class ViewerSession:
             raise ValueError(f"refusing to overwrite the original scene in {out}; choose another output folder")
         if ply.exists() and not overwrite:
             raise FileExistsError(f"{ply} exists; choose a new folder (or pass overwrite=True)")
+        check_writable_dir(out, "the save folder")
         with self._lock:
             path = self.scene.save(out)
             run = RunDir(out)

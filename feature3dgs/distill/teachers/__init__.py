@@ -24,13 +24,14 @@ from typing import Optional, Union
 
 import torch
 
+from ._weights import UnsafeCheckpointError
 from .base import LanguageTeacher, Teacher
 from .clip_dense import DenseClipTeacher
 from .lseg import LSEG_DEMO_CHECKPOINT_URL, LSegTeacher
 from .sam import SamTeacher
 
 __all__ = ["Teacher", "LanguageTeacher", "SamTeacher", "DenseClipTeacher", "LSegTeacher", "build_teacher",
-           "TEACHERS"]
+           "TEACHERS", "UnsafeCheckpointError"]
 
 TEACHERS = ("sam", "clip", "lseg")
 
@@ -46,6 +47,7 @@ def build_teacher(
     random_weights: bool = False,
     allow_download: bool = True,
     seed: int = 0,
+    trust_checkpoint: bool = False,
 ) -> Teacher:
     """Build a teacher by name.
 
@@ -58,6 +60,13 @@ def build_teacher(
         weights_dir: SAM: folder of the weights (and downloads); CLIP: open_clip's download cache.
         resolution: network input long side (CLIP default 448, LSeg 480; SAM is fixed at 1024).
         random_weights: build the tiny random-weight variant (tests and smoke runs only).
+        trust_checkpoint: LSeg: unpickle a checkpoint completely when it references objects
+            beyond tensors (and the Lightning objects that get inert stand-ins). Unpickling can
+            run code from the file: only for files from a trusted source. SAM and CLIP weights
+            are plain state dicts and are always loaded weights-only.
+
+    Every weights file is loaded with ``torch.load(weights_only=True)`` unless
+    ``trust_checkpoint``; a file that is not usable gives a ValueError naming it.
     """
     if kind not in TEACHERS:
         raise ValueError(f"teacher must be one of {TEACHERS}, got {kind!r}")
@@ -87,5 +96,6 @@ def build_teacher(
                 raise FileNotFoundError(
                     "the LSeg teacher needs --checkpoint: the official demo_e200.ckpt, from "
                     f"{LSEG_DEMO_CHECKPOINT_URL} (linked from https://github.com/isl-org/lang-seg)")
-            t = LSegTeacher.from_checkpoint(checkpoint, resolution=resolution or 480)
+            t = LSegTeacher.from_checkpoint(checkpoint, resolution=resolution or 480,
+                                          trust_checkpoint=trust_checkpoint)
     return t.to(device) if device is not None else t

@@ -16,6 +16,7 @@ covers the whole image (cell (i, j) covers rows [i, i+1) H / h').
 
 from __future__ import annotations
 
+import difflib
 import os
 from typing import Any, Optional, Union
 
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 from feature3dgs.utils.optional import require
 
-from ._weights import file_digest, offline
+from ._weights import file_digest, load_weights_file, offline, weights_error
 from .base import LanguageTeacher, grid_size, resize_to_grid
 
 __all__ = ["DenseClipTeacher", "maskclip_features", "interpolate_pos_embed"]
@@ -89,6 +90,16 @@ def maskclip_features(visual: torch.nn.Module, images: torch.Tensor) -> torch.Te
     return tokens.permute(0, 2, 1).reshape(B, -1, gh, gw)
 
 
+def _check_weights_file(path: str) -> None:
+    """Refuse a ``torch.load`` file that is not weights-only loadable before open_clip reads it
+    (open_clip loads with ``weights_only=True`` too, and retries without the argument only on
+    a TypeError; this check keeps that retry from ever reading a file that holds objects).
+    Safetensors and numpy (big_vision) files hold no pickles and are left to open_clip."""
+    if str(path).endswith((".safetensors", ".npz", ".npy")):
+        return
+    load_weights_file(path, "open_clip weights file")
+
+
 class DenseClipTeacher(LanguageTeacher):
     """MaskCLIP dense features of an open_clip ViT, with ``encode_text`` in the same space.
 
@@ -143,11 +154,25 @@ class DenseClipTeacher(LanguageTeacher):
             cache_dir: where open_clip caches downloads (default: its own, the Hugging Face cache).
             resolution: long side of the network input in pixels.
 
+        A file is loaded weights-only (no code in it runs).
+
         Raises:
             FileNotFoundError: the weights are not available locally and cannot be downloaded.
+            ValueError: ``model_name`` is not an open_clip model, ``pretrained`` neither a file nor
+                a tag of it, or the file is not a weights file of that model (named in the message).
         """
         oc = require("open_clip", "open-clip-torch", "the CLIP teacher")
+        known = oc.list_models()
+        if not isinstance(model_name, str) or (model_name not in known
+                                               and not model_name.startswith(("hf-hub:", "local-dir:"))):
+            lower = {m.lower(): m for m in known}
+            close = [lower[m] for m in difflib.get_close_matches(str(model_name).lower(), list(lower), n=6, cutoff=0.5)]
+            raise ValueError(f"unknown CLIP model {model_name!r} (--teacher-model): not an open_clip model name; "
+                             f"e.g. {', '.join(close or known[:8])} (open_clip.list_models() has all "
+                             f"{len(known)})")
         is_file = pretrained is not None and os.path.isfile(pretrained)
+        if is_file:
+            _check_weights_file(pretrained)
         tag_cfg = {} if is_file else oc.get_pretrained_cfg(model_name, pretrained)
         if not is_file and not tag_cfg:
             raise ValueError(f"{pretrained!r} is neither a file nor an open_clip tag of {model_name}; "
@@ -156,8 +181,8 @@ class DenseClipTeacher(LanguageTeacher):
             model = oc.create_model(model_name, pretrained=pretrained, cache_dir=cache_dir,
                                     force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)), device="cpu")
         except Exception as e:
-            if is_file:
-                raise
+            if is_file:  # garbage, another architecture's weights, wrong keys or shapes
+                raise weights_error(f"open_clip {model_name} weights file", pretrained, e) from None
             where = tag_cfg.get("hf_hub") or ""
             src = (f"https://huggingface.co/{where.rstrip('/')}" if where else tag_cfg.get("url", "?"))
             raise FileNotFoundError(

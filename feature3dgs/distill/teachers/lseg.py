@@ -30,8 +30,6 @@ the whole image.
 from __future__ import annotations
 
 import math
-import pickle
-import types
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -41,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._weights import file_digest
+from ._weights import file_digest, load_weights_file
 from .base import LanguageTeacher, grid_size, resize_to_grid
 
 __all__ = ["LSegConfig", "LSegNet", "LSegTeacher", "lseg_state_dict_from_checkpoint", "build_lseg_from_state_dict",
@@ -366,44 +364,14 @@ class LSegNet(nn.Module):
 
 
 # ---------------------------------------------------------------------- checkpoint loading
-class _Stub(dict):
-    """Stands in for a class that cannot be imported (e.g. pytorch_lightning's AttributeDict in a
-    checkpoint's hyper-parameters): keeps dict items and the pickled state."""
+#: the packages whose objects a Lightning checkpoint holds beside its tensors (hyper-parameters
+#: as AttributeDict, callback states keyed by class, ...): they get inert stand-ins, never imported
+LIGHTNING_MODULES = ("pytorch_lightning.", "lightning.", "lightning_fabric.", "lightning_utilities.",
+                     "omegaconf.", "argparse.Namespace")
 
-    def __init__(self, *args, **kwargs):
-        super().__init__()
-
-    def __setstate__(self, state):
-        if isinstance(state, Mapping):
-            self.update(state)
-
-
-class _LenientUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        try:
-            return super().find_class(module, name)
-        except (ImportError, AttributeError):
-            return type(name, (_Stub,), {"__module__": f"<missing {module}>"})
-
-
-_lenient_pickle = types.SimpleNamespace(Unpickler=_LenientUnpickler, load=pickle.load, __name__="lenient_pickle")
-
-
-def _torch_load(path, trusted: bool):
-    """torch.load a checkpoint: weights only (memory-mapped when the format allows) and, for a
-    ``trusted`` file that needs more (Lightning keeps hyper-parameters as objects), a full unpickle
-    in which classes of packages that are not installed (pytorch_lightning) become plain dicts."""
-    err: Optional[Exception] = None
-    for kwargs in ({"mmap": True}, {}):
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
-        except Exception as e:  # old serialisation format, or objects beyond tensors
-            err = e
-    if not trusted:
-        raise err  # type: ignore[misc]
-    warnings.warn(f"{path}: not loadable with weights_only=True ({type(err).__name__}); unpickling it as a "
-                  "trusted file", stacklevel=3)
-    return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_lenient_pickle)
+#: the hyper-parameters an LSeg checkpoint may set, with their types
+_HP_TYPES = {"backbone": str, "num_features": int, "arch_option": int, "block_depth": int, "activation": str,
+             "no_batchnorm": bool}
 
 
 def lseg_state_dict_from_checkpoint(ckpt: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -412,9 +380,20 @@ def lseg_state_dict_from_checkpoint(ckpt: Mapping[str, Any]) -> tuple[dict[str, 
     Accepts a Lightning checkpoint (``state_dict`` with ``net.``-prefixed keys; other top-level
     modules are ignored), or a bare LSegNet state dict (optionally ``module.``-prefixed).
     """
-    hp = dict(ckpt.get("hyper_parameters") or {}) if isinstance(ckpt.get("hyper_parameters"), Mapping) else {}
+    if not isinstance(ckpt, Mapping):
+        raise ValueError(f"an LSeg checkpoint is a dict (a Lightning checkpoint or a state dict), got "
+                         f"{type(ckpt).__name__}")
+    raw_hp = ckpt.get("hyper_parameters")
+    hp = {k: v for k, v in raw_hp.items() if k in _HP_TYPES} if isinstance(raw_hp, Mapping) else {}
+    for k, v in hp.items():
+        if not isinstance(v, _HP_TYPES[k]) or (isinstance(v, bool) and _HP_TYPES[k] is int):
+            raise ValueError(f"hyper-parameter {k!r} must be a {_HP_TYPES[k].__name__}, got {v!r}")
     sd = ckpt["state_dict"] if "state_dict" in ckpt else ckpt
-    sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    if not isinstance(sd, Mapping):
+        raise ValueError(f"'state_dict' must be a dict of tensors, got {type(sd).__name__}")
+    sd = {k: v for k, v in sd.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not sd:
+        raise ValueError("the checkpoint holds no tensors (no 'state_dict' of LSegNet weights)")
     for prefix in ("net.", "module.net.", "module."):
         if any(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
@@ -432,12 +411,16 @@ def build_lseg_from_state_dict(
 
     ``hyper_parameters`` (from a Lightning checkpoint) set arch_option / block_depth / activation;
     without them a ``scratch.head_block`` in the state dict implies arch_option 1.
+
+    Raises:
+        ValueError: a missing, unexpected or wrongly shaped tensor (named), or hyper-parameters
+            this definition does not implement.
     """
     state = dict(state)
     cfg = config or LSegConfig()
     hp = dict(hyper_parameters or {})
     if config is None and hp.get("backbone", cfg.name) != cfg.name:
-        raise NotImplementedError(f"LSeg backbone {hp['backbone']!r}: only {cfg.name!r} is implemented")
+        raise ValueError(f"LSeg backbone {hp['backbone']!r}: only {cfg.name!r} is implemented")
     if "num_features" in hp:
         cfg = replace(cfg, features=int(hp["num_features"]))
     has_head_block = any(k.startswith("scratch.head_block.") for k in state)
@@ -447,11 +430,18 @@ def build_lseg_from_state_dict(
     if hp.get("no_batchnorm"):
         warnings.warn("the checkpoint's hyper-parameters say no_batchnorm, but LSegNet always uses batch norm "
                       "(as the official LSegNet does); the strict load will tell")
+    if cfg.activation not in ("relu", "lrelu", "tanh"):
+        raise ValueError(f"LSeg activation must be 'relu', 'lrelu' or 'tanh', got {cfg.activation!r}")
     with torch.device("meta"):
         net = LSegNet(cfg)
-    missing, unexpected = net.load_state_dict(state, strict=False, assign=True)
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as e:  # tensors of the wrong shape
+        lines = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln]
+        raise ValueError(f"the state dict does not match the LSeg definition: {len(lines)} tensors of the wrong "
+                         f"shape, e.g. {lines[0] if lines else str(e)[:200]}") from None
     if missing or unexpected:
-        raise RuntimeError(f"LSeg checkpoint does not match the LSeg definition: {len(missing)} missing keys "
+        raise ValueError(f"the state dict does not match the LSeg definition: {len(missing)} missing keys "
                            f"{missing[:8]}{'...' if len(missing) > 8 else ''}, {len(unexpected)} unexpected keys "
                            f"{unexpected[:8]}{'...' if len(unexpected) > 8 else ''}")
     net = net.float()
@@ -491,19 +481,28 @@ class LSegTeacher(LanguageTeacher):
         resolution: int = 480,
         config: Optional[LSegConfig] = None,
         device: Optional[Union[str, torch.device]] = None,
-        trusted: bool = True,
+        trust_checkpoint: bool = False,
     ) -> "LSegTeacher":
         """LSeg with the official checkpoint (``demo_e200.ckpt``) or any LSegNet state dict.
+
+        The file is loaded weights-only: tensors and plain containers, with inert stand-ins for
+        the Lightning (and omegaconf, argparse) objects a Lightning checkpoint holds, so no code
+        from the file runs and Lightning need not be installed.
 
         Args:
             path: the .ckpt file (Lightning: ``state_dict`` keys prefixed with ``net.``).
             resolution: long side of the network input (multiples of 32 are used).
             config: network sizes (default: the official clip_vitl16_384 model).
-            trusted: allow a full unpickle when the file is not loadable with weights_only=True.
+            trust_checkpoint: unpickle the file completely when it references other classes or
+                functions. Unpickling can run any code in the file: only for a file from a
+                source you trust (the CLI's ``--trust-checkpoint``).
 
         Raises:
             FileNotFoundError: no file at ``path`` (the message says where to get it).
-            RuntimeError: the keys do not match the LSeg definition (strict loading).
+            UnsafeCheckpointError (a ValueError): the file references objects beyond tensors,
+                and ``trust_checkpoint`` is False.
+            ValueError: the file is not a PyTorch checkpoint, or its keys or shapes do not match
+                the LSeg definition (strict loading); the message names the file.
         """
         p = Path(path).expanduser()
         if not p.is_file():
@@ -511,9 +510,14 @@ class LSegTeacher(LanguageTeacher):
                 f"LSeg checkpoint not found at {p}. Download demo_e200.ckpt (the official LSeg ViT-L/16 "
                 f"model) from {LSEG_DEMO_CHECKPOINT_URL} (linked from https://github.com/isl-org/lang-seg) "
                 f"and pass its path.")
-        ckpt = _torch_load(p, trusted)
-        state, hp = lseg_state_dict_from_checkpoint(ckpt)
-        net = build_lseg_from_state_dict(state, config=config, hyper_parameters=hp)
+        ckpt = load_weights_file(p, "LSeg checkpoint", trust_checkpoint=trust_checkpoint, stand_ins=LIGHTNING_MODULES,
+                                 trust_hint="pass --trust-checkpoint (trust_checkpoint=True), which unpickles it "
+                                            "completely and can run code it contains")
+        try:
+            state, hp = lseg_state_dict_from_checkpoint(ckpt)
+            net = build_lseg_from_state_dict(state, config=config, hyper_parameters=hp)
+        except ValueError as e:
+            raise ValueError(f"LSeg checkpoint {p}: {e}") from None
         del ckpt, state
         teacher = cls(net, weights_id=f"sha256:{file_digest(p)}", is_random=False, resolution=resolution)
         return teacher.to(device) if device is not None else teacher

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from feature3dgs.utils.optional import require
 
-from ._weights import file_digest, resolve_weights
+from ._weights import file_digest, load_weights_file, resolve_weights
 from .base import Teacher, check_image
 
 __all__ = ["SamTeacher", "SAM_CHECKPOINTS"]
@@ -99,9 +99,13 @@ class SamTeacher(Teacher):
             allow_download: set False to never touch the network.
             device: where to put the model (default CPU).
 
+        The file is loaded weights-only (no code in it runs).
+
         Raises:
             FileNotFoundError: no checkpoint and no way to download it (the message names the
                 file, the folder and the URL).
+            ValueError: the file is not a PyTorch state dict, or its keys or shapes are not those
+                of SAM ``model_type`` (the message names the file).
         """
         sam_mod = require("segment_anything", "segment-anything", "the SAM teacher")
         if model_type not in SAM_CHECKPOINTS:
@@ -109,8 +113,22 @@ class SamTeacher(Teacher):
         fname = SAM_CHECKPOINTS[model_type]
         path = resolve_weights(fname, _URL + fname, what=f"SAM {model_type} checkpoint",
                                checkpoint=checkpoint, cache_dir=cache_dir, allow_download=allow_download)
+        what = f"SAM {model_type} checkpoint"
+        state = load_weights_file(path, what)
+        if not isinstance(state, dict) or not state or not all(
+                isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+            raise ValueError(f"{what} {path} is not a state dict of tensors (got {type(state).__name__}); "
+                             f"expected {fname} from {_URL + fname}")
         sam = sam_mod.sam_model_registry[model_type](checkpoint=None)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        expected = sam.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+        if missing or unexpected or wrong:
+            raise ValueError(
+                f"{what} {path} does not match SAM {model_type}: {len(missing)} missing keys {missing[:3]}, "
+                f"{len(unexpected)} unexpected keys {unexpected[:3]}, {len(wrong)} of the wrong shape {wrong[:3]} "
+                f"(is it a checkpoint of another model type? --teacher-model picks vit_h, vit_l or vit_b)")
         sam.load_state_dict(state, strict=True)
         teacher = cls(sam, model_type=model_type, weights_id=f"sha256:{file_digest(path)}", is_random=False)
         return teacher.to(device) if device is not None else teacher
