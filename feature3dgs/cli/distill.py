@@ -27,11 +27,13 @@ from feature3dgs.rendering.device import resolve_device
 from feature3dgs.run import RunDir, load_model
 from feature3dgs.training.config import SCENE_KEYS, TrainConfig
 from feature3dgs.training.trainer import load_scene_for
+from feature3dgs.utils.io import check_writable_dir
 
 __all__ = ["register"]
 
 #: the DistillConfig fields that pick and build the teacher (what ``extract`` takes)
-TEACHER_KEYS = ("teacher", "checkpoint", "teacher_model", "weights_dir", "random_weights", "cache_dir")
+TEACHER_KEYS = ("teacher", "checkpoint", "teacher_model", "weights_dir", "random_weights", "trust_checkpoint",
+                "cache_dir")
 
 
 def register(sub) -> dict:
@@ -68,6 +70,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
         raise CLIError("distill: --data is required")
     tc.validate()
     dc.validate()
+    check_writable_dir(args.out, "--out")
+    check_writable_dir(dc.cache_dir or default_cache_dir(), "--cache-dir")
     scene = load_scene_for(tc)
     model = None
     if args.init_model:
@@ -91,13 +95,15 @@ def cmd_extract(args: argparse.Namespace) -> int:
     dc = config_from_args(DistillConfig, args)
     if not tc.data:
         raise CLIError("extract: --data is required")
+    check_writable_dir(dc.cache_dir or default_cache_dir(), "--cache-dir")
     scene = load_scene_for(tc)
     device = resolve_device(args.device)
     if dc.random_weights:
         print("=" * 78 + "\nWARNING: --random-weights-for-testing: a tiny teacher with RANDOM weights. The features "
               "are\nmeaningless; use this only to test the pipeline.\n" + "=" * 78, file=sys.stderr)
     teacher = build_teacher(dc.teacher, checkpoint=dc.checkpoint, model=dc.teacher_model, weights_dir=dc.weights_dir,
-                            resolution=args.resolution, device=device, random_weights=dc.random_weights)
+                            resolution=args.resolution, device=device, random_weights=dc.random_weights,
+                            trust_checkpoint=dc.trust_checkpoint)
     teacher.amp = bool(args.amp)
     views = {"all": scene.views, "train": scene.train_views, "test": scene.test_views}[args.split]
     root = Path(dc.cache_dir) if dc.cache_dir else default_cache_dir()

@@ -30,7 +30,7 @@ from feature3dgs.run import RunDir, load_run
 from feature3dgs.training.config import RUN_OPTION_KEYS, SCENE_KEYS, TrainConfig
 from feature3dgs.training.evaluate import evaluate_model
 from feature3dgs.training.trainer import Trainer, TrainResult, load_scene_for
-from feature3dgs.utils.io import atomic_write_text
+from feature3dgs.utils.io import atomic_write_text, check_writable_dir
 
 __all__ = ["register", "add_run_scene_args", "load_run_and_scene", "print_result"]
 
@@ -81,6 +81,7 @@ def print_result(result: TrainResult, out: Path) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     require_requested_packages(given(args, TrainConfig))
+    check_writable_dir(args.out, "--out")
     run = RunDir(args.out)
     if args.resume is not None:
         path = run.latest_checkpoint() if args.resume == "latest" else Path(args.resume)

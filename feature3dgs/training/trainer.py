@@ -492,7 +492,8 @@ class Trainer:
     def scene_info(self) -> dict[str, Any]:
         return {"source_path": str(self.scene.source_path), "format": self.scene.format,
                 "n_train": len(self.scene.train_views), "n_test": len(self.scene.test_views),
-                "extent": self.extent, "background": self.scene.background.tolist()}
+                "extent": self.extent, "background": self.scene.background.tolist(),
+                "image_size": [self.scene.train_views[0].camera.width, self.scene.train_views[0].camera.height]}
 
     def train(self, iterations: Optional[int] = None) -> TrainResult:
         """Train up to ``iterations`` (default: config.iterations) total steps, evaluating and
