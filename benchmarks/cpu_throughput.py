@@ -85,7 +85,7 @@ def trained_scene(steps: int, cache: Path):
     if not path.is_file():
         print(f"training the built-in scene for {steps} steps (once; cached in {path}) ...", flush=True)
         t0 = time.perf_counter()
-        trainer = fit(scene, None, iterations=steps, device="cpu", lpips="none", tensorboard=False,
+        trainer = fit(scene, None, iterations=steps, device="cpu", lpips=None, tensorboard=False,
                       progress=False, save_test_renders=False, eval_every=0, checkpoint_every=0,
                       init_random_points=100_000, seed=0)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -83,7 +83,7 @@ def test_training_is_bit_identical_for_any_thread_count():
     try:
         for threads in (2, 3):
             torch.set_num_threads(threads)
-            t = fit(scene, None, iterations=60, device="cpu", lpips="none", tensorboard=False, progress=False,
+            t = fit(scene, None, iterations=60, device="cpu", lpips=None, tensorboard=False, progress=False,
                     save_test_renders=False, eval_every=0, checkpoint_every=0, init_random_points=3000, seed=0,
                     densify_from=10, densify_every=10, densify_until=50)
             h = hashlib.sha256()

@@ -56,7 +56,13 @@ from feature3dgs.cli.errors import CLIError
 from feature3dgs.model.gaussians import SEMANTICS
 from feature3dgs.rendering.device import resolve_device
 from feature3dgs.run import load_run
-from feature3dgs.utils.io import atomic_open, atomic_write_text, check_writable_dir, safe_name, save_png
+from feature3dgs.utils.io import (
+    atomic_open,
+    atomic_write_text,
+    check_writable_dir,
+    safe_name,
+    save_png,
+)
 from feature3dgs.utils.visualize import (
     class_palette,
     colorize_labels,

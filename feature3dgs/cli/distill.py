@@ -26,6 +26,7 @@ from feature3dgs.distill.teachers import build_teacher
 from feature3dgs.rendering.device import resolve_device
 from feature3dgs.run import RunDir, load_model
 from feature3dgs.training.config import SCENE_KEYS, TrainConfig
+from feature3dgs.training.distributed import init_from_env
 from feature3dgs.training.trainer import load_scene_for
 from feature3dgs.utils.io import check_writable_dir
 
@@ -79,12 +80,18 @@ def cmd_distill(args: argparse.Namespace) -> int:
             model = load_model(args.init_model)
         except (OSError, ValueError) as e:
             raise CLIError(f"--init-model: {e}") from None
-    run = RunDir(args.out)
-    result = distill(scene, run, tc, dc, model=model)
-    print_result(result.train, run.path)
-    f = result.features
-    print(f"features vs teacher on test views: PSNR {f.feature_psnr:.2f} dB, cosine {f.cosine:.3f}; "
-          f"outputs in {run.path}")
+    group = init_from_env(tc.device)
+    try:
+        main_rank = group is None or group.is_main
+        result = distill(scene, RunDir(args.out) if main_rank else None, tc, dc, model=model, dist=group)
+    finally:
+        if group is not None:
+            group.shutdown()
+    if main_rank:
+        print_result(result.train, Path(args.out))
+        f = result.features
+        print(f"features vs teacher on test views: PSNR {f.feature_psnr:.2f} dB, cosine {f.cosine:.3f}; "
+              f"outputs in {args.out}")
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
+from feature3dgs.training.distributed import DistributedError
 from feature3dgs.training.trainer import NonFiniteLossError
 from feature3dgs.utils.optional import MissingDependencyError
 
@@ -30,7 +31,7 @@ def run_command(name: str, handler: Callable[[], int]) -> int:
     """Run ``handler`` under the error policy; returns the exit status."""
     try:
         return handler()
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, DistributedError) as e:
         print(f"feature3dgs {name}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_FAILED
     except (CLIError, ValueError, MissingDependencyError, OSError) as e:

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 from feature3dgs.cli.args import (
     add_config_args,
@@ -28,6 +29,7 @@ from feature3dgs.rendering import backend_info
 from feature3dgs.rendering.device import resolve_device
 from feature3dgs.run import RunDir, load_run
 from feature3dgs.training.config import RUN_OPTION_KEYS, SCENE_KEYS, TrainConfig
+from feature3dgs.training.distributed import Distributed, init_from_env
 from feature3dgs.training.evaluate import evaluate_model
 from feature3dgs.training.trainer import Trainer, TrainResult, load_scene_for
 from feature3dgs.utils.io import atomic_write_text, check_writable_dir
@@ -82,36 +84,52 @@ def print_result(result: TrainResult, out: Path) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     require_requested_packages(given(args, TrainConfig))
     check_writable_dir(args.out, "--out")
-    run = RunDir(args.out)
+    group = init_from_env(getattr(args, "device", None))
+    try:
+        return _train(args, group)
+    finally:
+        if group is not None:
+            group.shutdown()
+
+
+def _train(args: argparse.Namespace, group: Optional[Distributed]) -> int:
+    main_rank = group is None or group.is_main
+    folder = RunDir(args.out)
+    run = folder if main_rank else None  # only rank 0 writes
     if args.resume is not None:
-        path = run.latest_checkpoint() if args.resume == "latest" else Path(args.resume)
+        path = folder.latest_checkpoint() if args.resume == "latest" else Path(args.resume)
         if path is None:
-            raise CLIError(f"--resume: no checkpoint found in {run.path / RunDir.CHECKPOINTS}")
-        state = run.load_checkpoint(path)
+            raise CLIError(f"--resume: no checkpoint found in {folder.path / RunDir.CHECKPOINTS}")
+        state = folder.load_checkpoint(path)
         saved = TrainConfig.from_dict(state["config"])
         changed = {k: v for k, v in given(args, TrainConfig).items() if getattr(saved, k) != v}
         frozen = sorted(set(changed) - set(RUN_OPTION_KEYS) - set(SCENE_KEYS))
         if frozen:
             raise CLIError(f"--resume keeps the run's model, learning rates and schedule; these options cannot "
                            f"change: {', '.join('--' + k.replace('_', '-') for k in frozen)}")
-        trainer = Trainer.from_checkpoint(state, run=run, overrides=changed)
-        print(f"resuming from {path} at step {trainer.step}", file=sys.stderr)
+        trainer = Trainer.from_checkpoint(state, run=run, overrides=changed, dist=group)
+        if main_rank:
+            print(f"resuming from {path} at step {trainer.step}", file=sys.stderr)
     else:
-        old = run.checkpoints()
+        old = folder.checkpoints()
         if old and not args.overwrite:
-            raise CLIError(f"{run.path} already holds checkpoints of a run: pass --resume to continue it, "
+            raise CLIError(f"{folder.path} already holds checkpoints of a run: pass --resume to continue it, "
                            "--overwrite to start afresh, or choose another --out")
         cfg = config_from_args(TrainConfig, args)
         if not cfg.data:
             raise CLIError("train: --data is required (or --resume)")
         scene = load_scene_for(cfg)
-        print(f"{scene}", file=sys.stderr)
-        trainer = Trainer(scene, cfg, run=run)
-        if old:  # kept aside (not deleted) until the new run has saved its first checkpoint
+        trainer = Trainer(scene, cfg, run=run, dist=group)
+        if old and run is not None:  # kept aside (not deleted) until the new run has saved its first checkpoint
             run.prepare(resume=False)
             run.set_aside()
-        print(f"initial Gaussians: {trainer.model.num_gaussians}, device {trainer.device}", file=sys.stderr)
-    print_result(trainer.train(), run.path)
+        if main_rank:
+            where = f", {group.world_size} processes ({group.backend})" if group is not None else ""
+            print(f"{scene}\ninitial Gaussians: {trainer.model.num_gaussians}, device {trainer.device}{where}",
+                  file=sys.stderr)
+    result = trainer.train()
+    if main_rank:
+        print_result(result, folder.path)
     return 0
 
 

@@ -30,6 +30,7 @@ from feature3dgs.distill.teachers import build_teacher
 from feature3dgs.model.decoder import FeatureDecoder
 from feature3dgs.model.gaussians import FEATURES, GaussianModel
 from feature3dgs.training.config import TrainConfig
+from feature3dgs.training.distributed import Distributed
 from feature3dgs.training.sink import RunSink
 from feature3dgs.training.trainer import TrainBatch, Trainer, TrainResult
 from feature3dgs.utils.io import safe_name, save_png
@@ -226,7 +227,10 @@ def evaluate_features(model: GaussianModel, scene, cache: FeatureCache, decoder:
 
 
 def _teacher_and_cache(scene, dc: DistillConfig, train_config: TrainConfig, teacher,
-                       cache: Optional[FeatureCache]) -> tuple[FeatureCache, TeacherInfo]:
+                       cache: Optional[FeatureCache], dist: Optional[Distributed] = None
+                       ) -> tuple[FeatureCache, TeacherInfo]:
+    """The teacher's feature cache of every view (extracted now where missing; sharded over the
+    ranks of a distributed run, which then wait for each other) and what the teacher was."""
     if cache is not None:
         return cache, TeacherInfo(kind=None, name=cache.key.split("|")[0], dim=cache.shape(scene.train_views[0].name)[0],
                                   random_weights=False, cache_key=cache.key)
@@ -236,14 +240,23 @@ def _teacher_and_cache(scene, dc: DistillConfig, train_config: TrainConfig, teac
                                 trust_checkpoint=dc.trust_checkpoint)
     if teacher.is_random:
         print(RANDOM_WEIGHTS_WARNING, file=sys.stderr, flush=True)
-    cache, _ = fill_feature_cache(scene, teacher, dc.cache_dir, dc.extract_batch_size, train_config.progress)
+    views = list(scene.train_views) + list(scene.test_views)
+    if dist is not None:
+        views = views[dist.rank::dist.world_size]
+    cache, res = fill_feature_cache(scene, teacher, dc.cache_dir, dc.extract_batch_size, train_config.progress,
+                                    views=views)
+    where = f" (rank {dist.rank} of {dist.world_size})" if dist is not None else ""
+    print(f"teacher features: extracted {len(res.extracted)}, already cached {len(res.skipped)}{where}",
+          file=sys.stderr, flush=True)
+    if dist is not None:
+        dist.barrier()
     return cache, TeacherInfo(kind=teacher.kind, name=teacher.name, dim=teacher.dim,
                               random_weights=bool(teacher.is_random), cache_key=teacher.cache_key())
 
 
 def distill(scene, run: Optional[DistillSink] = None, train_config: Optional[TrainConfig] = None,
             distill_config: Optional[DistillConfig] = None, model: Optional[GaussianModel] = None,
-            teacher=None, cache: Optional[FeatureCache] = None) -> DistillResult:
+            teacher=None, cache: Optional[FeatureCache] = None, dist: Optional[Distributed] = None) -> DistillResult:
     """Trains a feature scene: RGB reconstruction plus feature distillation.
 
     Args:
@@ -255,11 +268,13 @@ def distill(scene, run: Optional[DistillSink] = None, train_config: Optional[Tra
         teacher: a built teacher (default: from ``distill_config``); ``cache``: teacher features
             already cached for every view (e.g. :func:`~feature3dgs.distill.labels.label_feature_cache`),
             used instead of a teacher.
+        dist: the process group of a distributed run (give ``run`` on rank 0 only): the teacher
+            extraction is sharded over the ranks, training is data-parallel.
     """
     dc = distill_config or DistillConfig()
     dc.validate()
     tc = train_config or TrainConfig()
-    cache, info = _teacher_and_cache(scene, dc, tc, teacher, cache)
+    cache, info = _teacher_and_cache(scene, dc, tc, teacher, cache, dist)
     render_dim = dc.render_dim or info.dim
     tc = dataclasses.replace(tc, feature_dim=render_dim)
     if model is not None and model.feature_dim != render_dim:
@@ -267,7 +282,7 @@ def distill(scene, run: Optional[DistillSink] = None, train_config: Optional[Tra
     decoder = FeatureDecoder(render_dim, info.dim) if render_dim != info.dim else None
     loss = FeatureDistillation(cache, dc.feature_weight, decoder, dc.feature_to_geometry)
     curve: list[tuple[int, float]] = []
-    trainer = Trainer(scene, tc, run=run, model=model, loss_fns=[loss],
+    trainer = Trainer(scene, tc, run=run, model=model, loss_fns=[loss], dist=dist,
                       callbacks=[lambda tr, step, logs: curve.append((step, logs["loss/feature"]))])
     trainer.render_features = dc.feature_to_geometry
     if decoder is not None:

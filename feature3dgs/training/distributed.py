@@ -56,14 +56,14 @@ class Distributed:
                                    f"stopped or crashed ({' '.join(str(e).split())[:200]}); no outputs were "
                                    "written by this run after its last checkpoint") from None
 
-    def all_reduce_mean(self, tensors: Iterable[Tensor]) -> None:
-        """Average the tensors over the ranks, in place (one coalesced all-reduce)."""
+    def all_reduce_sum(self, tensors: Iterable[Tensor]) -> None:
+        """Sum the tensors over the ranks, in place (one coalesced all-reduce). Gradients are
+        summed: each rank's loss is already divided by the global batch size."""
         tensors = [t for t in tensors if t is not None]
         if not tensors:
             return
         flat = torch.cat([t.reshape(-1) for t in tensors])
         self._collective("a gradient all-reduce", dist.all_reduce, flat, op=dist.ReduceOp.SUM)
-        flat /= self.world_size
         offset = 0
         for t in tensors:
             n = t.numel()

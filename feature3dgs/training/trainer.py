@@ -219,6 +219,12 @@ class Trainer:
         self._cameras: dict[str, Camera] = {}
         self._log: Optional[TrainLog] = None
 
+    @property
+    def is_main(self) -> bool:
+        """True unless this is a rank other than 0 of a distributed run (which evaluates and
+        writes nothing)."""
+        return self.dist is None or self.dist.is_main
+
     # ------------------------------------------------------------------ optimisation setup
     def learning_rates(self) -> dict[str, float]:
         """Initial learning rate per model parameter (override to add parameters)."""
@@ -382,7 +388,7 @@ class Trainer:
             psnrs.append(psnr(out.rgb.detach(), batch.image))
         with torch.no_grad():
             if self.dist is not None:
-                self.dist.all_reduce_mean([p.grad for p in self.model.params.values()]
+                self.dist.all_reduce_sum([p.grad for p in self.model.params.values()]
                                           + [p.grad for m in self.aux_modules.values() for p in m.parameters()])
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -509,7 +515,7 @@ class Trainer:
             self.run.write_config(c, self.scene_info(), str(self.device))
             self._log = self.run.open_log(c.tensorboard, append=self.step > 0)
         pbar = tqdm(total=total, initial=self.step, desc="train", dynamic_ncols=True, file=sys.stderr,
-                    disable=not c.progress)
+                    disable=not (c.progress and self.is_main))
         ema_loss = ema_psnr = None
         try:
             with DeferredInterrupt() as interrupt:
@@ -530,7 +536,7 @@ class Trainer:
                         if self._log is not None:
                             self._log.log(step, self.train_time, {f"train/{k}": v for k, v in logs.items()}
                                           | {"train/s_per_step": self.train_time / max(step, 1)})
-                    if c.eval_every and step % c.eval_every == 0 and step != total:
+                    if c.eval_every and step % c.eval_every == 0 and step != total and self.is_main:
                         self._periodic_eval(pbar)
                     if self.run is not None and c.checkpoint_every and step % c.checkpoint_every == 0 \
                             and step != total:
@@ -554,7 +560,7 @@ class Trainer:
         test renders, point_cloud.ply, the last checkpoint, metrics.json, and the finish hooks'.
         In a distributed run only rank 0 evaluates and writes; the others wait for it."""
         split = "test" if self.scene.test_views else "train"
-        if self.dist is not None and not self.dist.is_main:
+        if not self.is_main:
             result = self._final_result(split, None, evaluate=False)
             for hook in self.finish_hooks:
                 hook(self, result)
