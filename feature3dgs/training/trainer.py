@@ -245,7 +245,8 @@ class Trainer:
         views per step for 1/B of the steps follow the same schedule in images seen."""
         scale = math.sqrt(self.batch_size)
         lrs = {k: v * scale for k, v in self.learning_rates().items()}
-        return torch.optim.Adam(self.model.param_groups(lrs), lr=0.0, eps=1e-15, betas=self.adam_betas())
+        return torch.optim.Adam(self.model.param_groups(lrs), lr=0.0, eps=1e-15, betas=self.adam_betas(),
+                                fused=True)
 
     def adam_betas(self) -> tuple[float, float]:
         b = self.batch_size
@@ -285,7 +286,7 @@ class Trainer:
         self._aux_lrs[name] = float(lr)
         groups = [{"params": list(m.parameters()), "lr": self._aux_lrs[n] * math.sqrt(self.batch_size), "name": n}
                   for n, m in self.aux_modules.items()]
-        self.aux_optimizer = torch.optim.Adam(groups, lr=0.0, betas=self.adam_betas())
+        self.aux_optimizer = torch.optim.Adam(groups, lr=0.0, betas=self.adam_betas(), fused=True)
         return self.aux_modules[name]
 
     def means_lr(self, step: int) -> float:
@@ -392,10 +393,11 @@ class Trainer:
                                           + [p.grad for m in self.aux_modules.values() for p in m.parameters()])
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            finite = torch.stack([torch.isfinite(p).all() for p in self.model.params.values()])
-            if not bool(finite.all()):
-                bad = [n for n, ok in zip(self.model.params.keys(), finite.tolist()) if not ok]
-                raise NonFiniteLossError(step, {k: v for k, v in totals.items() if k.startswith("loss/")}, bad)
+            # one sum per parameter is non-finite when any value is (then name the culprits exactly)
+            if not bool(torch.isfinite(torch.stack([p.detach().sum() for p in self.model.params.values()])).all()):
+                bad = [n for n, p in self.model.params.items() if not bool(torch.isfinite(p).all())]
+                if bad:
+                    raise NonFiniteLossError(step, {k: v for k, v in totals.items() if k.startswith("loss/")}, bad)
             if self.aux_optimizer is not None:
                 self.aux_optimizer.step()
                 self.aux_optimizer.zero_grad(set_to_none=True)
