@@ -41,11 +41,27 @@ def rank_env(rank: int, world: int, port: int) -> dict:
     return env
 
 
+_LAUNCHED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def no_stray_ranks():
+    """Whatever a test asserts, no rank it started outlives it."""
+    yield
+    while _LAUNCHED:
+        p = _LAUNCHED.pop()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def launch(args: list[str], world: int = 2, port: int | None = None) -> list[subprocess.Popen]:
     """``python -m feature3dgs ARGS`` as ``world`` ranks, with the environment torchrun sets."""
     port = port or free_port()
-    return [subprocess.Popen([sys.executable, "-m", "feature3dgs", *args], cwd=ROOT, env=rank_env(r, world, port),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(world)]
+    procs = [subprocess.Popen([sys.executable, "-m", "feature3dgs", *args], cwd=ROOT, env=rank_env(r, world, port),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(world)]
+    _LAUNCHED.extend(procs)
+    return procs
 
 
 def wait_all(procs, timeout: float = 600) -> list[tuple[int, str, str]]:

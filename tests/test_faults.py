@@ -83,12 +83,17 @@ def test_ctrl_c_stops_between_steps_with_a_checkpoint(scene_dir, reference_ply, 
     out = tmp_path / "run"
     proc = subprocess.Popen(train_cmd(scene_dir, out, "--checkpoint-every", "0", "--iterations", "100000"), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (out / RunDir.LOG).exists() and time.time() < deadline:  # training has started
-        time.sleep(0.2)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    try:
+        deadline = time.time() + 120
+        while not (out / RunDir.LOG).exists() and time.time() < deadline:  # training has started
+            time.sleep(0.2)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # never leave a 100 000-step run behind
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 130, err
     assert "interrupted at step" in err and "--resume" in err and "Traceback" not in err
     (ckpt,) = RunDir(out).checkpoints()
