@@ -218,6 +218,9 @@ fi
 RS_LIMIT=$(( BUDGET - $(elapsed) - 10 ))
 if [ "$RS_LIMIT" -gt 400 ]; then RS_LIMIT=400; fi
 step raster_speed raster_speed.log "$RS_LIMIT" "$ENV && $PYTHON benchmarks/raster_speed.py --device cuda --repeats 5 --backward-variants ct32 ct16 lb3 --max-seconds $(( RS_LIMIT > 90 ? RS_LIMIT - 60 : 30 )) $GSPLAT_FLAG --out '$OUT/raster_speed.json'"
+# Data-parallel training (issue 16): one process per GPU (1 and 2 when there are two), with
+# whatever budget is left; optional, its log goes with the training benchmarks'.
+step "distributed_scaling?" raster_speed.log 90 "$ENV && NG=\$($PYTHON -c 'import torch; print(torch.cuda.device_count())') && $PYTHON benchmarks/distributed_scaling.py --device cuda --images 400 --processes \$( [ \"\$NG\" -ge 2 ] && echo 1 2 || echo 1) --out '$OUT/distributed_scaling.json'"
 
 # --------------------------------------------------------------- summary
 "$PYTHON" - "$OUT" "$DRY" "$FAILED" "$(elapsed)" "$BUDGET" "$(cd "$ROOT" && git rev-parse --short HEAD 2> /dev/null || echo unknown)" <<'EOF'

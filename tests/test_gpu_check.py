@@ -50,7 +50,7 @@ def test_dry_run_checks_and_lays_out_the_outputs(tmp_path):
     assert summary["dry_run"] is True and summary["passed"] is True
     names = [s["name"] for s in summary["steps"]]
     assert names == ["environment", "install_wheels", "gsplat_build", "build", "test_cuda", "memcheck",
-                     "racecheck", "raster_speed"]
+                     "racecheck", "raster_speed", "distributed_scaling"]
     commands = {s["name"]: s["command"] for s in summary["steps"]}
     assert "compute-sanitizer --tool memcheck" in commands["memcheck"] and "-k small" in commands["memcheck"]
     assert "compute-sanitizer --tool racecheck" in commands["racecheck"]
@@ -59,7 +59,7 @@ def test_dry_run_checks_and_lays_out_the_outputs(tmp_path):
     assert "tests/test_cuda.py" in commands["test_cuda"]
     # What comes back from the device: at most 8 plain files, no sub-folders.
     files = list(out.iterdir())
-    assert len(files) <= 7 and all(f.is_file() for f in files), files
+    assert len(files) <= 8 and all(f.is_file() for f in files), files
     assert set(summary["files"]) == {f.name for f in files}
 
 

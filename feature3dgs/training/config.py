@@ -20,6 +20,7 @@ from typing import Any, Literal, Mapping, Optional, Union
 
 from feature3dgs.data.images import parse_background
 from feature3dgs.training.schedule import (
+    MCMC_SCHEDULE_DEFAULTS,
     SCHEDULE_DEFAULTS,
     SCHEDULE_FLOORS,
     SCHEDULE_REFERENCE,
@@ -155,7 +156,8 @@ class TrainConfig:
         length = self.schedule_length or self.iterations
         s = length / SCHEDULE_REFERENCE
         vals: dict[str, Any] = {}
-        for key, ref in SCHEDULE_DEFAULTS.items():
+        defaults = {**SCHEDULE_DEFAULTS, **(MCMC_SCHEDULE_DEFAULTS if self.strategy == "mcmc" else {})}
+        for key, ref in defaults.items():
             if getattr(self, key) is None:
                 vals[key] = max(1, SCHEDULE_FLOORS.get(key, 1), round(ref * s))
         vals["schedule_length"] = length

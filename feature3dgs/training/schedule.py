@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["SCHEDULE_REFERENCE", "SCHEDULE_DEFAULTS", "SCHEDULE_FLOORS", "expon_lr"]
+__all__ = ["SCHEDULE_REFERENCE", "SCHEDULE_DEFAULTS", "MCMC_SCHEDULE_DEFAULTS", "SCHEDULE_FLOORS", "expon_lr"]
 
 SCHEDULE_REFERENCE = 30_000
 #: 3DGS step values at the reference length (scaled unless given explicitly)
@@ -19,6 +19,8 @@ SCHEDULE_DEFAULTS = {
     "eval_every": 7000,
     "checkpoint_every": 7000,
 }
+#: 3DGS-MCMC's values where they differ (gsplat's MCMCStrategy: refinement until step 25 000)
+MCMC_SCHEDULE_DEFAULTS = {"densify_until": 25_000}
 #: Floors of the scaled values: a densification needs some views of gradient statistics (else the
 #: count explodes in short runs), and an opacity reset needs a few hundred steps to recover at
 #: lr_opacity 0.025 (Adam moves a logit about lr per step). At 30 000 steps they do not bind.
