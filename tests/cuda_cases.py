@@ -24,8 +24,9 @@ from scenes import intrinsics, look_at_viewmat, random_scene
 INT_OUTPUTS = ("radii", "last_contrib", "tile_offsets", "gaussian_ids")
 PER_GAUSSIAN = ("means2d", "conics", "depths", "colors", "colors_raw")
 IMAGES = ("rgb", "features", "depth", "alpha", "final_T")
-GRADIENTS = ("d_means2d", "d_conics", "d_colors", "d_opacities", "d_depths", "d_features",
-             "d_means", "d_quats", "d_scales", "d_sh")
+SCREEN_GRADIENTS = ("d_means2d", "d_conics", "d_colors", "d_opacities", "d_depths", "d_features")
+WORLD_GRADIENTS = ("d_means", "d_quats", "d_scales", "d_sh")  # the preprocess backward's outputs
+GRADIENTS = SCREEN_GRADIENTS + WORLD_GRADIENTS
 
 
 def cpu_kernels():
@@ -185,6 +186,26 @@ def chain(kernels, case: Case, device: str = "cpu", seed: int = 0) -> dict[str, 
     return {k: v.detach().cpu() for k, v in out.items()}
 
 
+def preprocess_backward_on(kernels, case: Case, want: dict[str, Tensor], device: str = "cpu") -> dict[str, Tensor]:
+    """The preprocess backward of `kernels` alone, fed the forward outputs and screen-space
+    gradients of another chain (`want`): {d_means, d_quats, d_scales, d_sh} on the CPU, to be
+    compared with want's at the strict tolerance."""
+    s = case.scene()
+    viewmat, K = case.view()
+    to = lambda t: t.to(device).contiguous()  # noqa: E731
+    colors = to(s["colors"])
+    has_sh = colors.dim() == 3
+    empty = torch.empty(0, device=device)
+    deg = case.sh_degree if case.sh_degree is not None else (
+        int(round(math.sqrt(colors.shape[1]))) - 1 if has_sh else 0)
+    d_means, d_quats, d_scales, d_sh = kernels.preprocess_backward(
+        to(s["means"]), to(s["quats"]), to(s["scales"]), colors if has_sh else empty, deg, to(viewmat), to(K),
+        case.width, case.height, case.near, to(want["radii"]), to(want["colors_raw"]), to(want["d_means2d"]),
+        to(want["d_conics"]), to(want["d_depths"]), to(want["d_colors"]) if has_sh else empty)
+    out = dict(d_means=d_means, d_quats=d_quats, d_scales=d_scales, d_sh=d_sh)
+    return {k: v.detach().cpu() for k, v in out.items()}
+
+
 def max_tile_count(out: dict[str, Tensor]) -> int:
     offsets = out["tile_offsets"].long()
     return int((offsets[1:] - offsets[:-1]).max()) if offsets.numel() > 1 else 0
@@ -209,9 +230,17 @@ def _same_shape_and_nans(name: str, a: Tensor, b: Tensor) -> list[str]:
     return []
 
 
-def compare_strict(got: dict, want: dict, fwd_tol: float = 1e-6, grad_rel: float = 1e-5) -> list[str]:
+def compare_strict(got: dict, want: dict, fwd_tol: float = 1e-6, grad_rel: float = 1e-5,
+                   chained_grad_rel: float = 1e-4) -> list[str]:
     """The emulator's rule: integers equal, forward within fwd_tol (absolute and relative),
-    gradients within grad_rel relative L2. Returns the failures (empty: equal)."""
+    screen-space gradients within grad_rel relative L2. Returns the failures (empty: equal).
+
+    The world-space gradients of a chain (d_means, d_quats, d_scales, d_sh) come from the
+    preprocess backward applied to the screen-space gradients, which the rasterize backward
+    sums with atomics in an order that depends on the thread schedule: their rounding
+    differences (~5e-7 relative) are amplified by the projection's conditioning (up to ~1e-5 on
+    the off-centre case), so they get chained_grad_rel. The preprocess backward alone is held to
+    grad_rel by :func:`preprocess_backward_on` (the same screen-space gradients on both sides)."""
     errors: list[str] = []
     for name in INT_OUTPUTS:
         a, b = got[name], want[name]
@@ -232,12 +261,15 @@ def compare_strict(got: dict, want: dict, fwd_tol: float = 1e-6, grad_rel: float
         if a.numel() and not torch.allclose(a[ok], b[ok], atol=fwd_tol, rtol=fwd_tol):
             errors.append(f"{name}: max abs error {(a[ok] - b[ok]).abs().max().item():.3g}")
     for name in GRADIENTS:
+        if name not in got:
+            continue
         a, b = got[name], want[name]
         errs = _same_shape_and_nans(name, a, b)
         if errs:
             errors += errs
             continue
-        if a.numel() and (e := rel_l2(a, b)) > grad_rel:
+        tol = chained_grad_rel if name in WORLD_GRADIENTS else grad_rel
+        if a.numel() and (e := rel_l2(a, b)) > tol:
             errors.append(f"{name}: relative L2 error {e:.3g}")
     return errors
 
