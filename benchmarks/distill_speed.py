@@ -12,13 +12,21 @@ before the SIMD work (FEATURE3DGS_CPU_ISA=scalar, culling off, atomic backward:
 `legacy`) and reports the step-time ratio, with the share of the step spent in
 the compiled kernels (the rest is Python, autograd, losses and the optimizer).
 
+--baseline-checkout DIR runs this benchmark's counterpart in another checkout of the
+project (an older revision, its extension built in place), in a subprocess before this
+one's, and reports each configuration's step-time ratio against it: the "same settings,
+old code" comparison in one run.
+
     python benchmarks/distill_speed.py [--steps 300] [--teacher-dim 256] [--render-dim 64] [--cpu-paths]
+        [--baseline-checkout ../old]      # git worktree add ../old REV; python setup.py build_ext --inplace
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -79,9 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None)
     parser.add_argument("--cpu-paths", action="store_true",
                         help="also run with the legacy CPU rasterizer and report the ratios")
+    parser.add_argument("--baseline-checkout", type=Path, default=None,
+                        help="another checkout of the project (built in place) to compare against, same settings")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "distill_speed.json")
     args = parser.parse_args(argv)
     path_names = list(CPU_PATHS) if args.cpu_paths else ["default"]
+    baseline = run_baseline(args) if args.baseline_checkout else None
 
     scene = load_scene(args.data or builtin_scene())
     rows = []
@@ -111,22 +122,55 @@ def main(argv: list[str] | None = None) -> int:
                                  n_gaussians=t.n_gaussians, feature_psnr=f.feature_psnr,
                                  cosine=f.cosine, rgb_psnr=t.eval.psnr, device=t.device))
     base = rows[0]["ms_per_step"]
+    legacy = {r["render_dim"]: r["ms_per_step"] for r in rows if r["cpu_path"] == "legacy"}
+    if baseline is not None:
+        print(f"baseline: {args.baseline_checkout} at git {baseline['git']}, same settings")
+        print(f"{'baseline':>8} {'D_render':>8} {'decoder':>7} | {'ms/step':>8}")
+        for b in baseline["rows"]:
+            print(f"{'':>8} {b['render_dim']:>8} {str(b['decoder']):>7} | {b['ms_per_step']:8.1f}")
+        old = {b["render_dim"]: b["ms_per_step"] for b in baseline["rows"]}
+        for r in rows:
+            if r["render_dim"] in old:
+                r["speedup_vs_baseline"] = old[r["render_dim"]] / r["ms_per_step"]
     print(f"distillation on {scene.source_path}, teacher dim {args.teacher_dim}, {args.steps} steps, "
           f"device {rows[0]['device']}, git {git_revision()}")
     print(f"{'CPU path':>8} {'D_render':>8} {'decoder':>7} | {'ms/step':>8} {'speed-up':>8} {'vs legacy':>9} "
           f"{'kernels':>7} | {'feat PSNR':>9} {'cosine':>6} | {'RGB PSNR':>8}")
-    legacy = {r["render_dim"]: r["ms_per_step"] for r in rows if r["cpu_path"] == "legacy"}
     for r in rows:
         if r["render_dim"] in legacy:
             r["speedup_vs_legacy_cpu_path"] = legacy[r["render_dim"]] / r["ms_per_step"]
         vs = f"{r['speedup_vs_legacy_cpu_path']:8.2f}x" if "speedup_vs_legacy_cpu_path" in r else f"{'-':>9}"
+        vb = f" | {r['speedup_vs_baseline']:6.2f}x vs baseline" if "speedup_vs_baseline" in r else ""
         print(f"{r['cpu_path']:>8} {r['render_dim']:>8} {str(r['decoder']):>7} | {r['ms_per_step']:8.1f} "
               f"{base / r['ms_per_step']:7.2f}x {vs} {100 * r['kernel_share']:6.0f}% | "
-              f"{r['feature_psnr']:9.2f} {r['cosine']:6.3f} | {r['rgb_psnr']:8.2f}")
+              f"{r['feature_psnr']:9.2f} {r['cosine']:6.3f} | {r['rgb_psnr']:8.2f}{vb}")
     result = dict(benchmark="distill_speed", torch=torch.__version__, git=git_revision(),
-                  date=time.strftime("%Y-%m-%d"), steps=args.steps, teacher_dim=args.teacher_dim, rows=rows)
+                  date=time.strftime("%Y-%m-%d"), steps=args.steps, teacher_dim=args.teacher_dim, rows=rows,
+                  baseline=baseline, threads=torch.get_num_threads())
     write_result(args.out, result)
     return 0
+
+
+def run_baseline(args) -> dict:
+    """Runs benchmarks/distill_speed.py of args.baseline_checkout with the same settings, in a
+    subprocess (its own feature3dgs), and returns its JSON result with its output."""
+    root = args.baseline_checkout.resolve()
+    script = root / "benchmarks" / "distill_speed.py"
+    if not script.is_file():
+        raise SystemExit(f"--baseline-checkout {root}: no benchmarks/distill_speed.py there")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "baseline.json"
+        cmd = [sys.executable, str(script), "--steps", str(args.steps), "--teacher-dim", str(args.teacher_dim),
+               "--render-dim", str(args.render_dim), "--out", str(out)]
+        if args.data:
+            cmd += ["--data", str(args.data)]
+        env = dict(os.environ, PYTHONPATH=str(root))
+        r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+        if r.returncode != 0 or not out.is_file():
+            raise SystemExit(f"the baseline run in {root} failed:\n{(r.stdout + r.stderr)[-3000:]}")
+        result = json.loads(out.read_text())
+    result["checkout"] = str(root)
+    return result
 
 
 if __name__ == "__main__":
