@@ -60,18 +60,20 @@ def main(argv=None) -> int:
         metrics = json.loads((run_dir / "metrics.json").read_text())
         features = json.loads((run_dir / "feature_metrics.json").read_text())
         plan = next((ln for ln in r.stdout.splitlines() if ln.startswith("estimated time")), "")
+        run_dir_mb = sum(f.stat().st_size for f in run_dir.rglob("*") if f.is_file()) / 2**20
     cuda = torch.cuda.is_available()
     row = dict(wall_s=wall, train_s=metrics["train_time_s"], steps=metrics["step"], n_gaussians=metrics["n_gaussians"],
                rgb_psnr=metrics["test"]["psnr"], rgb_ssim=metrics["test"]["ssim"],
                feature_cosine=features["features"]["cosine"], feature_psnr=features["features"]["feature_psnr"],
                teacher=features["teacher"]["name"], random_teacher=features["teacher"]["random_weights"],
-               printed_estimate=plan)
+               printed_estimate=plan, run_folder_mb=run_dir_mb)
     device = torch.cuda.get_device_name(0) if cuda else f"{cpu_name()}, {os.cpu_count()} cores"
     print(f"python examples/distill_sam.py on {device}, torch {torch.__version__}, git {git_revision()}")
     print(f"{'wall':>8} {'train':>8} {'steps':>6} {'Gaussians':>9} | {'RGB PSNR':>8} {'cosine':>6} | teacher")
     print(f"{wall:7.1f}s {row['train_s']:7.1f}s {row['steps']:>6} {row['n_gaussians']:>9} | {row['rgb_psnr']:8.2f} "
           f"{row['feature_cosine']:6.3f} | {row['teacher']}{' (RANDOM weights)' if row['random_teacher'] else ''}")
     print(plan)
+    print(f"run folder: {run_dir_mb:.1f} MB")
     result = dict(benchmark="main_command", command="python examples/distill_sam.py", device=device,
                   threads=torch.get_num_threads(), torch=torch.__version__, python=platform.python_version(),
                   git=git_revision(), date=time.strftime("%Y-%m-%d"), targets=dict(wall_s=180, rgb_psnr=30.0,
