@@ -55,6 +55,11 @@ def test_schedule_defaults_scale_with_iterations():
     assert (tiny.densify_from, tiny.densify_until, tiny.densify_every, tiny.opacity_reset_every) == (50, 100, 10, 300)
     explicit = TrainConfig(iterations=200, densify_every=3, opacity_reset_every=40).resolved()
     assert (explicit.densify_every, explicit.opacity_reset_every) == (3, 40)
+    # B views per step for 1/B of the steps: the same schedule in images seen, floors included
+    for b in (2, 5):
+        batched = TrainConfig(iterations=200 // b, batch_size=b).resolved()
+        assert (b * batched.densify_from, b * batched.densify_every) == (tiny.densify_from, tiny.densify_every)
+        assert TrainConfig(iterations=200 // b).resolved(batch_size=b) == dataclasses.replace(batched, batch_size=None)
     seven_k = TrainConfig(iterations=7000, schedule_length=30_000).resolved()  # the 3DGS "7k" protocol
     assert (seven_k.densify_from, seven_k.densify_every, seven_k.lr_means_steps) == (500, 100, 30_000)
     assert expon_lr(0, 1e-2, 1e-4, 100) == pytest.approx(1e-2)

@@ -3,6 +3,7 @@ a failed run (a non-finite loss) exit 1, an interrupt exit 130; never a tracebac
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable
 
@@ -33,6 +34,12 @@ def run_command(name: str, handler: Callable[[], int]) -> int:
         return handler()
     except (NonFiniteLossError, DistributedError) as e:
         print(f"feature3dgs {name}: error: {_one_line(e)}", file=sys.stderr)
+        if isinstance(e, DistributedError) and e.peer_lost:
+            # The process group is broken; tearing it down at exit can abort the process
+            # ("terminate called without an active exception", status -6). Leave now.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_FAILED)
         return EXIT_FAILED
     except (CLIError, ValueError, MissingDependencyError, OSError) as e:
         print(f"feature3dgs {name}: error: {_one_line(e)}", file=sys.stderr)

@@ -35,7 +35,7 @@ FALLBACK_CUDA_ARCHS = "8.0;9.0+PTX"
 # The SIMD blend kernels for wider instruction sets than the build's baseline: one
 # small extension module each (feature3dgs._cpu_<name>, source csrc/cpu/isa/<name>.cpp),
 # compiled with its own -m flags so that its instructions cannot leak into code that
-# the other paths run, and imported only on CPUs that support it (feature3dgs/_backend.py).
+# the other paths run, and imported only on CPUs that support it (rendering/_backend.py).
 ISA_MODULES = {
     "avx2": ["-mavx2", "-mfma"],
     "avx512": ["-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw", "-mavx2", "-mfma"],

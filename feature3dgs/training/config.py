@@ -23,6 +23,7 @@ from feature3dgs.training.schedule import (
     MCMC_SCHEDULE_DEFAULTS,
     SCHEDULE_DEFAULTS,
     SCHEDULE_FLOORS,
+    SCHEDULE_FLOORS_IN_VIEWS,
     SCHEDULE_REFERENCE,
 )
 
@@ -150,16 +151,24 @@ class TrainConfig:
             self.init_random_box = tuple(float(v) for v in self.init_random_box)  # type: ignore[assignment]
 
     # ------------------------------------------------------------------ schedule
-    def resolved(self) -> "TrainConfig":
-        """A copy with every None schedule option replaced by its scaled 3DGS value."""
+    def resolved(self, batch_size: Optional[int] = None) -> "TrainConfig":
+        """A copy with every None schedule option replaced by its scaled 3DGS value.
+
+        batch_size: views per step (default: the ``batch_size`` field, else 1). The floors of
+        the densification steps count views of gradient statistics, so they are divided by it:
+        B views per step for 1/B of the steps then follows the same schedule in images seen."""
         self.validate()
+        views_per_step = batch_size or self.batch_size or 1
         length = self.schedule_length or self.iterations
         s = length / SCHEDULE_REFERENCE
         vals: dict[str, Any] = {}
         defaults = {**SCHEDULE_DEFAULTS, **(MCMC_SCHEDULE_DEFAULTS if self.strategy == "mcmc" else {})}
         for key, ref in defaults.items():
             if getattr(self, key) is None:
-                vals[key] = max(1, SCHEDULE_FLOORS.get(key, 1), round(ref * s))
+                floor = SCHEDULE_FLOORS.get(key, 1)
+                if key in SCHEDULE_FLOORS_IN_VIEWS:
+                    floor = math.ceil(floor / views_per_step)
+                vals[key] = max(1, floor, round(ref * s))
         vals["schedule_length"] = length
         return dataclasses.replace(self, **vals)
 

@@ -23,7 +23,13 @@ __all__ = ["Distributed", "DistributedError", "init_from_env", "launched_by_torc
 
 
 class DistributedError(RuntimeError):
-    """A collective failed (another rank stopped or crashed), or the replicas diverged."""
+    """A collective failed (another rank stopped or crashed: ``peer_lost``), or the replicas
+    diverged. After a lost peer the process group is broken: the process should exit without
+    tearing it down (its transport threads may abort the interpreter's exit)."""
+
+    def __init__(self, message: str, peer_lost: bool = False):
+        super().__init__(message)
+        self.peer_lost = peer_lost
 
 
 def launched_by_torchrun() -> bool:
@@ -43,6 +49,7 @@ class Distributed:
     local_rank: int
     device: torch.device
     backend: str
+    broken: bool = False  # a collective failed: the group is unusable
 
     @property
     def is_main(self) -> bool:
@@ -52,9 +59,10 @@ class Distributed:
         try:
             return fn(*args, **kwargs)
         except (RuntimeError, dist.DistBackendError) as e:  # a peer closed its connection or timed out
+            self.broken = True
             raise DistributedError(f"rank {self.rank} of {self.world_size}: {what} failed, another rank has "
                                    f"stopped or crashed ({' '.join(str(e).split())[:200]}); no outputs were "
-                                   "written by this run after its last checkpoint") from None
+                                   "written by this run after its last checkpoint", peer_lost=True) from None
 
     def all_reduce_sum(self, tensors: Iterable[Tensor]) -> None:
         """Sum the tensors over the ranks, in place (one coalesced all-reduce). Gradients are
@@ -91,7 +99,8 @@ class Distributed:
                                    f"{mine.tolist()}, range over ranks {(-low).tolist()} .. {high.tolist()})")
 
     def shutdown(self) -> None:
-        if dist.is_initialized():
+        """Leave the group (not after a failed collective: a broken group is left to the exit)."""
+        if dist.is_initialized() and not self.broken:
             dist.destroy_process_group()
 
 

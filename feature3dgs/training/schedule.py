@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["SCHEDULE_REFERENCE", "SCHEDULE_DEFAULTS", "MCMC_SCHEDULE_DEFAULTS", "SCHEDULE_FLOORS", "expon_lr"]
+__all__ = ["SCHEDULE_REFERENCE", "SCHEDULE_DEFAULTS", "MCMC_SCHEDULE_DEFAULTS", "SCHEDULE_FLOORS",
+           "SCHEDULE_FLOORS_IN_VIEWS", "expon_lr"]
 
 SCHEDULE_REFERENCE = 30_000
 #: 3DGS step values at the reference length (scaled unless given explicitly)
@@ -25,6 +26,9 @@ MCMC_SCHEDULE_DEFAULTS = {"densify_until": 25_000}
 #: count explodes in short runs), and an opacity reset needs a few hundred steps to recover at
 #: lr_opacity 0.025 (Adam moves a logit about lr per step). At 30 000 steps they do not bind.
 SCHEDULE_FLOORS = {"densify_from": 50, "densify_every": 10, "opacity_reset_every": 300}
+#: The floors that count views seen (divided by the views per step of a batched run); the
+#: opacity reset's counts optimiser steps.
+SCHEDULE_FLOORS_IN_VIEWS = ("densify_from", "densify_every")
 
 
 def expon_lr(step: int, lr_init: float, lr_final: float, max_steps: int) -> float:

@@ -181,10 +181,11 @@ class Trainer:
                  model: Optional[GaussianModel] = None, loss_fns: Sequence[LossFn] = (),
                  callbacks: Sequence[Callback] = (), strategy: Optional[Strategy] = None,
                  dist: Optional[Distributed] = None):
-        self.config = (config or TrainConfig()).resolved()
+        config = config or TrainConfig()
         self.dist = dist
         world = dist.world_size if dist is not None else 1
-        self.batch_size = int(self.config.batch_size or world)
+        self.batch_size = int(config.batch_size or world)
+        self.config = config.resolved(batch_size=self.batch_size)
         if self.batch_size % world:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of the number of processes ({world})")
         if self.config.threads is not None:  # before the initialisation, which computes too
