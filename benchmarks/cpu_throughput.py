@@ -77,7 +77,7 @@ def cpu_path(isa: str, cull: str, det: str):
 def trained_scene(steps: int, cache: Path):
     """The trained built-in scene's Gaussians (cached PLY) and its test view 0."""
     from feature3dgs.data import builtin_scene, load_scene
-    from feature3dgs.ply import load_ply, save_ply
+    from feature3dgs.model.ply import load_ply, save_ply
     from feature3dgs.run import fit
 
     scene = load_scene(builtin_scene())

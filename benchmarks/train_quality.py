@@ -108,7 +108,7 @@ def main(argv=None) -> int:
                           s_per_step=trainer.train_time / trainer.step, wall_s=time.time() - wall0,
                           test_psnr=m.psnr, test_ssim=m.ssim, n_gaussians=len(trainer.model))
             atomic_write_text(out_json, json.dumps(record, indent=2))
-            print(f"step {trainer.step:6d}  test PSNR {m['psnr']:6.2f}  SSIM {m['ssim']:.4f}  "
+            print(f"step {trainer.step:6d}  test PSNR {m.psnr:6.2f}  SSIM {m.ssim:.4f}  "
                   f"N {len(trainer.model):7d}  {trainer.train_time / trainer.step:.3f} s/step  "
                   f"train {trainer.train_time:7.0f} s", flush=True)
     final = trainer.evaluate("test", save_dir=work / "renders" / "test")

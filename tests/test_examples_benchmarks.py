@@ -156,3 +156,40 @@ def test_multiview_mask_example_fusion_beats_2d_masks(tmp_path, monkeypatch, cap
         before, after = (float(v) for v in (line.split("masks ")[1].split(" ")[0], line.rsplit(" ", 1)[1]))
         assert after > before + 0.2, line
     assert list((out / "sam_fused").glob("*.png"))
+
+
+def test_cpu_throughput_benchmark_quick_writes_every_path(tmp_path):
+    bench = load_script("benchmarks/cpu_throughput.py")
+    out = tmp_path / "cpu.json"
+    assert bench.main(["--quick", "--cache", str(tmp_path / "cache"), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    paths = {r["path"] for r in rows}
+    assert {"legacy", "scalar+cull", "baseline"} <= paths
+    assert all(r["visited_pairs"] >= r["contributing_pairs"] > 0 for r in rows)
+    assert result["fp32_peak"]["gflops"] > 0
+
+
+def test_data_load_benchmark_writes_json(tmp_path):
+    bench = load_script("benchmarks/data_load.py")
+    result = bench.main(["--sizes", "40x30", "--images", "2", "--repeats", "1", "--out", str(tmp_path)])
+    assert list(tmp_path.glob("*data_load*.json")) and result
+
+
+def test_distributed_scaling_benchmark_runs_one_and_two_processes(tmp_path):
+    bench = load_script("benchmarks/distributed_scaling.py")
+    out = tmp_path / "scaling.json"
+    assert bench.main(["--images", "8", "--max-gaussians", "3000", "--threads", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["processes"] for r in rows] == [1, 2] and [r["images_seen"] for r in rows] == [8, 8]
+    assert all(r["psnr"] > 5 for r in rows)
+
+
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "lego_200").is_dir(), reason="needs ../shared/data/lego_200")
+def test_train_quality_benchmark_on_a_real_scene(tmp_path):
+    bench = load_script("benchmarks/train_quality.py")
+    assert bench.main(["--scene", "lego_200", "--steps", "4", "--eval-every", "2", "--max-gaussians", "5000",
+                       "--work-dir", str(tmp_path / "work"), "--results", str(tmp_path), "--set", "init_random_points=2000",
+                       "resolution_scale=0.25"]) == 0
+    record = json.loads((tmp_path / "train_quality-lego_200-cpu.json").read_text())
+    assert record["steps_done"] == 4 and len(record["curve"]) == 2 and record["test_psnr"] > 5
