@@ -101,6 +101,26 @@ def test_two_ranks_equal_one_process_with_batch_two(scene_dir, tmp_path):
     assert "done:" in results[0][1] and "done:" not in results[1][1]
 
 
+def test_a_two_rank_checkpoint_resumes_in_one_process(scene_dir, tmp_path):
+    """Resume works with another world size: the checkpoint 2 ranks wrote at step 6, continued
+    by 1 process (which keeps the run's 2 cameras per step), ends where the 2 ranks ended at step 12."""
+    common = ["train", "--data", str(scene_dir), "--iterations", "12", "--densify-from", "1000", *QUIET]
+    results = wait_all(launch([*common, "--out", str(tmp_path / "two"), "--device", "cpu",
+                               "--checkpoint-every", "6", "--keep-checkpoints", "2"]))
+    assert all(rc == 0 for rc, _, _ in results), [e[-1500:] for _, _, e in results]
+    checkpoints = sorted((tmp_path / "two" / "checkpoints").iterdir())
+    step6 = [c for c in checkpoints if "6" in c.stem and "12" not in c.stem]
+    assert len(step6) == 1, checkpoints
+    resumed = subprocess.run([sys.executable, "-m", "feature3dgs", *common, "--out", str(tmp_path / "one"),
+                              "--device", "cpu", "--resume", str(step6[0])],
+                             cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = params_of(tmp_path / "one" / RunDir.PLY), params_of(tmp_path / "two" / RunDir.PLY)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=lambda m: f"{k}: {m}")
+    assert json.loads((tmp_path / "one" / RunDir.METRICS).read_text())["step"] == 12
+
+
 def test_with_density_control_both_ranks_keep_identical_models(scene_dir, tmp_path):
     """Density control runs on statistics reduced over the ranks and random draws from one seed;
     the trainer compares the ranks' fingerprints after every change and every 100 steps (a

@@ -185,7 +185,9 @@ class Trainer:
         self.dist = dist
         world = dist.world_size if dist is not None else 1
         self.batch_size = int(config.batch_size or world)
-        self.config = config.resolved(batch_size=self.batch_size)
+        # The effective batch is part of the run (its learning rates and schedule follow it): a
+        # checkpoint resumed under another number of processes keeps it.
+        self.config = dataclasses.replace(config.resolved(batch_size=self.batch_size), batch_size=self.batch_size)
         if self.batch_size % world:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of the number of processes ({world})")
         if self.config.threads is not None:  # before the initialisation, which computes too
