@@ -279,7 +279,11 @@ def distill(scene, run: Optional[DistillSink] = None, train_config: Optional[Tra
     tc = dataclasses.replace(tc, feature_dim=render_dim)
     if model is not None and model.feature_dim != render_dim:
         model = add_features(model, render_dim, seed=tc.seed)
-    decoder = FeatureDecoder(render_dim, info.dim) if render_dim != info.dim else None
+    decoder = None
+    if render_dim != info.dim:
+        with torch.random.fork_rng(devices=[]):  # the run's seed decides the decoder's initial weights
+            torch.manual_seed(tc.seed)
+            decoder = FeatureDecoder(render_dim, info.dim)
     loss = FeatureDistillation(cache, dc.feature_weight, decoder, dc.feature_to_geometry)
     curve: list[tuple[int, float]] = []
     trainer = Trainer(scene, tc, run=run, model=model, loss_fns=[loss], dist=dist,
