@@ -16,6 +16,7 @@ FEATURE3DGS_EMU_MODULE=path/to/f3d_emu_X.so runs the module against that build
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -53,6 +54,22 @@ def cpu():
     return cpu_kernels()
 
 
+@contextlib.contextmanager
+def env_set(name: str, value: str | None):
+    """Environment variable `name` set to `value` inside the block (None: left as it is)."""
+    old = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if value is not None:
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
+
+
 class ScalarReference(dict):
     """The CPU kernels' outputs per case name, computed on first use (a mutant's run needs only
     the quick cases), on the scalar path: libm expf and one pixel at a time, as the strictly
@@ -64,15 +81,8 @@ class ScalarReference(dict):
         self.cpu = cpu
 
     def __missing__(self, name: str) -> dict:
-        old = os.environ.get("FEATURE3DGS_CPU_ISA")
-        os.environ["FEATURE3DGS_CPU_ISA"] = "scalar"
-        try:
+        with env_set("FEATURE3DGS_CPU_ISA", "scalar"):
             self[name] = chain(self.cpu, CASE_BY_NAME[name])
-        finally:
-            if old is None:
-                os.environ.pop("FEATURE3DGS_CPU_ISA", None)
-            else:
-                os.environ["FEATURE3DGS_CPU_ISA"] = old
         return self[name]
 
 
@@ -84,18 +94,11 @@ def reference(cpu, one_thread_module):
 def run_case(emu, name: str, order: str = "ascending", threads: int = 1, race: bool = False,
              backward: str | None = None) -> dict:
     emu.set_options(order=ORDERS[order], seed=1234, race=race, threads=threads)
-    old = os.environ.get("FEATURE3DGS_CUDA_BACKWARD")
-    if backward:
-        os.environ["FEATURE3DGS_CUDA_BACKWARD"] = backward
     try:
-        return chain(emu, CASE_BY_NAME[name])
+        with env_set("FEATURE3DGS_CUDA_BACKWARD", backward):
+            return chain(emu, CASE_BY_NAME[name])
     finally:
         emu.set_options()
-        if backward:
-            if old is None:
-                del os.environ["FEATURE3DGS_CUDA_BACKWARD"]
-            else:
-                os.environ["FEATURE3DGS_CUDA_BACKWARD"] = old
 
 
 @pytest.mark.parametrize("order", list(ORDERS))
