@@ -11,8 +11,10 @@ CPU path it reports, in one run:
   forward+backward), wall and CPU (process) time, medians of --repeats runs;
 - ns per visited and per contributing pair; the feature blend's GFLOP/s: useful
   flops (2 C per contributing pair forward; 4 C backward: dL/dv . f and
-  dL/df += w dL/dout) over the kernel's time, and that as a fraction of the fp32
-  peak, which is computed (and printed) from the detected ISA, threads and clock;
+  dL/df += w dL/dout) over the time the features add to the kernel (the same
+  kernel timed with C and with no features, in the same run: `feature_stage_*`),
+  and over the whole kernel's time (`feature_gflops_*`), each as a fraction of the
+  fp32 peak, which is computed (and printed) from the detected ISA, threads and clock;
 - ratios to the path of before this work: FEATURE3DGS_CPU_ISA=scalar, culling off,
   atomic backward (`legacy`).
 
@@ -176,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     header = (f"{'C':>4} {'path':>12} | {'tile pairs':>10} {'visited':>11} {'contrib':>11} | "
               f"{'k fwd':>7} {'k bwd':>7} ms cpu | {'fwd':>7} {'fwd+bwd':>8} ms wall ({'cpu':>7}) | "
-              f"{'ns/visit':>8} {'GF/s f':>7} {'%pk':>5} {'GF/s b':>7} {'%pk':>5} | {'x fwd':>6} {'x f+b':>6}")
+              f"{'ns/visit':>8} {'GF/s f':>7} {'%pk':>5} {'GF/s b':>7} {'%pk':>5} | "
+              f"{'stage f':>7} {'%pk':>5} {'stage b':>7} {'%pk':>5} | {'x fwd':>6} {'x f+b':>6}")
     print(header)
     print("-" * len(header))
     for C in args.channels:
@@ -194,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                 cam.height, inp.near)
         colors = (inp.colors if inp.sh is None else sh_colors).contiguous()
         kin = (m2d, conics, colors, inp.opacities.contiguous(), depths, inp.features.contiguous(), radii)
+        kin0 = kin[:5] + (torch.empty(0),) + kin[6:]  # the same without features
         base = None
         for label, isa, cull, det in paths():
             with cpu_path(isa, cull, det):
@@ -203,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
                 kf = timed(lambda: K.rasterize_forward(*kin, cam.width, cam.height), args.repeats)
                 kb = timed(lambda: K.rasterize_backward(*kin[:6], cam.width, cam.height, out[4], out[5], out[6],
                                                         out[7], gr[0], gr[1], gr[2], gr[3]), args.repeats)
+                out0 = K.rasterize_forward(*kin0, cam.width, cam.height)
+                g0 = torch.empty(0)
+                kf0 = timed(lambda: K.rasterize_forward(*kin0, cam.width, cam.height), args.repeats)
+                kb0 = timed(lambda: K.rasterize_backward(*kin0[:6], cam.width, cam.height, out0[4], out0[5],
+                                                         out0[6], out0[7], gr[0], g0, gr[2], gr[3]), args.repeats)
 
                 def fwd():
                     with torch.no_grad():
@@ -222,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                        n_gaussians=n, width=cam.width, height=cam.height, **{k: stats[k] for k in
                        ("bbox_tile_pairs", "tile_pairs", "visited_pairs", "contributing_pairs")},
                        kernel_fwd_ms_wall=kf[0], kernel_fwd_ms_cpu=kf[1], kernel_bwd_ms_wall=kb[0],
-                       kernel_bwd_ms_cpu=kb[1], render_fwd_ms_wall=rf[0], render_fwd_ms_cpu=rf[1],
+                       kernel_bwd_ms_cpu=kb[1], kernel_fwd_no_features_ms_cpu=kf0[1],
+                       kernel_bwd_no_features_ms_cpu=kb0[1], render_fwd_ms_wall=rf[0], render_fwd_ms_cpu=rf[1],
                        render_fwd_bwd_ms_wall=rfb[0], render_fwd_bwd_ms_cpu=rfb[1])
             # Per pair and GFLOP/s from wall time of the kernels with `threads` threads.
             row["ns_per_visited_pair_fwd"] = kf[0] * 1e6 / max(stats["visited_pairs"], 1)
@@ -238,6 +248,12 @@ def main(argv: list[str] | None = None) -> int:
             row["feature_gflops_bwd_cpu"] = 4 * C * contrib / (kb[1] / threads * 1e6)
             row["feature_peak_fraction_fwd_cpu"] = row["feature_gflops_fwd_cpu"] / peak["gflops"]
             row["feature_peak_fraction_bwd_cpu"] = row["feature_gflops_bwd_cpu"] / peak["gflops"]
+            # The feature stage: what the C channels add to each kernel (CPU time / threads).
+            for d, t, t0, flops in (("fwd", kf[1], kf0[1], 2), ("bwd", kb[1], kb0[1], 4)):
+                stage_ms = max(t - t0, 1e-6) / threads
+                row[f"feature_stage_ms_{d}"] = stage_ms
+                row[f"feature_stage_gflops_{d}"] = flops * C * contrib / (stage_ms * 1e6)
+                row[f"feature_stage_peak_fraction_{d}"] = row[f"feature_stage_gflops_{d}"] / peak["gflops"]
             row["path_peak_gflops"] = path_peak
             if base is None:
                 base = row
@@ -252,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{kf[1]:7.0f} {kb[1]:7.0f} ms cpu | {rf[0]:7.0f} {rfb[0]:8.0f} ms wall ({rfb[1]:7.0f}) | "
                   f"{row['ns_per_visited_pair_fwd']:8.2f} {row['feature_gflops_fwd']:7.1f} "
                   f"{100 * row['feature_peak_fraction_fwd']:4.1f}% {row['feature_gflops_bwd']:7.1f} "
-                  f"{100 * row['feature_peak_fraction_bwd']:4.1f}% | {row['speedup_render_fwd_ms_cpu']:5.2f}x "
+                  f"{100 * row['feature_peak_fraction_bwd']:4.1f}% | {row['feature_stage_gflops_fwd']:7.1f} "
+                  f"{100 * row['feature_stage_peak_fraction_fwd']:4.1f}% {row['feature_stage_gflops_bwd']:7.1f} "
+                  f"{100 * row['feature_stage_peak_fraction_bwd']:4.1f}% | {row['speedup_render_fwd_ms_cpu']:5.2f}x "
                   f"{row['speedup_render_fwd_bwd_ms_cpu']:5.2f}x", flush=True)
     load_after = os.getloadavg()
     print(f"bbox tile pairs (no culling) at C={args.channels[0]}: {rows[0]['bbox_tile_pairs']}; "
@@ -263,7 +281,9 @@ def main(argv: list[str] | None = None) -> int:
                   threads=threads, repeats=args.repeats, train_steps=args.train_steps, n_gaussians=n,
                   size=args.size, fp32_peak=peak, load_average_before=load_before, load_average_after=load_after,
                   flop_model=("feature blend flops: forward 2*C per contributing pair, backward 4*C; over the kernel's "
-                              "wall time (feature_gflops_*) or its CPU time / threads (feature_gflops_*_cpu)"),
+                              "wall time (feature_gflops_*) or its CPU time / threads (feature_gflops_*_cpu); "
+                              "feature_stage_*: over the CPU time / threads that the features add to the kernel "
+                              "(kernel with C channels minus the same kernel with none, same run)"),
                   rows=rows)
     out = args.out or ROOT / "benchmarks" / "results" / f"cpu_throughput{'-quick' if args.quick else ''}.json"
     write_result(out, result)

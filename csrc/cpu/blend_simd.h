@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "cpu/kernels_api.h"
 #include "f3d/blend.h"
@@ -86,24 +87,10 @@ static_assert(kTileSize % LD == 0, "tile rows must be a whole number of double s
 alignas(64) constexpr double kRowIndex[32] = {0.,  1.,  2.,  3.,  4.,  5.,  6.,  7.,  8.,  9.,  10.,
                                               11., 12., 13., 14., 15., 16., 17., 18., 19., 20., 21.,
                                               22., 23., 24., 25., 26., 27., 28., 29., 30., 31.};
-// Rows of a band: with many channels the forward runs each tile's list once per
-// band of 4 rows, so that the band's feature accumulators (64 pixels x C) stay in
-// cache and a band stops as soon as its own pixels are done (measured: ~20% faster
-// at C = 256, slower at C = 3, and slower in the backward, which uses whole tiles).
-constexpr int kBandRowsManyChannels = 4;
-constexpr int kBandMinChannels = 32;
-
-// The chunks of rows [r0, r1) of the tile.
-inline uint64_t band_chunks(uint64_t all, int r0, int r1) {
-  const int bits = (r1 - r0) * kChunksPerRow;
-  const uint64_t rows = bits >= 64 ? ~(uint64_t)0 : (((uint64_t)1 << bits) - 1) << (r0 * kChunksPerRow);
-  return all & rows;
-}
-
-// Whether the ellipse's rows miss the pixel-centre rows [r0, r1) of the tile.
-inline bool band_missed(const Tile& tile, const CullSplat& cs, bool cull, int r0, int r1) {
+// Whether the ellipse's rows miss the pixel-centre rows of the tile.
+inline bool rows_missed(const Tile& tile, const CullSplat& cs, bool cull) {
   if (!cull || cs.kind != kCullTest) return cull && cs.kind == kCullNone;
-  const double lo = tile.y0 + r0 + 0.5, hi = tile.y0 + r1 - 0.5;
+  const double lo = tile.y0 + 0.5, hi = tile.y0 + tile.h - 0.5;
   return lo - cs.my > cs.ry || cs.my - hi > cs.ry;
 }
 
@@ -161,30 +148,94 @@ inline ChunkSplat eval_chunk(const Tile& tile, int r, int col0, float mx, float 
   return s;
 }
 
-// dst[c] += w * src[c], c < C, L channels per step (the scalar kernels' rounding).
-inline void axpy(float w, const float* src, float* dst, int64_t C) {
-  const V vw(w);
-  int64_t c = 0;
-  for (; c + L <= C; c += L) (V::loadu(dst + c) + vw * V::loadu(src + c)).store(dst + c);
-  for (; c < C; ++c) dst[c] += w * src[c];
+// ---------------------------------------------------------------------------
+// The feature blend as small matrix products. With C >= L channels the blend loop
+// only records, per chunk (row segment of L pixels) of the tile, the Gaussians that
+// blended one of its pixels, in list order, with their L weights (0 in the lanes
+// they did not blend); the features are then blended chunk by chunk as
+//   out[c, lanes] = sum_e F[g_e, c] w_e[lanes]   (forward)
+//   D[e, lanes] = sum_c F[g_e, c] dL/dout[c, lanes],  dL/dF[g_e, c] += sum_l w_e[l] dL/dout[c, l]
+// (backward), register-blocked so that each loaded vector feeds many FMAs. Per pixel
+// and channel the sums run in list order, as in the scalar kernels; they are fused
+// multiply-adds, so they differ from those by rounding only.
+constexpr int kTileChunks = kTileSize * kChunksPerRow;
+// Register blocks: accumulators that fit the ISA's vector registers (32 with
+// AVX-512, 16 otherwise) beside the operands.
+constexpr int kChannelBlock = L == 16 ? 16 : 8;  // forward: channels per pass over a chunk's list
+constexpr int kEntryBlock = L == 16 ? 12 : 6;    // backward D: list entries per pass over the channels
+constexpr int kGradBlock = L == 16 ? 4 : 2;      // backward dL/dF: entries x kGradVectors channel vectors
+constexpr int kGradVectors = 3;
+
+struct ChunkLists {
+  std::vector<int> id[kTileChunks];      // forward: Gaussian index; backward: position k in the tile's list
+  std::vector<float> w[kTileChunks];     // L weights per entry
+  std::vector<float> d[kTileChunks];     // backward: L values of dL/dout . f per entry
+  std::vector<unsigned> mask[kTileChunks];  // backward: lanes with a nonzero weight
+  int cursor[kTileChunks];
+  void clear() {
+    for (int j = 0; j < kTileChunks; ++j) {
+      id[j].clear();
+      w[j].clear();
+      d[j].clear();
+      mask[j].clear();
+      cursor[j] = 0;
+    }
+  }
+  // Appends an entry with L zero weights (and, backward, an empty lane mask); returns its index.
+  int add(int j, int ident) {
+    id[j].push_back(ident);
+    w[j].resize(w[j].size() + L, 0.f);
+    return (int)id[j].size() - 1;
+  }
+  int add_backward(int j, int k) {
+    mask[j].push_back(0u);
+    return add(j, k);
+  }
+};
+
+// out[i] = sum_e F[gs[e], c0 + i] w_e over the n entries (i < CB), front to back.
+template <int CB>
+inline void blend_features(const int* gs, const float* W, int n, const float* F, int64_t C, int64_t c0,
+                           float* const* dst, int count) {
+  V acc[CB];
+#pragma GCC unroll 16
+  for (int i = 0; i < CB; ++i) acc[i] = V(0.f);
+  for (int e = 0; e < n; ++e) {
+    if (e + 8 < n) __builtin_prefetch(F + (int64_t)gs[e + 8] * C + c0);
+    const V wv = V::loadu(W + (int64_t)e * L);
+    const float* f = F + (int64_t)gs[e] * C + c0;
+#pragma GCC unroll 16
+    for (int i = 0; i < CB; ++i) acc[i] = at::vec::fmadd(V(f[i]), wv, acc[i]);
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < CB; ++i) {
+    if (count == L)
+      acc[i].store(dst[i]);
+    else
+      acc[i].store(dst[i], count);
+  }
 }
 
-// Returns sum_c g[c] f[c] and adds w g[c] to acc[c].
-inline float dot_and_axpy(const float* g, const float* f, float w, float* acc, int64_t C) {
-  const V vw(w);
-  V d(0.f);
-  int64_t c = 0;
-  for (; c + L <= C; c += L) {
-    const V gc = V::loadu(g + c);
-    d = d + gc * V::loadu(f + c);
-    (V::loadu(acc + c) + vw * gc).store(acc + c);
-  }
-  float s = lane_sum(d);
-  for (; c < C; ++c) {
-    s += g[c] * f[c];
-    acc[c] += w * g[c];
-  }
-  return s;
+// The forward feature blend of one chunk: all C channels of its `count` pixels,
+// written to out_feat (C, H, W) at pixel offset pix.
+inline void blend_chunk_features(const ChunkLists& lists, int j, const float* F, int64_t C, float* out_feat,
+                                 int64_t HW, int64_t pix, int count) {
+  const int n = (int)lists.id[j].size();
+  const int* gs = lists.id[j].data();
+  const float* W = lists.w[j].data();
+  float* dst[kChannelBlock];
+  int64_t c0 = 0;
+  auto run = [&](auto cb) {
+    constexpr int CB = decltype(cb)::value;
+    for (int i = 0; i < CB; ++i) dst[i] = out_feat + (c0 + i) * HW + pix;
+    blend_features<CB>(gs, W, n, F, C, c0, dst, count);
+    c0 += CB;
+  };
+  while (C - c0 >= kChannelBlock) run(std::integral_constant<int, kChannelBlock>{});
+  if (C - c0 >= 8 && kChannelBlock > 8) run(std::integral_constant<int, 8>{});
+  if (C - c0 >= 4) run(std::integral_constant<int, 4>{});
+  if (C - c0 >= 2) run(std::integral_constant<int, 2>{});
+  if (C - c0 >= 1) run(std::integral_constant<int, 1>{});
 }
 
 void forward(const CpuForwardArgs* args) {
@@ -197,15 +248,16 @@ void forward(const CpuForwardArgs* args) {
   // Fewer channels than lanes: features channel-major, blended across pixels like
   // rgb (measured faster below L channels, slower from 64 up).
   const bool lane_feat = C < L;
-  const int band_rows = C >= kBandMinChannels ? kBandRowsManyChannels : kTileSize;
   int64_t visited = 0, contributing = 0;
 #pragma omp parallel reduction(+ : visited, contributing)
   {
     // Tile state, structure of arrays over the 16 x 16 pixels; features pixel-major.
+    // lane_feat: features channel-major; otherwise each chunk's list of weights.
     Scratch s_T(kTilePixels), s_rgb(3 * kTilePixels), s_dep(kTilePixels), s_last(kTilePixels),
-        s_done(kTilePixels), s_feat(C * kTilePixels), s_w(16);
+        s_done(kTilePixels), s_feat(lane_feat ? C * kTilePixels : 0);
     float *T = s_T.p, *acc_rgb = s_rgb.p, *acc_dep = s_dep.p, *last = s_last.p, *done = s_done.p;
-    float *acc_feat = s_feat.p, *wl = s_w.p;
+    float* acc_feat = s_feat.p;
+    ChunkLists lists;
 #pragma omp for schedule(dynamic, 1)
     for (int t = 0; t < n_tiles; ++t) {
       const Tile tile(in, t);
@@ -219,90 +271,81 @@ void forward(const CpuForwardArgs* args) {
         done[p] = inside ? 0.f : 1.f;
         active += inside;
       }
-      if (C > 0) memset(acc_feat, 0, sizeof(float) * C * kTilePixels);
+      if (lane_feat && C > 0) memset(acc_feat, 0, sizeof(float) * C * kTilePixels);
+      if (!lane_feat) lists.clear();
       const int start = in.tile_offsets[t], end = in.tile_offsets[t + 1];
       const uint64_t all = tile_chunks(tile);
-      for (int b0 = 0; b0 < tile.h; b0 += band_rows) {
-        const int b1 = b0 + band_rows < tile.h ? b0 + band_rows : tile.h;
-        const uint64_t band = band_chunks(all, b0, b1);
-        active = 0;
-        for (int p = b0 * kTileSize; p < b1 * kTileSize; ++p) active += done[p] == 0.f;
-        for (int i = start; i < end && active > 0; ++i) {
-          if (i + kPrefetch < end) {
-            const int ahead = in.gaussian_ids[i + kPrefetch];
-            __builtin_prefetch(in.packed + ahead);
-            if (C > 0) __builtin_prefetch(in.features + (int64_t)ahead * C);
+      for (int i = start; i < end && active > 0; ++i) {
+        if (i + kPrefetch < end) {
+          const int ahead = in.gaussian_ids[i + kPrefetch];
+          __builtin_prefetch(in.packed + ahead);
+          if (lane_feat && C > 0) __builtin_prefetch(in.features + (int64_t)ahead * C);
+        }
+        const int g = in.gaussian_ids[i];
+        const PackedGaussian& P = in.packed[g];
+        const float mx = P.mx, my = P.my;
+        const CullSplat cs = unpack_cull(P);
+        if (rows_missed(tile, cs, cull)) continue;
+        uint64_t chunks = live_chunks(tile, all, cs, cull, 0, tile.h);
+        if (!chunks) continue;
+        const V ca(P.ca), cb(P.cb), cc(P.cc), vo(P.opacity);
+        const V cr(P.r), cg(P.g), cbl(P.b), vdep(P.depth);
+        const V pos((float)(i - start + 1));
+        const float* fg = C > 0 ? in.features + (int64_t)g * C : nullptr;
+        while (chunks) {
+          const int idx = __builtin_ctzll(chunks);
+          chunks &= chunks - 1;
+          const int r = idx / kChunksPerRow, col0 = (idx % kChunksPerRow) * L;
+          const int p0 = r * kTileSize + col0;
+          const V done_v = V::loadu(done + p0);
+          const V live = done_v == V(0.f);
+          const unsigned live_bits = lanes(live);
+          if (!live_bits) continue;
+          if (count) visited += popcount(live_bits);
+          const ChunkSplat s = eval_chunk(tile, r, col0, mx, my, ca, cb, cc, vo);
+          const V ok = live & s.ok;
+          if (!lanes(ok)) continue;
+          const V Tv = V::loadu(T + p0);
+          const V next_T = Tv * (V(1.f) - s.alpha);
+          const V stop = ok & (next_T < V(kTransmittanceMin));
+          const unsigned stop_bits = lanes(stop);
+          if (stop_bits) {
+            select(stop, V(1.f), done_v).store(done + p0);
+            active -= popcount(stop_bits);
           }
-          const int g = in.gaussian_ids[i];
-          const PackedGaussian& P = in.packed[g];
-          const float mx = P.mx, my = P.my;
-          const CullSplat cs = unpack_cull(P);
-          if (band_missed(tile, cs, cull, b0, b1)) continue;
-          uint64_t chunks = live_chunks(tile, band, cs, cull, b0, b1);
-          if (!chunks) continue;
-          const V ca(P.ca), cb(P.cb), cc(P.cc), vo(P.opacity);
-          const V cr(P.r), cg(P.g), cbl(P.b), vdep(P.depth);
-          const V pos((float)(i - start + 1));
-          const float* fg = C > 0 ? in.features + (int64_t)g * C : nullptr;
-          while (chunks) {
-            const int idx = __builtin_ctzll(chunks);
-            chunks &= chunks - 1;
-            const int r = idx / kChunksPerRow, col0 = (idx % kChunksPerRow) * L;
-            const int p0 = r * kTileSize + col0;
-            const V done_v = V::loadu(done + p0);
-            const V live = done_v == V(0.f);
-            const unsigned live_bits = lanes(live);
-            if (!live_bits) continue;
-            if (count) visited += popcount(live_bits);
-            const ChunkSplat s = eval_chunk(tile, r, col0, mx, my, ca, cb, cc, vo);
-            const V ok = live & s.ok;
-            if (!lanes(ok)) continue;
-            const V Tv = V::loadu(T + p0);
-            const V next_T = Tv * (V(1.f) - s.alpha);
-            const V stop = ok & (next_T < V(kTransmittanceMin));
-            const unsigned stop_bits = lanes(stop);
-            if (stop_bits) {
-              select(stop, V(1.f), done_v).store(done + p0);
-              active -= popcount(stop_bits);
+          const V blend = ok & (next_T >= V(kTransmittanceMin));
+          const unsigned blend_bits = lanes(blend);
+          if (!blend_bits) continue;
+          if (count) contributing += popcount(blend_bits);
+          const V w = s.alpha * Tv;
+          float* ar = acc_rgb + p0;
+          const V r0 = V::loadu(ar), r1 = V::loadu(ar + kTilePixels), r2 = V::loadu(ar + 2 * kTilePixels);
+          select(blend, r0 + w * cr, r0).store(ar);
+          select(blend, r1 + w * cg, r1).store(ar + kTilePixels);
+          select(blend, r2 + w * cbl, r2).store(ar + 2 * kTilePixels);
+          const V d0 = V::loadu(acc_dep + p0);
+          select(blend, d0 + w * vdep, d0).store(acc_dep + p0);
+          select(blend, next_T, Tv).store(T + p0);
+          select(blend, pos, V::loadu(last + p0)).store(last + p0);
+          if (lane_feat) {
+            for (int64_t c = 0; c < C; ++c) {
+              float* af = acc_feat + c * kTilePixels + p0;
+              const V a = V::loadu(af);
+              select(blend, a + w * V(fg[c]), a).store(af);
             }
-            const V blend = ok & (next_T >= V(kTransmittanceMin));
-            const unsigned blend_bits = lanes(blend);
-            if (!blend_bits) continue;
-            if (count) contributing += popcount(blend_bits);
-            const V w = s.alpha * Tv;
-            float* ar = acc_rgb + p0;
-            const V r0 = V::loadu(ar), r1 = V::loadu(ar + kTilePixels), r2 = V::loadu(ar + 2 * kTilePixels);
-            select(blend, r0 + w * cr, r0).store(ar);
-            select(blend, r1 + w * cg, r1).store(ar + kTilePixels);
-            select(blend, r2 + w * cbl, r2).store(ar + 2 * kTilePixels);
-            const V d0 = V::loadu(acc_dep + p0);
-            select(blend, d0 + w * vdep, d0).store(acc_dep + p0);
-            select(blend, next_T, Tv).store(T + p0);
-            select(blend, pos, V::loadu(last + p0)).store(last + p0);
-            if (lane_feat) {
-              for (int64_t c = 0; c < C; ++c) {
-                float* af = acc_feat + c * kTilePixels + p0;
-                const V a = V::loadu(af);
-                select(blend, a + w * V(fg[c]), a).store(af);
-              }
-            } else if (C > 0) {
-              w.store(wl);
-              for (unsigned b = blend_bits; b; b &= b - 1) {
-                const int l = lowest(b);
-                axpy(wl[l], fg, acc_feat + (int64_t)(p0 + l) * C, C);
-              }
-            }
+          } else if (C > 0) {
+            const int e = lists.add(idx, g);
+            select(blend, w, V(0.f)).store(lists.w[idx].data() + (int64_t)e * L);
           }
         }
-      }  // bands
-      // Pixel-major features to the (C, H, W) output: channel by channel, so that the
-      // writes run along the image rows (a pixel's channels are H W floats apart).
-      if (!lane_feat)
-        for (int64_t c = 0; c < C; ++c)
-          for (int r = 0; r < tile.h; ++r) {
-            float* dst = args->out_feat + c * HW + (int64_t)(tile.y0 + r) * in.width + tile.x0;
-            const float* src = acc_feat + (int64_t)r * kTileSize * C + c;
-            for (int col = 0; col < tile.w; ++col) dst[col] = src[(int64_t)col * C];
+      }
+      // The feature blend of each chunk inside the image, straight into (C, H, W).
+      if (!lane_feat && C > 0)
+        for (int r = 0; r < tile.h; ++r)
+          for (int k = 0; k * L < tile.w; ++k) {
+            const int count = tile.w - k * L < L ? tile.w - k * L : L;
+            const int64_t pix = (int64_t)(tile.y0 + r) * in.width + tile.x0 + k * L;
+            blend_chunk_features(lists, r * kChunksPerRow + k, in.features, C, args->out_feat, HW, pix, count);
           }
       for (int r = 0; r < tile.h; ++r) {
         for (int col = 0; col < tile.w; ++col) {
@@ -325,23 +368,162 @@ void forward(const CpuForwardArgs* args) {
   }
 }
 
+// Backward, D: out[e][lanes] = sum_c rows[e][c] Gt[c][lanes] for NE entries, Gt the
+// chunk's dL/dout channel-major (C x L, contiguous).
+template <int NE>
+inline void feature_dots(const float* const* rows, const float* Gt, int64_t C, float* const* out) {
+  V acc[NE];
+#pragma GCC unroll 16
+  for (int e = 0; e < NE; ++e) acc[e] = V(0.f);
+  for (int64_t c = 0; c < C; ++c) {
+    const V gv = V::loadu(Gt + c * L);
+#pragma GCC unroll 16
+    for (int e = 0; e < NE; ++e) acc[e] = at::vec::fmadd(V(rows[e][c]), gv, acc[e]);
+  }
+#pragma GCC unroll 16
+  for (int e = 0; e < NE; ++e) acc[e].store(out[e]);
+}
+
+// Backward, dL/dF: for NE entries with weights W[e] (L lanes), adds (or, where
+// first[e], writes) sum_l W[e][l] Gp[l][c] to out[e][c] for the NV vectors of
+// channels from c0 (the last one holding `tail` channels), Gp the chunk's dL/dout
+// pixel-major (row l at Gp + l * C). Only the lanes of `lanes_used` are visited.
+template <int NE, int NV>
+inline void feature_grads(const float* const* W, unsigned lanes_used, const float* Gp, int64_t C, int64_t c0,
+                          int tail, float* const* out, const bool* first) {
+  V acc[NE][NV];
+#pragma GCC unroll 16
+  for (int e = 0; e < NE; ++e)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[e][v] = V(0.f);
+  for (unsigned b = lanes_used; b; b &= b - 1) {
+    const int l = lowest(b);
+    const float* g = Gp + (int64_t)l * C + c0;
+    V gv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) gv[v] = (v == NV - 1 && tail < L) ? V::loadu(g + v * L, tail) : V::loadu(g + v * L);
+#pragma GCC unroll 16
+    for (int e = 0; e < NE; ++e) {
+      const V wv(W[e][l]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[e][v] = at::vec::fmadd(wv, gv[v], acc[e][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int e = 0; e < NE; ++e)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      float* dst = out[e] + c0 + v * L;
+      const int n = v == NV - 1 ? tail : L;
+      const V sum = first[e] ? acc[e][v] : (n == L ? V::loadu(dst) : V::loadu(dst, n)) + acc[e][v];
+      if (n == L)
+        sum.store(dst);
+      else
+        sum.store(dst, n);
+    }
+}
+
+// Per tile and thread, the backward's deferred per-Gaussian results: the partial
+// gradients of each list position k (geometry and dL/dF), emitted once all chunks are done.
+struct TileGrads {
+  std::vector<float> geom, feat;
+  std::vector<unsigned char> touched, seen;
+  void reset(int n, int64_t C) {
+    if ((int64_t)geom.size() < (int64_t)n * kPairGeomValues) geom.resize((size_t)n * kPairGeomValues);
+    if ((int64_t)feat.size() < (int64_t)n * C) feat.resize((size_t)n * C);
+    touched.assign(n, 0);
+    seen.assign(n, 0);
+  }
+};
+
+// Runs f(std::integral_constant<int, B>) for blocks B from {Max, 8, 4, 2, 1} (B <= Max) that
+// cover n items, largest first; f advances its own position.
+template <int Max, typename F>
+inline void for_blocks(int n, F&& f) {
+  int left = n;
+  while (left >= Max) { f(std::integral_constant<int, Max>{}); left -= Max; }
+  if constexpr (Max > 8) if (left >= 8) { f(std::integral_constant<int, 8>{}); left -= 8; }
+  if constexpr (Max > 4) if (left >= 4) { f(std::integral_constant<int, 4>{}); left -= 4; }
+  if constexpr (Max > 2) if (left >= 2) { f(std::integral_constant<int, 2>{}); left -= 2; }
+  if (left >= 1) f(std::integral_constant<int, 1>{});
+}
+
+// D for every entry of chunk j (entries hold list positions k; gid maps k to the
+// Gaussian), from Gt (C x L).
+inline void chunk_feature_dots(ChunkLists& lists, int j, const int* gid, const float* F, int64_t C,
+                               const float* Gt) {
+  const int n = (int)lists.id[j].size();
+  lists.d[j].resize((size_t)n * L);
+  int e0 = 0;
+  for_blocks<kEntryBlock>(n, [&](auto nb) {
+    constexpr int NE = decltype(nb)::value;
+    const float* rows[NE];
+    float* out[NE];
+    for (int e = 0; e < NE; ++e) {
+      rows[e] = F + (int64_t)gid[lists.id[j][e0 + e]] * C;
+      out[e] = lists.d[j].data() + (int64_t)(e0 + e) * L;
+    }
+    feature_dots<NE>(rows, Gt, C, out);
+    e0 += NE;
+  });
+}
+
+// dL/dF of every entry of chunk j into grads.feat (row k), from Gp (the chunk's
+// pixels, pixel-major).
+inline void chunk_feature_grads(const ChunkLists& lists, int j, const float* Gp, int64_t C, TileGrads& grads) {
+  const int n = (int)lists.id[j].size();
+  int e0 = 0;
+  for_blocks<kGradBlock>(n, [&](auto nb) {
+    constexpr int NE = decltype(nb)::value;
+    const float* W[NE];
+    float* out[NE];
+    bool first[NE];
+    unsigned used = 0;
+    for (int e = 0; e < NE; ++e) {
+      const int k = lists.id[j][e0 + e];
+      W[e] = lists.w[j].data() + (int64_t)(e0 + e) * L;
+      out[e] = grads.feat.data() + (int64_t)k * C;
+      first[e] = !grads.seen[k];
+      used |= lists.mask[j][e0 + e];
+    }
+    int64_t c0 = 0;
+    constexpr int64_t kStep = (int64_t)kGradVectors * L;
+    for (; c0 + kStep <= C; c0 += kStep) feature_grads<NE, kGradVectors>(W, used, Gp, C, c0, L, out, first);
+    static_assert(kGradVectors == 3, "the rest below is 1 to 3 vectors");
+    const int64_t rest = C - c0;  // < kStep channels: 1 to 3 vectors, the last one `tail` wide
+    const int tail = (int)(rest - (rest - 1) / L * L);
+    if (rest > 2 * L)
+      feature_grads<NE, 3>(W, used, Gp, C, c0, tail, out, first);
+    else if (rest > L)
+      feature_grads<NE, 2>(W, used, Gp, C, c0, tail, out, first);
+    else if (rest > 0)
+      feature_grads<NE, 1>(W, used, Gp, C, c0, tail, out, first);
+    for (int e = 0; e < NE; ++e) grads.seen[lists.id[j][e0 + e]] = 1;
+    e0 += NE;
+  });
+}
+
 void backward(const CpuBackwardArgs* args) {
   const CpuRasterInputs& in = args->in;
   const int64_t C = in.C;
   const int64_t HW = (int64_t)in.width * in.height;
   const bool cull = in.cull != 0;
   const bool lane_feat = C < L;  // as in forward(): channel-major, across pixels
+  const bool gemm = !lane_feat && C > 0;  // the feature terms as matrix products (see ChunkLists)
 #pragma omp parallel
   {
     // Per pixel (structure of arrays): T recovered back to front, Q = the sum over
     // the Gaussians behind of w_j (dL/dout . v_j), last contributor, output
-    // gradients; dL/dfeatures pixel-major.
+    // gradients; dL/dfeatures channel-major (lane_feat) or pixel-major (gemm).
     Scratch s_T(kTilePixels), s_Q(kTilePixels), s_last(kTilePixels), s_grgb(3 * kTilePixels),
-        s_gdep(kTilePixels), s_galpha(kTilePixels), s_gfeat(C * kTilePixels), s_accf(C), s_w(16),
-        s_gv(16), s_accl(C * L);
+        s_gdep(kTilePixels), s_galpha(kTilePixels), s_gfeat(C * kTilePixels), s_accf(C),
+        s_accl(lane_feat ? C * L : 0), s_gt(gemm ? C * L : 0);
     float *T = s_T.p, *Q = s_Q.p, *last = s_last.p, *g_rgb = s_grgb.p, *g_dep = s_gdep.p;
-    float *g_alpha = s_galpha.p, *g_feat = s_gfeat.p, *acc_f = s_accf.p, *wl = s_w.p, *gvl = s_gv.p;
+    float *g_alpha = s_galpha.p, *g_feat = s_gfeat.p, *acc_f = s_accf.p;
     float* acc_lanes = s_accl.p;  // lane_feat: per channel, the lane partial sums of dL/df
+    float* Gt = s_gt.p;           // gemm: one chunk's dL/dfeatures, channel-major (C x L)
+    ChunkLists lists;
+    TileGrads grads;
 #pragma omp for schedule(dynamic, 1)
     for (int t = args->tile_begin; t < args->tile_end; ++t) {
       const Tile tile(in, t);
@@ -368,7 +550,7 @@ void backward(const CpuBackwardArgs* args) {
         }
       }
       // dL/dfeatures (C, H, W) to pixel-major, channel by channel (reads along the rows).
-      if (!lane_feat)
+      if (gemm)
         for (int64_t c = 0; c < C; ++c)
           for (int r = 0; r < tile.h; ++r) {
             const float* src = args->dl_feat + c * HW + (int64_t)(tile.y0 + r) * in.width + tile.x0;
@@ -376,105 +558,137 @@ void backward(const CpuBackwardArgs* args) {
             for (int col = 0; col < tile.w; ++col) dst[(int64_t)col * C] = src[col];
           }
       const int start = in.tile_offsets[t];
+      const int* gid = in.gaussian_ids + start;  // list position k -> Gaussian
       const uint64_t all = tile_chunks(tile);
-      for (int b0 = 0; b0 < tile.h; b0 += kTileSize) {  // one band: the whole tile
-        const int b1 = tile.h;
-        const uint64_t band = band_chunks(all, b0, b1);
-        int band_last = 0;
-        for (int p = b0 * kTileSize; p < b1 * kTileSize; ++p) band_last = last[p] > band_last ? (int)last[p] : band_last;
-        for (int k = band_last - 1; k >= 0; --k) {
-          if (k >= kPrefetch) {
-            const int ahead = in.gaussian_ids[start + k - kPrefetch];
-            __builtin_prefetch(in.packed + ahead);
-            if (C > 0) __builtin_prefetch(in.features + (int64_t)ahead * C);
-          }
-          const int g = in.gaussian_ids[start + k];
-          const PackedGaussian& P = in.packed[g];
-          const float mx = P.mx, my = P.my;
-          const CullSplat cs = unpack_cull(P);
-          if (band_missed(tile, cs, cull, b0, b1)) continue;
-          uint64_t chunks = live_chunks(tile, band, cs, cull, b0, b1);
-          if (!chunks) continue;
-          const V ca(P.ca), cb(P.cb), cc(P.cc), vo(P.opacity), vk((float)k);
-          const V cr(P.r), cg(P.g), cbl(P.b), vdep(P.depth);
-          const float* fg = C > 0 ? in.features + (int64_t)g * C : nullptr;
-          // Lane partial sums, in the order of kernels_api.h's kPairGeomValues.
-          V a_mx(0.f), a_my(0.f), a_ca(0.f), a_cb(0.f), a_cc(0.f), a_op(0.f), a_r(0.f), a_g(0.f),
-              a_b(0.f), a_dep(0.f);
-          bool touched = false;
-          const V zero(0.f);
-          while (chunks) {
+      int tile_last = 0;
+      for (int p = 0; p < kTilePixels; ++p) tile_last = last[p] > tile_last ? (int)last[p] : tile_last;
+      if (gemm) {
+        // The (chunk, k) pairs that the loop below evaluates, in its order, and
+        // their D = dL/dout . f, chunk by chunk.
+        lists.clear();
+        grads.reset(tile_last, C);
+        for (int k = tile_last - 1; k >= 0; --k) {
+          const CullSplat cs = unpack_cull(in.packed[gid[k]]);
+          if (rows_missed(tile, cs, cull)) continue;
+          const V vk((float)k);
+          for (uint64_t chunks = live_chunks(tile, all, cs, cull, 0, tile.h); chunks; chunks &= chunks - 1) {
             const int idx = __builtin_ctzll(chunks);
-            chunks &= chunks - 1;
-            const int r = idx / kChunksPerRow, col0 = (idx % kChunksPerRow) * L;
-            const int p0 = r * kTileSize + col0;
-            const V behind = V::loadu(last + p0) > vk;  // this Gaussian is before the pixel's last
-            if (!lanes(behind)) continue;
-            const ChunkSplat s = eval_chunk(tile, r, col0, mx, my, ca, cb, cc, vo);
-            const V ok = behind & s.ok;
-            const unsigned ok_bits = lanes(ok);
-            if (!ok_bits) continue;
-            if (!touched) {
-              touched = true;
-              if (lane_feat)
-                memset(acc_lanes, 0, sizeof(float) * C * L);
-              else if (C > 0)
-                memset(acc_f, 0, sizeof(float) * C);
-            }
-            const V one_minus = V(1.f) - s.alpha;
-            const V Tv = V::loadu(T + p0);
-            const V Tf = Tv / one_minus;  // transmittance in front of this Gaussian
-            select(ok, Tf, Tv).store(T + p0);
-            const V w = s.alpha * Tf;
-            const V gr = V::loadu(g_rgb + p0), gg = V::loadu(g_rgb + kTilePixels + p0),
-                    gb = V::loadu(g_rgb + 2 * kTilePixels + p0);
-            const V gd = V::loadu(g_dep + p0);
-            V gv = (((zero + gr * cr) + gg * cg) + gb * cbl) + gd * vdep + V::loadu(g_alpha + p0);
-            if (lane_feat) {
-              V d = zero;
-              for (int64_t c = 0; c < C; ++c) {
-                const V gc = V::loadu(g_feat + c * kTilePixels + p0);
-                d = d + gc * V(fg[c]);
-                float* al = acc_lanes + c * L;
-                (V::loadu(al) + select(ok, w * gc, zero)).store(al);
-              }
-              gv = gv + d;
-            } else if (C > 0) {
-              w.store(wl);
-              zero.store(gvl);
-              for (unsigned b = ok_bits; b; b &= b - 1) {
-                const int l = lowest(b);
-                gvl[l] = dot_and_axpy(g_feat + (int64_t)(p0 + l) * C, fg, wl[l], acc_f, C);
-              }
-              gv = gv + V::loadu(gvl);
-            }
-            a_r = a_r + select(ok, w * gr, zero);
-            a_g = a_g + select(ok, w * gg, zero);
-            a_b = a_b + select(ok, w * gb, zero);
-            a_dep = a_dep + select(ok, w * gd, zero);
-            const V Qv = V::loadu(Q + p0);
-            const V d_alpha = Tf * gv - Qv / one_minus;
-            select(ok, Qv + w * gv, Qv).store(Q + p0);
-            // f3d::eval_splat_backward, for the lanes whose alpha was not clamped.
-            const V grad = ok & (s.alpha_raw <= V(kAlphaMax));
-            const V d_power = d_alpha * vo * s.G;
-            a_op = a_op + select(grad, d_alpha * s.G, zero);
-            a_ca = a_ca + select(grad, V(-0.5f) * s.dx * s.dx * d_power, zero);
-            a_cb = a_cb + select(grad, s.dx.neg() * s.dy * d_power, zero);
-            a_cc = a_cc + select(grad, V(-0.5f) * s.dy * s.dy * d_power, zero);
-            a_mx = a_mx + select(grad, d_power * (ca * s.dx + cb * s.dy), zero);
-            a_my = a_my + select(grad, d_power * (cb * s.dx + cc * s.dy), zero);
+            const int p0 = (idx / kChunksPerRow) * kTileSize + (idx % kChunksPerRow) * L;
+            if (lanes(V::loadu(last + p0) > vk)) lists.add_backward(idx, k);
           }
-          if (!touched) continue;
-          if (lane_feat)
-            for (int64_t c = 0; c < C; ++c) acc_f[c] = lane_sum(V::loadu(acc_lanes + c * L));
-          const float geom[kPairGeomValues] = {lane_sum(a_mx), lane_sum(a_my), lane_sum(a_ca),
-                                               lane_sum(a_cb), lane_sum(a_cc), lane_sum(a_op),
-                                               lane_sum(a_r),  lane_sum(a_g),  lane_sum(a_b),
-                                               lane_sum(a_dep)};
+        }
+        for (int j = 0; j < kTileChunks; ++j) {
+          if (lists.id[j].empty()) continue;
+          const int r = j / kChunksPerRow, col0 = (j % kChunksPerRow) * L;
+          const int count = tile.w - col0 < L ? tile.w - col0 : L;
+          const float* src = args->dl_feat + (int64_t)(tile.y0 + r) * in.width + tile.x0 + col0;
+          for (int64_t c = 0; c < C; ++c)
+            (count == L ? V::loadu(src + c * HW) : V::loadu(src + c * HW, count)).store(Gt + c * L);
+          chunk_feature_dots(lists, j, gid, in.features, C, Gt);
+        }
+      }
+      for (int k = tile_last - 1; k >= 0; --k) {
+        if (k >= kPrefetch) {
+          const int ahead = gid[k - kPrefetch];
+          __builtin_prefetch(in.packed + ahead);
+          if (lane_feat && C > 0) __builtin_prefetch(in.features + (int64_t)ahead * C);
+        }
+        const int g = gid[k];
+        const PackedGaussian& P = in.packed[g];
+        const float mx = P.mx, my = P.my;
+        const CullSplat cs = unpack_cull(P);
+        if (rows_missed(tile, cs, cull)) continue;
+        uint64_t chunks = live_chunks(tile, all, cs, cull, 0, tile.h);
+        if (!chunks) continue;
+        const V ca(P.ca), cb(P.cb), cc(P.cc), vo(P.opacity), vk((float)k);
+        const V cr(P.r), cg(P.g), cbl(P.b), vdep(P.depth);
+        const float* fg = C > 0 ? in.features + (int64_t)g * C : nullptr;
+        // Lane partial sums, in the order of kernels_api.h's kPairGeomValues.
+        V a_mx(0.f), a_my(0.f), a_ca(0.f), a_cb(0.f), a_cc(0.f), a_op(0.f), a_r(0.f), a_g(0.f),
+            a_b(0.f), a_dep(0.f);
+        bool touched = false;
+        const V zero(0.f);
+        while (chunks) {
+          const int idx = __builtin_ctzll(chunks);
+          chunks &= chunks - 1;
+          const int r = idx / kChunksPerRow, col0 = (idx % kChunksPerRow) * L;
+          const int p0 = r * kTileSize + col0;
+          const V behind = V::loadu(last + p0) > vk;  // this Gaussian is before the pixel's last
+          if (!lanes(behind)) continue;
+          const int e = gemm ? lists.cursor[idx]++ : 0;  // this pair's entry in the chunk's list
+          const ChunkSplat s = eval_chunk(tile, r, col0, mx, my, ca, cb, cc, vo);
+          const V ok = behind & s.ok;
+          const unsigned ok_bits = lanes(ok);
+          if (!ok_bits) continue;
+          if (!touched) {
+            touched = true;
+            if (lane_feat) memset(acc_lanes, 0, sizeof(float) * C * L);
+          }
+          const V one_minus = V(1.f) - s.alpha;
+          const V Tv = V::loadu(T + p0);
+          const V Tf = Tv / one_minus;  // transmittance in front of this Gaussian
+          select(ok, Tf, Tv).store(T + p0);
+          const V w = s.alpha * Tf;
+          const V gr = V::loadu(g_rgb + p0), gg = V::loadu(g_rgb + kTilePixels + p0),
+                  gb = V::loadu(g_rgb + 2 * kTilePixels + p0);
+          const V gd = V::loadu(g_dep + p0);
+          V gv = (((zero + gr * cr) + gg * cg) + gb * cbl) + gd * vdep + V::loadu(g_alpha + p0);
+          if (lane_feat) {
+            V d = zero;
+            for (int64_t c = 0; c < C; ++c) {
+              const V gc = V::loadu(g_feat + c * kTilePixels + p0);
+              d = d + gc * V(fg[c]);
+              float* al = acc_lanes + c * L;
+              (V::loadu(al) + select(ok, w * gc, zero)).store(al);
+            }
+            gv = gv + d;
+          } else if (gemm) {
+            gv = gv + V::loadu(lists.d[idx].data() + (int64_t)e * L);
+            select(ok, w, zero).store(lists.w[idx].data() + (int64_t)e * L);
+            lists.mask[idx][e] = ok_bits;
+          }
+          a_r = a_r + select(ok, w * gr, zero);
+          a_g = a_g + select(ok, w * gg, zero);
+          a_b = a_b + select(ok, w * gb, zero);
+          a_dep = a_dep + select(ok, w * gd, zero);
+          const V Qv = V::loadu(Q + p0);
+          const V d_alpha = Tf * gv - Qv / one_minus;
+          select(ok, Qv + w * gv, Qv).store(Q + p0);
+          // f3d::eval_splat_backward, for the lanes whose alpha was not clamped.
+          const V grad = ok & (s.alpha_raw <= V(kAlphaMax));
+          const V d_power = d_alpha * vo * s.G;
+          a_op = a_op + select(grad, d_alpha * s.G, zero);
+          a_ca = a_ca + select(grad, V(-0.5f) * s.dx * s.dx * d_power, zero);
+          a_cb = a_cb + select(grad, s.dx.neg() * s.dy * d_power, zero);
+          a_cc = a_cc + select(grad, V(-0.5f) * s.dy * s.dy * d_power, zero);
+          a_mx = a_mx + select(grad, d_power * (ca * s.dx + cb * s.dy), zero);
+          a_my = a_my + select(grad, d_power * (cb * s.dx + cc * s.dy), zero);
+        }
+        if (!touched) continue;
+        if (lane_feat)
+          for (int64_t c = 0; c < C; ++c) acc_f[c] = lane_sum(V::loadu(acc_lanes + c * L));
+        const float geom[kPairGeomValues] = {lane_sum(a_mx), lane_sum(a_my), lane_sum(a_ca),
+                                             lane_sum(a_cb), lane_sum(a_cc), lane_sum(a_op),
+                                             lane_sum(a_r),  lane_sum(a_g),  lane_sum(a_b),
+                                             lane_sum(a_dep)};
+        if (gemm) {  // emitted once dL/dF is known, below
+          memcpy(grads.geom.data() + (int64_t)k * kPairGeomValues, geom, sizeof(geom));
+          grads.touched[k] = 1;
+        } else {
           emit_pair_grad(args->sink, start + k, g, geom, acc_f, C);
         }
-      }  // bands
+      }
+      if (gemm) {
+        for (int j = 0; j < kTileChunks; ++j) {
+          if (lists.id[j].empty()) continue;
+          const int p0 = (j / kChunksPerRow) * kTileSize + (j % kChunksPerRow) * L;
+          chunk_feature_grads(lists, j, g_feat + (int64_t)p0 * C, C, grads);
+        }
+        for (int k = tile_last - 1; k >= 0; --k)
+          if (grads.touched[k])
+            emit_pair_grad(args->sink, start + k, gid[k], grads.geom.data() + (int64_t)k * kPairGeomValues,
+                           grads.feat.data() + (int64_t)k * C, C);
+      }
     }
   }
 }
