@@ -24,7 +24,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <vector>
 
 #include "cpu/kernels_api.h"
 #include "f3d/blend.h"
@@ -69,6 +68,48 @@ struct Scratch {
   ~Scratch() { free(p); }
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
+};
+
+// A growable array of trivially copyable T (no std containers here: their template
+// instances would be exported from the ISA module, compiled with its instructions).
+// resize keeps the contents and leaves new elements uninitialised.
+template <typename T>
+class Buffer {
+ public:
+  Buffer() = default;
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer() { free(p_); }
+  T* data() { return p_; }
+  const T* data() const { return p_; }
+  size_t size() const { return n_; }
+  bool empty() const { return n_ == 0; }
+  T& operator[](size_t i) { return p_[i]; }
+  const T& operator[](size_t i) const { return p_[i]; }
+  void resize(size_t n) {
+    if (n > cap_) {
+      const size_t cap = n > 2 * cap_ ? n : 2 * cap_;
+      void* q = nullptr;
+      if (posix_memalign(&q, 64, cap * sizeof(T)) != 0) abort();
+      if (n_) memcpy(q, p_, n_ * sizeof(T));
+      free(p_);
+      p_ = static_cast<T*>(q);
+      cap_ = cap;
+    }
+    n_ = n;
+  }
+  void assign(size_t n, T v) {
+    resize(n);
+    for (size_t i = 0; i < n; ++i) p_[i] = v;
+  }
+  void push_back(T v) {
+    resize(n_ + 1);
+    p_[n_ - 1] = v;
+  }
+
+ private:
+  T* p_ = nullptr;
+  size_t n_ = 0, cap_ = 0;
 };
 
 struct Tile {
@@ -166,44 +207,101 @@ constexpr int kEntryBlock = L == 16 ? 12 : 6;    // backward D: list entries per
 constexpr int kGradBlock = L == 16 ? 4 : 2;      // backward dL/dF: entries x kGradVectors channel vectors
 constexpr int kGradVectors = 3;
 
-struct ChunkLists {
-  std::vector<int> id[kTileChunks];      // forward: Gaussian index; backward: position k in the tile's list
-  std::vector<float> w[kTileChunks];     // L weights per entry
-  std::vector<float> d[kTileChunks];     // backward: L values of dL/dout . f per entry
-  std::vector<unsigned> mask[kTileChunks];  // backward: lanes with a nonzero weight
-  int cursor[kTileChunks];
+class ChunkLists {
+ public:
+  int size(int j) const { return n_[j]; }
+  const int* ids(int j) const { return id_[j].data(); }
+  float* weights(int j) { return w_[j].data(); }
+  const float* weights(int j) const { return w_[j].data(); }
+  float* dots(int j) { return d_[j].data(); }
+  unsigned* masks(int j) { return mask_[j].data(); }
+  const unsigned* masks(int j) const { return mask_[j].data(); }
+  int& cursor(int j) { return cursor_[j]; }
   void clear() {
-    for (int j = 0; j < kTileChunks; ++j) {
-      id[j].clear();
-      w[j].clear();
-      d[j].clear();
-      mask[j].clear();
-      cursor[j] = 0;
-    }
+    for (int j = 0; j < kTileChunks; ++j) n_[j] = cursor_[j] = 0;
   }
-  // Appends an entry with L zero weights (and, backward, an empty lane mask); returns its index.
-  int add(int j, int ident) {
-    id[j].push_back(ident);
-    w[j].resize(w[j].size() + L, 0.f);
-    return (int)id[j].size() - 1;
+  // Forward: appends an entry; returns its L weights, to be written by the caller.
+  float* add(int j, int k) {
+    grow(j, false);
+    id_[j][n_[j]] = k;
+    return w_[j].data() + (int64_t)n_[j]++ * L;
   }
-  int add_backward(int j, int k) {
-    mask[j].push_back(0u);
-    return add(j, k);
+  // Backward: appends an entry with zero weights and an empty lane mask.
+  void add_backward(int j, int k) {
+    grow(j, true);
+    id_[j][n_[j]] = k;
+    mask_[j][n_[j]] = 0u;
+    V(0.f).store(w_[j].data() + (int64_t)n_[j]++ * L);
+  }
+  // Backward: room for the dot products of every entry of chunk j.
+  void reserve_dots(int j) {
+    if (d_[j].size() < id_[j].size() * L) d_[j].resize(id_[j].size() * L);
+  }
+
+ private:
+  void grow(int j, bool backward) {
+    if (n_[j] < (int)id_[j].size()) return;
+    const size_t cap = id_[j].empty() ? 64 : 2 * id_[j].size();
+    id_[j].resize(cap);
+    w_[j].resize(cap * L);
+    if (backward) mask_[j].resize(cap);
+  }
+  Buffer<int> id_[kTileChunks];        // position k in the tile's list (capacity: size())
+  Buffer<float> w_[kTileChunks];       // L weights per entry
+  Buffer<float> d_[kTileChunks];       // backward: L values of dL/dout . f per entry
+  Buffer<unsigned> mask_[kTileChunks]; // backward: lanes with a nonzero weight
+  int n_[kTileChunks] = {};
+  int cursor_[kTileChunks] = {};
+};
+
+// The channel blocks of C channels: kChannelBlock wide while they fit, then one
+// each of the powers of two below for the rest.
+struct ChannelBlocks {
+  Buffer<int64_t> c0;
+  Buffer<int> cb;
+  explicit ChannelBlocks(int64_t C) {
+    int64_t c = 0;
+    for (; C - c >= kChannelBlock; c += kChannelBlock) add(c, kChannelBlock);
+    for (int w = kChannelBlock / 2; w >= 1; w /= 2)
+      if (C - c >= w) {
+        add(c, w);
+        c += w;
+      }
+  }
+  int size() const { return (int)c0.size(); }
+  void add(int64_t c, int w) {
+    c0.push_back(c);
+    cb.push_back(w);
   }
 };
 
-// out[i] = sum_e F[gs[e], c0 + i] w_e over the n entries (i < CB), front to back.
+// The features of a tile's list positions [0, n) that blended a pixel (used[k]),
+// packed block by block: block b holds n rows of cb[b] channels (row k at
+// packed + n c0[b] + k cb[b]), so that a pass over one block reads a few KB that
+// stay in L1 across the tile's chunks.
+inline void pack_tile_features(const int* gid, const unsigned char* used, int n, const float* F, int64_t C,
+                               const ChannelBlocks& blocks, float* packed) {
+  for (int k = 0; k < n; ++k) {
+    if (k + kPrefetch < n && used[k + kPrefetch]) __builtin_prefetch(F + (int64_t)gid[k + kPrefetch] * C);
+    if (!used[k]) continue;
+    const float* row = F + (int64_t)gid[k] * C;
+    for (int b = 0; b < blocks.size(); ++b) {
+      float* dst = packed + n * blocks.c0[b] + (int64_t)k * blocks.cb[b];
+      memcpy(dst, row + blocks.c0[b], sizeof(float) * blocks.cb[b]);
+    }
+  }
+}
+
+// Channel i (< CB) of a chunk's `count` pixels = sum_e Fb[k_e][i] w_e over its m
+// entries, front to back, stored at dst[i]; Fb: one packed block (row k at Fb + k CB).
 template <int CB>
-inline void blend_features(const int* gs, const float* W, int n, const float* F, int64_t C, int64_t c0,
-                           float* const* dst, int count) {
+inline void blend_features(const int* ks, const float* W, int m, const float* Fb, float* const* dst, int count) {
   V acc[CB];
 #pragma GCC unroll 16
   for (int i = 0; i < CB; ++i) acc[i] = V(0.f);
-  for (int e = 0; e < n; ++e) {
-    if (e + 8 < n) __builtin_prefetch(F + (int64_t)gs[e + 8] * C + c0);
+  for (int e = 0; e < m; ++e) {
     const V wv = V::loadu(W + (int64_t)e * L);
-    const float* f = F + (int64_t)gs[e] * C + c0;
+    const float* f = Fb + (int64_t)ks[e] * CB;
 #pragma GCC unroll 16
     for (int i = 0; i < CB; ++i) acc[i] = at::vec::fmadd(V(f[i]), wv, acc[i]);
   }
@@ -216,26 +314,35 @@ inline void blend_features(const int* gs, const float* W, int n, const float* F,
   }
 }
 
-// The forward feature blend of one chunk: all C channels of its `count` pixels,
-// written to out_feat (C, H, W) at pixel offset pix.
-inline void blend_chunk_features(const ChunkLists& lists, int j, const float* F, int64_t C, float* out_feat,
-                                 int64_t HW, int64_t pix, int count) {
-  const int n = (int)lists.id[j].size();
-  const int* gs = lists.id[j].data();
-  const float* W = lists.w[j].data();
-  float* dst[kChannelBlock];
-  int64_t c0 = 0;
-  auto run = [&](auto cb) {
-    constexpr int CB = decltype(cb)::value;
-    for (int i = 0; i < CB; ++i) dst[i] = out_feat + (c0 + i) * HW + pix;
-    blend_features<CB>(gs, W, n, F, C, c0, dst, count);
-    c0 += CB;
-  };
-  while (C - c0 >= kChannelBlock) run(std::integral_constant<int, kChannelBlock>{});
-  if (C - c0 >= 8 && kChannelBlock > 8) run(std::integral_constant<int, 8>{});
-  if (C - c0 >= 4) run(std::integral_constant<int, 4>{});
-  if (C - c0 >= 2) run(std::integral_constant<int, 2>{});
-  if (C - c0 >= 1) run(std::integral_constant<int, 1>{});
+// The forward feature blend of a tile (its chunk lists and its n packed list
+// positions), block by block and chunk by chunk, straight into out_feat (C, H, W).
+inline void blend_tile_features(const ChunkLists& lists, const Tile& tile, int width, int n, const float* packed,
+                                const ChannelBlocks& blocks, float* out_feat, int64_t HW) {
+  for (int b = 0; b < blocks.size(); ++b) {
+    const float* Fb = packed + n * blocks.c0[b];
+    const int cb = blocks.cb[b];
+    for (int r = 0; r < tile.h; ++r)
+      for (int q = 0; q * L < tile.w; ++q) {
+        const int j = r * kChunksPerRow + q;
+        const int count = tile.w - q * L < L ? tile.w - q * L : L;
+        float* dst[kChannelBlock];
+        for (int i = 0; i < cb; ++i)
+          dst[i] = out_feat + (blocks.c0[b] + i) * HW + (int64_t)(tile.y0 + r) * width + tile.x0 + q * L;
+        const int m = lists.size(j);
+        const int* ks = lists.ids(j);
+        const float* W = lists.weights(j);
+        if (cb == kChannelBlock)
+          blend_features<kChannelBlock>(ks, W, m, Fb, dst, count);
+        else if (cb == 8)
+          blend_features<8>(ks, W, m, Fb, dst, count);
+        else if (cb == 4)
+          blend_features<4>(ks, W, m, Fb, dst, count);
+        else if (cb == 2)
+          blend_features<2>(ks, W, m, Fb, dst, count);
+        else
+          blend_features<1>(ks, W, m, Fb, dst, count);
+      }
+  }
 }
 
 void forward(const CpuForwardArgs* args) {
@@ -258,6 +365,9 @@ void forward(const CpuForwardArgs* args) {
     float *T = s_T.p, *acc_rgb = s_rgb.p, *acc_dep = s_dep.p, *last = s_last.p, *done = s_done.p;
     float* acc_feat = s_feat.p;
     ChunkLists lists;
+    const ChannelBlocks blocks(C);
+    Buffer<float> packed;        // the tile's features, packed (pack_tile_features)
+    Buffer<unsigned char> used;  // list positions that blended a pixel
 #pragma omp for schedule(dynamic, 1)
     for (int t = 0; t < n_tiles; ++t) {
       const Tile tile(in, t);
@@ -272,8 +382,11 @@ void forward(const CpuForwardArgs* args) {
         active += inside;
       }
       if (lane_feat && C > 0) memset(acc_feat, 0, sizeof(float) * C * kTilePixels);
-      if (!lane_feat) lists.clear();
       const int start = in.tile_offsets[t], end = in.tile_offsets[t + 1];
+      if (!lane_feat) {
+        lists.clear();
+        used.assign(end - start, 0);
+      }
       const uint64_t all = tile_chunks(tile);
       for (int i = start; i < end && active > 0; ++i) {
         if (i + kPrefetch < end) {
@@ -334,19 +447,19 @@ void forward(const CpuForwardArgs* args) {
               select(blend, a + w * V(fg[c]), a).store(af);
             }
           } else if (C > 0) {
-            const int e = lists.add(idx, g);
-            select(blend, w, V(0.f)).store(lists.w[idx].data() + (int64_t)e * L);
+            select(blend, w, V(0.f)).store(lists.add(idx, i - start));
+            used[i - start] = 1;
           }
         }
       }
-      // The feature blend of each chunk inside the image, straight into (C, H, W).
-      if (!lane_feat && C > 0)
-        for (int r = 0; r < tile.h; ++r)
-          for (int k = 0; k * L < tile.w; ++k) {
-            const int count = tile.w - k * L < L ? tile.w - k * L : L;
-            const int64_t pix = (int64_t)(tile.y0 + r) * in.width + tile.x0 + k * L;
-            blend_chunk_features(lists, r * kChunksPerRow + k, in.features, C, args->out_feat, HW, pix, count);
-          }
+      // The feature blend of the tile's chunks, straight into (C, H, W).
+      if (!lane_feat && C > 0) {
+        int n = end - start;
+        while (n > 0 && !used[n - 1]) --n;
+        if (packed.size() < (size_t)n * C) packed.resize((size_t)n * C);
+        pack_tile_features(in.gaussian_ids + start, used.data(), n, in.features, C, blocks, packed.data());
+        blend_tile_features(lists, tile, in.width, n, packed.data(), blocks, args->out_feat, HW);
+      }
       for (int r = 0; r < tile.h; ++r) {
         for (int col = 0; col < tile.w; ++col) {
           const int p = r * kTileSize + col;
@@ -366,6 +479,26 @@ void forward(const CpuForwardArgs* args) {
     args->stats->visited += visited;
     args->stats->contributing += contributing;
   }
+}
+
+// dst[j * ld_dst + i] = src[i * ld_src + j] for i < M, j < N (ATen's SIMD transposes).
+inline void transpose(const float* src, int64_t ld_src, float* dst, int64_t ld_dst, int64_t M, int N) {
+#if defined(CPU_CAPABILITY_AVX512)
+  for (int64_t i = 0; i < M; i += 16)
+    at::vec::transpose_mxn<float>(src + i * ld_src, ld_src, dst + i, ld_dst, M - i < 16 ? (int)(M - i) : 16, N);
+#else
+  int64_t i = 0;
+#if defined(CPU_CAPABILITY_AVX2)
+  for (; i + 8 <= M; i += 8)
+    for (int j = 0; j + 8 <= N; j += 8)
+      at::vec::transpose_mxn<float, 8, 8>(src + i * ld_src + j, ld_src, dst + j * ld_dst + i, ld_dst);
+  const int j0 = N / 8 * 8;  // the columns left of full 8 x 8 blocks in those rows
+  for (int64_t a = 0; a < i; ++a)
+    for (int j = j0; j < N; ++j) dst[j * ld_dst + a] = src[a * ld_src + j];
+#endif
+  for (; i < M; ++i)
+    for (int j = 0; j < N; ++j) dst[j * ld_dst + i] = src[i * ld_src + j];
+#endif
 }
 
 // Backward, D: out[e][lanes] = sum_c rows[e][c] Gt[c][lanes] for NE entries, Gt the
@@ -426,9 +559,11 @@ inline void feature_grads(const float* const* W, unsigned lanes_used, const floa
 // Per tile and thread, the backward's deferred per-Gaussian results: the partial
 // gradients of each list position k (geometry and dL/dF), emitted once all chunks are done.
 struct TileGrads {
-  std::vector<float> geom, feat;
-  std::vector<unsigned char> touched, seen;
+  Buffer<float> geom, feat;
+  Buffer<unsigned char> touched, seen;
+  Buffer<uint64_t> chunks;  // the chunks of each position that the culling keeps
   void reset(int n, int64_t C) {
+    if ((int)chunks.size() < n) chunks.resize(n);
     if ((int64_t)geom.size() < (int64_t)n * kPairGeomValues) geom.resize((size_t)n * kPairGeomValues);
     if ((int64_t)feat.size() < (int64_t)n * C) feat.resize((size_t)n * C);
     touched.assign(n, 0);
@@ -452,16 +587,16 @@ inline void for_blocks(int n, F&& f) {
 // Gaussian), from Gt (C x L).
 inline void chunk_feature_dots(ChunkLists& lists, int j, const int* gid, const float* F, int64_t C,
                                const float* Gt) {
-  const int n = (int)lists.id[j].size();
-  lists.d[j].resize((size_t)n * L);
+  const int n = lists.size(j);
+  lists.reserve_dots(j);
   int e0 = 0;
   for_blocks<kEntryBlock>(n, [&](auto nb) {
     constexpr int NE = decltype(nb)::value;
     const float* rows[NE];
     float* out[NE];
     for (int e = 0; e < NE; ++e) {
-      rows[e] = F + (int64_t)gid[lists.id[j][e0 + e]] * C;
-      out[e] = lists.d[j].data() + (int64_t)(e0 + e) * L;
+      rows[e] = F + (int64_t)gid[lists.ids(j)[e0 + e]] * C;
+      out[e] = lists.dots(j) + (int64_t)(e0 + e) * L;
     }
     feature_dots<NE>(rows, Gt, C, out);
     e0 += NE;
@@ -471,7 +606,7 @@ inline void chunk_feature_dots(ChunkLists& lists, int j, const int* gid, const f
 // dL/dF of every entry of chunk j into grads.feat (row k), from Gp (the chunk's
 // pixels, pixel-major).
 inline void chunk_feature_grads(const ChunkLists& lists, int j, const float* Gp, int64_t C, TileGrads& grads) {
-  const int n = (int)lists.id[j].size();
+  const int n = lists.size(j);
   int e0 = 0;
   for_blocks<kGradBlock>(n, [&](auto nb) {
     constexpr int NE = decltype(nb)::value;
@@ -480,11 +615,11 @@ inline void chunk_feature_grads(const ChunkLists& lists, int j, const float* Gp,
     bool first[NE];
     unsigned used = 0;
     for (int e = 0; e < NE; ++e) {
-      const int k = lists.id[j][e0 + e];
-      W[e] = lists.w[j].data() + (int64_t)(e0 + e) * L;
+      const int k = lists.ids(j)[e0 + e];
+      W[e] = lists.weights(j) + (int64_t)(e0 + e) * L;
       out[e] = grads.feat.data() + (int64_t)k * C;
       first[e] = !grads.seen[k];
-      used |= lists.mask[j][e0 + e];
+      used |= lists.masks(j)[e0 + e];
     }
     int64_t c0 = 0;
     constexpr int64_t kStep = (int64_t)kGradVectors * L;
@@ -498,7 +633,7 @@ inline void chunk_feature_grads(const ChunkLists& lists, int j, const float* Gp,
       feature_grads<NE, 2>(W, used, Gp, C, c0, tail, out, first);
     else if (rest > 0)
       feature_grads<NE, 1>(W, used, Gp, C, c0, tail, out, first);
-    for (int e = 0; e < NE; ++e) grads.seen[lists.id[j][e0 + e]] = 1;
+    for (int e = 0; e < NE; ++e) grads.seen[lists.ids(j)[e0 + e]] = 1;
     e0 += NE;
   });
 }
@@ -549,14 +684,11 @@ void backward(const CpuBackwardArgs* args) {
             for (int64_t c = 0; c < C; ++c) g_feat[c * kTilePixels + p] = args->dl_feat[c * HW + pix];
         }
       }
-      // dL/dfeatures (C, H, W) to pixel-major, channel by channel (reads along the rows).
+      // dL/dfeatures (C, H, W) to pixel-major, row by row.
       if (gemm)
-        for (int64_t c = 0; c < C; ++c)
-          for (int r = 0; r < tile.h; ++r) {
-            const float* src = args->dl_feat + c * HW + (int64_t)(tile.y0 + r) * in.width + tile.x0;
-            float* dst = g_feat + (int64_t)r * kTileSize * C + c;
-            for (int col = 0; col < tile.w; ++col) dst[(int64_t)col * C] = src[col];
-          }
+        for (int r = 0; r < tile.h; ++r)
+          transpose(args->dl_feat + (int64_t)(tile.y0 + r) * in.width + tile.x0, HW,
+                    g_feat + (int64_t)r * kTileSize * C, C, C, tile.w);
       const int start = in.tile_offsets[t];
       const int* gid = in.gaussian_ids + start;  // list position k -> Gaussian
       const uint64_t all = tile_chunks(tile);
@@ -569,16 +701,16 @@ void backward(const CpuBackwardArgs* args) {
         grads.reset(tile_last, C);
         for (int k = tile_last - 1; k >= 0; --k) {
           const CullSplat cs = unpack_cull(in.packed[gid[k]]);
-          if (rows_missed(tile, cs, cull)) continue;
+          grads.chunks[k] = rows_missed(tile, cs, cull) ? 0 : live_chunks(tile, all, cs, cull, 0, tile.h);
           const V vk((float)k);
-          for (uint64_t chunks = live_chunks(tile, all, cs, cull, 0, tile.h); chunks; chunks &= chunks - 1) {
+          for (uint64_t chunks = grads.chunks[k]; chunks; chunks &= chunks - 1) {
             const int idx = __builtin_ctzll(chunks);
             const int p0 = (idx / kChunksPerRow) * kTileSize + (idx % kChunksPerRow) * L;
             if (lanes(V::loadu(last + p0) > vk)) lists.add_backward(idx, k);
           }
         }
         for (int j = 0; j < kTileChunks; ++j) {
-          if (lists.id[j].empty()) continue;
+          if (!lists.size(j)) continue;
           const int r = j / kChunksPerRow, col0 = (j % kChunksPerRow) * L;
           const int count = tile.w - col0 < L ? tile.w - col0 : L;
           const float* src = args->dl_feat + (int64_t)(tile.y0 + r) * in.width + tile.x0 + col0;
@@ -597,8 +729,8 @@ void backward(const CpuBackwardArgs* args) {
         const PackedGaussian& P = in.packed[g];
         const float mx = P.mx, my = P.my;
         const CullSplat cs = unpack_cull(P);
-        if (rows_missed(tile, cs, cull)) continue;
-        uint64_t chunks = live_chunks(tile, all, cs, cull, 0, tile.h);
+        uint64_t chunks = gemm ? grads.chunks[k]
+                               : rows_missed(tile, cs, cull) ? 0 : live_chunks(tile, all, cs, cull, 0, tile.h);
         if (!chunks) continue;
         const V ca(P.ca), cb(P.cb), cc(P.cc), vo(P.opacity), vk((float)k);
         const V cr(P.r), cg(P.g), cbl(P.b), vdep(P.depth);
@@ -615,7 +747,7 @@ void backward(const CpuBackwardArgs* args) {
           const int p0 = r * kTileSize + col0;
           const V behind = V::loadu(last + p0) > vk;  // this Gaussian is before the pixel's last
           if (!lanes(behind)) continue;
-          const int e = gemm ? lists.cursor[idx]++ : 0;  // this pair's entry in the chunk's list
+          const int e = gemm ? lists.cursor(idx)++ : 0;  // this pair's entry in the chunk's list
           const ChunkSplat s = eval_chunk(tile, r, col0, mx, my, ca, cb, cc, vo);
           const V ok = behind & s.ok;
           const unsigned ok_bits = lanes(ok);
@@ -643,9 +775,9 @@ void backward(const CpuBackwardArgs* args) {
             }
             gv = gv + d;
           } else if (gemm) {
-            gv = gv + V::loadu(lists.d[idx].data() + (int64_t)e * L);
-            select(ok, w, zero).store(lists.w[idx].data() + (int64_t)e * L);
-            lists.mask[idx][e] = ok_bits;
+            gv = gv + V::loadu(lists.dots(idx) + (int64_t)e * L);
+            select(ok, w, zero).store(lists.weights(idx) + (int64_t)e * L);
+            lists.masks(idx)[e] = ok_bits;
           }
           a_r = a_r + select(ok, w * gr, zero);
           a_g = a_g + select(ok, w * gg, zero);
@@ -680,7 +812,7 @@ void backward(const CpuBackwardArgs* args) {
       }
       if (gemm) {
         for (int j = 0; j < kTileChunks; ++j) {
-          if (lists.id[j].empty()) continue;
+          if (!lists.size(j)) continue;
           const int p0 = (j / kChunksPerRow) * kTileSize + (j % kChunksPerRow) * L;
           chunk_feature_grads(lists, j, g_feat + (int64_t)p0 * C, C, grads);
         }
