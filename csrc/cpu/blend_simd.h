@@ -135,10 +135,6 @@ inline bool rows_missed(const Tile& tile, const CullSplat& cs, bool cull) {
   return lo - cs.my > cs.ry || cs.my - hi > cs.ry;
 }
 
-// The chunks (bit r * kChunksPerRow + k: row r, pixels [k L, (k + 1) L)) of the
-// tile where the Gaussian may contribute: all chunks inside the image without
-// culling; with it, those whose row segment f3d/cull.h cannot rule out (its exact
-// segment minimum, evaluated for LD rows at once in double).
 // The chunks of the tile inside the image.
 inline uint64_t tile_chunks(const Tile& tile) {
   const int row_chunks = (tile.w + L - 1) / L;
@@ -149,10 +145,15 @@ inline uint64_t tile_chunks(const Tile& tile) {
   return all;
 }
 
-inline uint64_t live_chunks(const Tile& tile, uint64_t all, const CullSplat& cs, bool cull, int r_lo,
-                            int r_hi) {
+// The chunks (bit r * kChunksPerRow + k: row r, pixels [k L, (k + 1) L)) of the
+// tile where the Gaussian may contribute: all chunks inside the image (`all`)
+// without culling; with it, none when its rows miss the tile's, else those whose
+// row segment f3d/cull.h cannot rule out (its exact segment minimum, evaluated for
+// LD rows at once in double).
+inline uint64_t live_chunks(const Tile& tile, uint64_t all, const CullSplat& cs, bool cull) {
   const int row_chunks = (tile.w + L - 1) / L;
   if (!cull || cs.kind == kCullKeep) return all;
+  if (rows_missed(tile, cs, cull)) return 0;
   if (cs.kind == kCullNone) return 0;
   const VD a(cs.a), b2(2.0 * cs.b), c(cs.c), kx(cs.kx), t(cs.t);
   const VD dy0(tile.y0 + 0.5 - cs.my);
@@ -160,7 +161,7 @@ inline uint64_t live_chunks(const Tile& tile, uint64_t all, const CullSplat& cs,
   for (int k = 0; k < row_chunks; ++k) {
     const int last_col = (k + 1) * L < tile.w ? (k + 1) * L - 1 : tile.w - 1;
     const VD lo(tile.x0 + k * L + 0.5 - cs.mx), hi(tile.x0 + last_col + 0.5 - cs.mx);
-    for (int r0 = r_lo; r0 < r_hi; r0 += LD) {
+    for (int r0 = 0; r0 < tile.h; r0 += LD) {
       const VD dy = dy0 + VD::loadu(kRowIndex + r0);
       const VD dx = at::vec::minimum(at::vec::maximum(kx * dy, lo), hi);
       const VD q = a * dx * dx + b2 * dx * dy + c * dy * dy;
@@ -358,8 +359,8 @@ void forward(const CpuForwardArgs* args) {
   int64_t visited = 0, contributing = 0;
 #pragma omp parallel reduction(+ : visited, contributing)
   {
-    // Tile state, structure of arrays over the 16 x 16 pixels; features pixel-major.
-    // lane_feat: features channel-major; otherwise each chunk's list of weights.
+    // Tile state, structure of arrays over the 16 x 16 pixels; features channel-major
+    // (lane_feat), otherwise each chunk's list of weights.
     Scratch s_T(kTilePixels), s_rgb(3 * kTilePixels), s_dep(kTilePixels), s_last(kTilePixels),
         s_done(kTilePixels), s_feat(lane_feat ? C * kTilePixels : 0);
     float *T = s_T.p, *acc_rgb = s_rgb.p, *acc_dep = s_dep.p, *last = s_last.p, *done = s_done.p;
@@ -398,8 +399,7 @@ void forward(const CpuForwardArgs* args) {
         const PackedGaussian& P = in.packed[g];
         const float mx = P.mx, my = P.my;
         const CullSplat cs = unpack_cull(P);
-        if (rows_missed(tile, cs, cull)) continue;
-        uint64_t chunks = live_chunks(tile, all, cs, cull, 0, tile.h);
+        uint64_t chunks = live_chunks(tile, all, cs, cull);
         if (!chunks) continue;
         const V ca(P.ca), cb(P.cb), cc(P.cc), vo(P.opacity);
         const V cr(P.r), cg(P.g), cbl(P.b), vdep(P.depth);
@@ -669,7 +669,8 @@ void backward(const CpuBackwardArgs* args) {
         g_rgb[p] = g_rgb[kTilePixels + p] = g_rgb[2 * kTilePixels + p] = 0.f;
         g_dep[p] = g_alpha[p] = 0.f;
       }
-      if (C > 0) memset(g_feat, 0, sizeof(float) * C * kTilePixels);
+      // gemm reads only the lanes of blended pixels, which the transpose below fills.
+      if (lane_feat && C > 0) memset(g_feat, 0, sizeof(float) * C * kTilePixels);
       for (int r = 0; r < tile.h; ++r) {
         for (int col = 0; col < tile.w; ++col) {
           const int p = r * kTileSize + col;
@@ -701,7 +702,7 @@ void backward(const CpuBackwardArgs* args) {
         grads.reset(tile_last, C);
         for (int k = tile_last - 1; k >= 0; --k) {
           const CullSplat cs = unpack_cull(in.packed[gid[k]]);
-          grads.chunks[k] = rows_missed(tile, cs, cull) ? 0 : live_chunks(tile, all, cs, cull, 0, tile.h);
+          grads.chunks[k] = live_chunks(tile, all, cs, cull);
           const V vk((float)k);
           for (uint64_t chunks = grads.chunks[k]; chunks; chunks &= chunks - 1) {
             const int idx = __builtin_ctzll(chunks);
@@ -729,8 +730,7 @@ void backward(const CpuBackwardArgs* args) {
         const PackedGaussian& P = in.packed[g];
         const float mx = P.mx, my = P.my;
         const CullSplat cs = unpack_cull(P);
-        uint64_t chunks = gemm ? grads.chunks[k]
-                               : rows_missed(tile, cs, cull) ? 0 : live_chunks(tile, all, cs, cull, 0, tile.h);
+        uint64_t chunks = gemm ? grads.chunks[k] : live_chunks(tile, all, cs, cull);
         if (!chunks) continue;
         const V ca(P.ca), cb(P.cb), cc(P.cc), vo(P.opacity), vk((float)k);
         const V cr(P.r), cg(P.g), cbl(P.b), vdep(P.depth);
