@@ -6,6 +6,7 @@
 #include <torch/extension.h>
 
 #include "cpu/cpu_dispatch.h"
+#include "cpu/host_block_cache.h"
 #include "ops.h"
 
 #define F3D_STRINGIFY(...) #__VA_ARGS__
@@ -222,4 +223,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("register_cpu_kernels", &f3d::register_cpu_kernels_capsule);
   m.def("cpu_forward_stats", &f3d::cpu_forward_stats);
   m.def("cpu_check_culling", &f3d::cpu_check_culling);
+  m.def("cpu_cache_info", []() {
+    const f3d::HostBlockCacheInfo c = f3d::host_block_cache_info();
+    pybind11::dict d;
+    d["cap_bytes"] = c.cap_bytes;
+    d["cached_bytes"] = c.cached_bytes;
+    d["cached_blocks"] = c.cached_blocks;
+    d["hits"] = c.hits;
+    d["misses"] = c.misses;
+    return d;
+  });
+  m.def("cpu_cache_clear", &f3d::host_block_cache_clear);
 }

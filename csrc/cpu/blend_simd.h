@@ -557,15 +557,24 @@ inline void feature_grads(const float* const* W, unsigned lanes_used, const floa
 }
 
 // Per tile and thread, the backward's deferred per-Gaussian results: the partial
-// gradients of each list position k (geometry and dL/dF), emitted once all chunks are done.
+// gradients of each list position k (geometry, and dL/dF at row k of `feat`), emitted
+// once all chunks are done. In deterministic mode `feat` points at the tile's rows of
+// the sink's pair buffer, so dL/dF is written where it is summed; in atomic mode at
+// the tile's own rows (own_feat).
 struct TileGrads {
-  Buffer<float> geom, feat;
+  Buffer<float> geom, own_feat;
   Buffer<unsigned char> touched, seen;
   Buffer<uint64_t> chunks;  // the chunks of each position that the culling keeps
-  void reset(int n, int64_t C) {
+  float* feat = nullptr;
+  void reset(int n, int64_t C, const CpuGradSink& sink, int start) {
     if ((int)chunks.size() < n) chunks.resize(n);
     if ((int64_t)geom.size() < (int64_t)n * kPairGeomValues) geom.resize((size_t)n * kPairGeomValues);
-    if ((int64_t)feat.size() < (int64_t)n * C) feat.resize((size_t)n * C);
+    if (sink.atomic) {
+      if ((int64_t)own_feat.size() < (int64_t)n * C) own_feat.resize((size_t)n * C);
+      feat = own_feat.data();
+    } else {
+      feat = sink.pair_feat + (start - sink.pair_begin) * C;
+    }
     touched.assign(n, 0);
     seen.assign(n, 0);
   }
@@ -617,7 +626,7 @@ inline void chunk_feature_grads(const ChunkLists& lists, int j, const float* Gp,
     for (int e = 0; e < NE; ++e) {
       const int k = lists.ids(j)[e0 + e];
       W[e] = lists.weights(j) + (int64_t)(e0 + e) * L;
-      out[e] = grads.feat.data() + (int64_t)k * C;
+      out[e] = grads.feat + (int64_t)k * C;
       first[e] = !grads.seen[k];
       used |= lists.masks(j)[e0 + e];
     }
@@ -699,7 +708,7 @@ void backward(const CpuBackwardArgs* args) {
         // The (chunk, k) pairs that the loop below evaluates, in its order, and
         // their D = dL/dout . f, chunk by chunk.
         lists.clear();
-        grads.reset(tile_last, C);
+        grads.reset(tile_last, C, args->sink, start);
         for (int k = tile_last - 1; k >= 0; --k) {
           const CullSplat cs = unpack_cull(in.packed[gid[k]]);
           grads.chunks[k] = live_chunks(tile, all, cs, cull);
@@ -819,7 +828,7 @@ void backward(const CpuBackwardArgs* args) {
         for (int k = tile_last - 1; k >= 0; --k)
           if (grads.touched[k])
             emit_pair_grad(args->sink, start + k, gid[k], grads.geom.data() + (int64_t)k * kPairGeomValues,
-                           grads.feat.data() + (int64_t)k * C, C);
+                           grads.feat + (int64_t)k * C, C);
       }
     }
   }

@@ -174,7 +174,8 @@ inline void emit_pair_grad(const CpuGradSink& s, int64_t pair, int g, const floa
   float* pf = s.pair_feat + r * C;
   if (!s.touched[r]) {
     for (int v = 0; v < kPairGeomValues; ++v) pg[v] = geom[v];
-    for (int64_t c = 0; c < C; ++c) pf[c] = feat[c];
+    if (feat != pf)  // the GEMM backward writes dL/dF in place (blend_simd.h TileGrads)
+      for (int64_t c = 0; c < C; ++c) pf[c] = feat[c];
     s.touched[r] = 1;
   } else {
     for (int v = 0; v < kPairGeomValues; ++v) pg[v] += geom[v];

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "cpu/cpu_dispatch.h"
+#include "cpu/host_block_cache.h"
 #include "f3d/blend.h"
 #include "f3d/cull.h"
 #include "f3d/projection.h"
@@ -307,12 +308,13 @@ RasterizeOut rasterize_forward_cpu_stats(const torch::Tensor& means2d, const tor
   const CpuKernels chosen = selected_cpu_kernels();
   const bool cull = cpu_culling_enabled();
   // Every pixel belongs to one tile, and the kernels write every pixel of every tile.
-  auto out_rgb = torch::empty({3, height, width}, f32);
-  auto out_feat = torch::empty({C, height, width}, f32);
-  auto out_depth = torch::empty({1, height, width}, f32);
-  auto out_alpha = torch::empty({1, height, width}, f32);
-  auto final_T = torch::empty({height, width}, f32);
-  auto last_contrib = torch::empty({height, width}, f32.dtype(torch::kInt32));
+  // Their blocks come from the host block cache, so repeated renders reuse mapped pages.
+  auto out_rgb = cached_empty({3, height, width}, torch::kFloat32);
+  auto out_feat = cached_empty({C, height, width}, torch::kFloat32);
+  auto out_depth = cached_empty({1, height, width}, torch::kFloat32);
+  auto out_alpha = cached_empty({1, height, width}, torch::kFloat32);
+  auto final_T = cached_empty({height, width}, torch::kFloat32);
+  auto last_contrib = cached_empty({height, width}, torch::kInt32);
 
   int64_t bbox_pairs = 0;
   const std::vector<CullSplat> cs = cull_splats(means2d.data_ptr<float>(), conics.data_ptr<float>(),
@@ -357,7 +359,9 @@ RasterizeGrads rasterize_backward_cpu(
   const TileGrid grid(width, height);
   TORCH_CHECK(tile_offsets.numel() == grid.count() + 1,
               "feature3dgs: tile_offsets does not match the image size");
-  RasterizeGrads grads = zero_rasterize_grads(means2d, conics, colors, opacities, depths, features);
+  RasterizeGrads grads = {cached_zeros(means2d.sizes(), torch::kFloat32), cached_zeros(conics.sizes(), torch::kFloat32),
+                           cached_zeros(colors.sizes(), torch::kFloat32), cached_zeros(opacities.sizes(), torch::kFloat32),
+                           cached_zeros(depths.sizes(), torch::kFloat32), cached_zeros(features.sizes(), torch::kFloat32)};
   auto& [g_means2d, g_conics, g_colors, g_opacities, g_depths, g_features] = grads;
   const int* off = tile_offsets.data_ptr<int>();
   const int* id = gaussian_ids.data_ptr<int>();
@@ -414,11 +418,16 @@ RasterizeGrads rasterize_backward_cpu(
   const int64_t cap = std::max<int64_t>(max_tile_list(off, T), wave_pairs);
   const int64_t M = gaussian_ids.numel();
   const int64_t rows = std::min(cap, M);
-  std::vector<float> pair_geom(rows * kPairGeomValues), pair_feat(std::max<int64_t>(rows * C, 1));
-  std::vector<unsigned char> touched(rows);
-  sink.pair_geom = pair_geom.data();
-  sink.pair_feat = pair_feat.data();
-  sink.touched = touched.data();
+  // Uninitialised: a pair's first emit writes its rows (emit_pair_grad), and the sum
+  // below reads only pairs marked in `touched`, which is cleared per wave.
+  const CachedScratch s_geom(sizeof(float) * rows * kPairGeomValues), s_feat(sizeof(float) * rows * C),
+      s_touched(rows);
+  float* pair_geom = s_geom.as<float>();
+  float* pair_feat = s_feat.as<float>();
+  unsigned char* touched = s_touched.as<unsigned char>();
+  sink.pair_geom = pair_geom;
+  sink.pair_feat = pair_feat;
+  sink.touched = touched;
   const int blocks = std::max(1, 4 * omp_get_max_threads());
   for (int t0 = 0; t0 < T;) {
     int t1 = t0 + 1;
@@ -428,7 +437,7 @@ RasterizeGrads rasterize_backward_cpu(
       t0 = t1;
       continue;
     }
-    std::memset(touched.data(), 0, pe - pb);
+    std::memset(touched, 0, pe - pb);
     sink.pair_begin = pb;
     args.tile_begin = t0;
     args.tile_end = t1;

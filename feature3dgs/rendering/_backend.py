@@ -125,6 +125,21 @@ def backend_info() -> dict:
     return info
 
 
+def cpu_cache_info() -> dict:
+    """The CPU kernels' host block cache: {'cap_bytes', 'cached_bytes', 'cached_blocks',
+    'hits', 'misses'}. The CPU renderer's large outputs and scratch (the (C, H, W)
+    features, the (N, C) feature gradients, the backward's pair buffers) come from it, so
+    that repeated renders reuse mapped pages instead of paying first-touch page faults;
+    FEATURE3DGS_CPU_CACHE_MB caps what it keeps (default 1024, 0 disables it)."""
+    return dict(kernels().cpu_cache_info())
+
+
+def clear_cpu_cache() -> None:
+    """Frees the blocks that the CPU kernels' host block cache holds (tensors still in use
+    keep theirs, which are freed or cached when released) and resets its counters."""
+    kernels().cpu_cache_clear()
+
+
 def isa_modules() -> dict[str, str]:
     """The registered ISA modules: {name: 'prebuilt' | 'jit'}."""
     kernels()
