@@ -190,6 +190,21 @@ inline ChunkSplat eval_chunk(const Tile& tile, int r, int col0, float mx, float 
   return s;
 }
 
+// The same from G where the chunk's blending lanes have it and 0 elsewhere (the
+// backward's first pass keeps it so): every value equals eval_chunk's, and ok is
+// exactly its lanes, since a blending lane has opacity * G >= kAlphaMin > 0.
+inline ChunkSplat chunk_from_G(const Tile& tile, int r, int col0, float mx, float my, const V& opacity,
+                               const V& G) {
+  ChunkSplat s;
+  s.dx = (V((float)(tile.x0 + col0)) + V::loadu(kLaneCentre)) - V(mx);
+  s.dy = V(((float)(tile.y0 + r) + 0.5f) - my);
+  s.G = G;
+  s.alpha_raw = opacity * s.G;
+  s.alpha = select(s.alpha_raw > V(kAlphaMax), V(kAlphaMax), s.alpha_raw);
+  s.ok = s.G > V(0.f);
+  return s;
+}
+
 // ---------------------------------------------------------------------------
 // The feature blend as small matrix products. With C >= L channels the blend loop
 // only records, per chunk (row segment of L pixels) of the tile, the Gaussians that
@@ -227,12 +242,14 @@ class ChunkLists {
     id_[j][n_[j]] = k;
     return w_[j].data() + (int64_t)n_[j]++ * L;
   }
-  // Backward: appends an entry with zero weights and an empty lane mask.
-  void add_backward(int j, int k) {
+  // Backward: appends an entry that blends the lanes `bits`, with their Gaussian values
+  // G (0 in the other lanes) in its weight slot, which the blend loop overwrites with
+  // the weights.
+  void add_backward(int j, int k, const V& G, unsigned bits) {
     grow(j, true);
     id_[j][n_[j]] = k;
-    mask_[j][n_[j]] = 0u;
-    V(0.f).store(w_[j].data() + (int64_t)n_[j]++ * L);
+    mask_[j][n_[j]] = bits;
+    G.store(w_[j].data() + (int64_t)n_[j]++ * L);
   }
   // Backward: room for the dot products of every entry of chunk j.
   void reserve_dots(int j) {
@@ -705,19 +722,31 @@ void backward(const CpuBackwardArgs* args) {
       int tile_last = 0;
       for (int p = 0; p < kTilePixels; ++p) tile_last = last[p] > tile_last ? (int)last[p] : tile_last;
       if (gemm) {
-        // The (chunk, k) pairs that the loop below evaluates, in its order, and
-        // their D = dL/dout . f, chunk by chunk.
+        // The (chunk, k) pairs that blend a pixel, in the loop's order, with their
+        // Gaussian values G (the loop below reads them instead of evaluating the exp
+        // again; which lanes blend does not depend on the loop's state), then their
+        // D = dL/dout . f, chunk by chunk.
         lists.clear();
         grads.reset(tile_last, C, args->sink, start);
         for (int k = tile_last - 1; k >= 0; --k) {
-          const CullSplat cs = unpack_cull(in.packed[gid[k]]);
-          grads.chunks[k] = live_chunks(tile, all, cs, cull);
-          const V vk((float)k);
-          for (uint64_t chunks = grads.chunks[k]; chunks; chunks &= chunks - 1) {
+          if (k >= kPrefetch) __builtin_prefetch(in.packed + gid[k - kPrefetch]);
+          const PackedGaussian& P = in.packed[gid[k]];
+          const CullSplat cs = unpack_cull(P);
+          const V ca(P.ca), cb(P.cb), cc(P.cc), vo(P.opacity), vk((float)k);
+          uint64_t kept = 0;
+          for (uint64_t chunks = live_chunks(tile, all, cs, cull); chunks; chunks &= chunks - 1) {
             const int idx = __builtin_ctzll(chunks);
-            const int p0 = (idx / kChunksPerRow) * kTileSize + (idx % kChunksPerRow) * L;
-            if (lanes(V::loadu(last + p0) > vk)) lists.add_backward(idx, k);
+            const int r = idx / kChunksPerRow, col0 = (idx % kChunksPerRow) * L;
+            const V behind = V::loadu(last + r * kTileSize + col0) > vk;
+            if (!lanes(behind)) continue;
+            const ChunkSplat sp = eval_chunk(tile, r, col0, P.mx, P.my, ca, cb, cc, vo);
+            const V ok = behind & sp.ok;
+            const unsigned ok_bits = lanes(ok);
+            if (!ok_bits) continue;
+            lists.add_backward(idx, k, select(ok, sp.G, V(0.f)), ok_bits);
+            kept |= (uint64_t)1 << idx;
           }
+          grads.chunks[k] = kept;
         }
         for (int j = 0; j < kTileChunks; ++j) {
           if (!lists.size(j)) continue;
@@ -754,13 +783,20 @@ void backward(const CpuBackwardArgs* args) {
           chunks &= chunks - 1;
           const int r = idx / kChunksPerRow, col0 = (idx % kChunksPerRow) * L;
           const int p0 = r * kTileSize + col0;
-          const V behind = V::loadu(last + p0) > vk;  // this Gaussian is before the pixel's last
-          if (!lanes(behind)) continue;
-          const int e = gemm ? lists.cursor(idx)++ : 0;  // this pair's entry in the chunk's list
-          const ChunkSplat s = eval_chunk(tile, r, col0, mx, my, ca, cb, cc, vo);
-          const V ok = behind & s.ok;
-          const unsigned ok_bits = lanes(ok);
-          if (!ok_bits) continue;
+          ChunkSplat s;
+          V ok;
+          float* w_slot = nullptr;
+          if (gemm) {  // a blending pair (first pass): its G, in the slot of its weights
+            w_slot = lists.weights(idx) + (int64_t)lists.cursor(idx)++ * L;
+            s = chunk_from_G(tile, r, col0, mx, my, vo, V::loadu(w_slot));
+            ok = s.ok;
+          } else {
+            const V behind = V::loadu(last + p0) > vk;  // this Gaussian is before the pixel's last
+            if (!lanes(behind)) continue;
+            s = eval_chunk(tile, r, col0, mx, my, ca, cb, cc, vo);
+            ok = behind & s.ok;
+            if (!lanes(ok)) continue;
+          }
           if (!touched) {
             touched = true;
             if (lane_feat) memset(acc_lanes, 0, sizeof(float) * C * L);
@@ -784,9 +820,8 @@ void backward(const CpuBackwardArgs* args) {
             }
             gv = gv + d;
           } else if (gemm) {
-            gv = gv + V::loadu(lists.dots(idx) + (int64_t)e * L);
-            select(ok, w, zero).store(lists.weights(idx) + (int64_t)e * L);
-            lists.masks(idx)[e] = ok_bits;
+            gv = gv + V::loadu(lists.dots(idx) + (w_slot - lists.weights(idx)));
+            select(ok, w, zero).store(w_slot);
           }
           a_r = a_r + select(ok, w * gr, zero);
           a_g = a_g + select(ok, w * gg, zero);
