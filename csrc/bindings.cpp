@@ -234,4 +234,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return d;
   });
   m.def("cpu_cache_clear", &f3d::host_block_cache_clear);
+  m.def(
+      "cpu_fma_gflops",
+      [](double seconds) {
+        TORCH_CHECK_VALUE(seconds > 0 && seconds <= 60, "cpu_fma_gflops: seconds must be in (0, 60], got ", seconds);
+        const f3d::CpuKernels k = f3d::selected_cpu_kernels();
+        pybind11::gil_scoped_release no_gil;
+        return k.fma_gflops(seconds);
+      },
+      "The fp32 multiply-add throughput (GFLOP/s) of the CPU kernels that FEATURE3DGS_CPU_ISA selects, on "
+      "all OpenMP threads, measured over about `seconds`.");
 }

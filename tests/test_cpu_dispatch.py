@@ -89,6 +89,21 @@ def test_env_selects_and_backend_info_reports(monkeypatch, isa):
     assert stats["isa"] == isa
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_fma_probe_measures_each_path(monkeypatch, isa):
+    """cpu_fma_gflops (the benchmarks' measured fp32 peak) must do the multiply-adds it
+    counts: positive, and below what any x86 or Arm core could do (two FP pipes of the
+    ISA's hardware width at 6 GHz per thread); a probe whose chains the compiler folded or
+    dropped reports more (one did: 2x to 8x over)."""
+    monkeypatch.setenv("FEATURE3DGS_CPU_ISA", isa)
+    g = kernels().cpu_fma_gflops(0.05)
+    width = {"scalar": 1, "baseline": 4, "avx2": 8, "avx512": 16}[isa]
+    bound = feature3dgs.backend_info()["openmp_threads"] * width * 2 * 2 * 6.0
+    assert 0 < g < bound, (isa, g, bound)
+    with pytest.raises(ValueError, match="seconds"):
+        kernels().cpu_fma_gflops(0.0)
+
+
 def test_auto_is_the_widest(monkeypatch):
     monkeypatch.setenv("FEATURE3DGS_CPU_ISA", "auto")
     assert feature3dgs.backend_info()["cpu_isa"] == ISAS[-1]

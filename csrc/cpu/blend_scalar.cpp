@@ -182,8 +182,28 @@ void backward(const CpuBackwardArgs* args) {
   }
 }
 
+// Volatile, so that the compiler can neither fold the chains nor drop them.
+volatile float g_probe_seed[3] = {1e-3f, 0.9999999f, 1e-7f};
+volatile float g_probe_sink;
+
+// Scalar multiply-adds (a * b + c per chain; not fused in this build).
+double fma_gflops(double seconds) {
+  return measure_gflops(seconds, [] {
+    constexpr int kChains = 8, kSteps = 1 << 16;
+    float a[kChains];
+    for (int j = 0; j < kChains; ++j) a[j] = g_probe_seed[0] * (float)j;
+    const float b = g_probe_seed[1], c = g_probe_seed[2];
+    for (int i = 0; i < kSteps; ++i)
+      for (int j = 0; j < kChains; ++j) a[j] = a[j] * b + c;
+    float sum = 0.f;
+    for (int j = 0; j < kChains; ++j) sum += a[j];
+    g_probe_sink = sum;
+    return 2.0 * kChains * kSteps;
+  });
+}
+
 }  // namespace
 
-CpuKernels scalar_cpu_kernels() { return {kCpuKernelsAbi, "scalar", 1, &forward, &backward}; }
+CpuKernels scalar_cpu_kernels() { return {kCpuKernelsAbi, "scalar", 1, &forward, &backward, &fma_gflops}; }
 
 }  // namespace f3d

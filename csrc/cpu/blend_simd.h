@@ -218,7 +218,7 @@ inline ChunkSplat chunk_from_G(const Tile& tile, int r, int col0, float mx, floa
 constexpr int kTileChunks = kTileSize * kChunksPerRow;
 // Register blocks: accumulators that fit the ISA's vector registers (32 with
 // AVX-512, 16 otherwise) beside the operands.
-constexpr int kChannelBlock = L == 16 ? 16 : 8;  // forward: channels per pass over a chunk's list
+constexpr int kChannelBlock = L;  // forward: channels per pass over a chunk's list (one vector)
 constexpr int kEntryBlock = L == 16 ? 12 : 6;    // backward D: list entries per pass over the channels
 constexpr int kGradBlock = L == 16 ? 4 : 2;      // backward dL/dF: entries x kGradVectors channel vectors
 constexpr int kGradVectors = 3;
@@ -303,9 +303,13 @@ inline void pack_tile_features(const int* gid, const unsigned char* used, int n,
     if (k + kPrefetch < n && used[k + kPrefetch]) __builtin_prefetch(F + (int64_t)gid[k + kPrefetch] * C);
     if (!used[k]) continue;
     const float* row = F + (int64_t)gid[k] * C;
-    for (int b = 0; b < blocks.size(); ++b) {
+    for (int b = 0; b < blocks.size(); ++b) {  // a block is one vector, or less for the rest
       float* dst = packed + n * blocks.c0[b] + (int64_t)k * blocks.cb[b];
-      memcpy(dst, row + blocks.c0[b], sizeof(float) * blocks.cb[b]);
+      const int cb = blocks.cb[b];
+      if (cb == L)
+        V::loadu(row + blocks.c0[b]).store(dst);
+      else
+        V::loadu(row + blocks.c0[b], cb).store(dst, cb);
     }
   }
 }
@@ -869,9 +873,32 @@ void backward(const CpuBackwardArgs* args) {
   }
 }
 
+// Volatile, so that the compiler can neither fold the chains nor drop them.
+volatile float g_probe_seed[3] = {1e-3f, 0.9999999f, 1e-7f};
+volatile float g_probe_sink;
+
+// Independent chains of V fused multiply-adds (at::vec::fmadd: one FMA instruction
+// where the ISA has it), enough to cover the FMA latency on every pipe.
+double fma_gflops(double seconds) {
+  return measure_gflops(seconds, [] {
+    constexpr int kChains = L == 16 ? 16 : 10, kSteps = 1 << 14;
+    V a[kChains];
+    for (int j = 0; j < kChains; ++j) a[j] = V(g_probe_seed[0] * (float)j);
+    const V b(g_probe_seed[1]), c(g_probe_seed[2]);
+    for (int i = 0; i < kSteps; ++i) {
+#pragma GCC unroll 16
+      for (int j = 0; j < kChains; ++j) a[j] = at::vec::fmadd(a[j], b, c);
+    }
+    V sum = a[0];
+    for (int j = 1; j < kChains; ++j) sum = sum + a[j];
+    g_probe_sink = lane_sum(sum);
+    return 2.0 * kChains * L * kSteps;
+  });
+}
+
 }  // namespace
 
-CpuKernels simd_kernels() { return {kCpuKernelsAbi, F3D_SIMD_ISA, L, &forward, &backward}; }
+CpuKernels simd_kernels() { return {kCpuKernelsAbi, F3D_SIMD_ISA, L, &forward, &backward, &fma_gflops}; }
 
 }  // namespace F3D_SIMD_NS
 }  // namespace f3d

@@ -10,6 +10,8 @@
 // torch headers beyond ATen's vector layer. Bump kCpuKernelsAbi on any change.
 #pragma once
 
+#include <omp.h>
+
 #include <cmath>
 #include <cstdint>
 
@@ -17,7 +19,7 @@
 
 namespace f3d {
 
-constexpr int kCpuKernelsAbi = 6;
+constexpr int kCpuKernelsAbi = 7;
 
 // Values of one (tile, Gaussian) pair's partial gradient, in this order.
 constexpr int kPairGeomValues = 10;  // means2d x, y; conic a, b, c; opacity; rgb; depth
@@ -145,7 +147,25 @@ struct CpuKernels {
   int lanes;        // pixels per SIMD step (1 for scalar)
   void (*forward)(const CpuForwardArgs*);
   void (*backward)(const CpuBackwardArgs*);
+  // The fp32 multiply-add throughput that this ISA's code reaches on all OpenMP
+  // threads, measured over about `seconds` (GFLOP/s, 2 flops per lane per
+  // multiply-add): the machine's limit as the benchmarks compare against it.
+  double (*fma_gflops)(double seconds);
 };
+
+// Runs `step` (which advances its own independent chains `steps_per_check` times and
+// returns how many flops it did) on every thread until `seconds` have passed; GFLOP/s.
+template <typename Step>
+inline double measure_gflops(double seconds, Step step) {
+  double flops = 0.0;
+  const double t0 = omp_get_wtime();
+#pragma omp parallel reduction(+ : flops)
+  {
+    do flops += step();
+    while (omp_get_wtime() - t0 < seconds);
+  }
+  return flops / (omp_get_wtime() - t0) / 1e9;
+}
 
 // The partial gradient of one (tile, Gaussian) pair.
 inline void emit_pair_grad(const CpuGradSink& s, int64_t pair, int g, const float* geom,
