@@ -3,6 +3,7 @@
 // name the argument) is in feature3dgs/rasterize.py; the checks here only keep
 // a wrong internal call from reading out of bounds.
 #include <omp.h>
+#include <pthread.h>
 #include <torch/extension.h>
 
 #include "cpu/cpu_dispatch.h"
@@ -214,6 +215,10 @@ pybind11::dict build_info() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "feature3dgs compiled kernels (CPU always, CUDA when built with it)";
+  // A forked child (a DataLoader worker) cannot use the parent's OpenMP thread pool
+  // (GNU OpenMP hangs in it): like torch for its own pool, the child runs the CPU
+  // kernels on one thread unless it sets another count itself.
+  pthread_atfork(nullptr, nullptr, [] { omp_set_num_threads(1); });
   m.def("preprocess_forward", &f3d::preprocess_forward);
   m.def("preprocess_backward", &f3d::preprocess_backward);
   m.def("rasterize_forward", &f3d::rasterize_forward);

@@ -140,3 +140,35 @@ def test_render_through_the_public_api_uses_it():
     b = feature3dgs.render(**scene, **cam).features
     assert torch.equal(a, b)
     assert cpu_cache_info()["hits"] > 0
+
+
+def test_a_forked_child_renders_with_a_cache_of_its_own():
+    """A forked process (a DataLoader worker) gets an empty cache of its own (the parent's
+    lock may be held by a thread that the child does not have) and renders the same bits;
+    it runs the kernels on one thread (GNU OpenMP's pool of the parent would hang it)."""
+    import multiprocessing as mp
+
+    kin, d_out = case(seed=11)
+    want, want_grads, *_ = forward_backward(kin, d_out)  # the parent's cache now holds blocks
+    assert cpu_cache_info()["cached_bytes"] > 0
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child_render, args=(kin, d_out, q))
+    p.start()
+    try:
+        before, got, got_grads, after = q.get(timeout=120)
+    finally:
+        p.join(timeout=60)
+        if p.is_alive():
+            p.kill()
+    assert p.exitcode == 0
+    assert before["hits"] == before["misses"] == before["cached_bytes"] == 0, before
+    assert after["misses"] > 0
+    assert all(torch.equal(torch.from_numpy(a), b) for a, b in zip(got, want))
+    assert all(torch.equal(torch.from_numpy(a), b) for a, b in zip(got_grads, want_grads))
+
+
+def _child_render(kin, d_out, q):
+    before = cpu_cache_info()
+    got, got_grads, *_ = forward_backward(kin, d_out)
+    q.put((before, [t.numpy() for t in got], [t.numpy() for t in got_grads], cpu_cache_info()))

@@ -10,6 +10,8 @@
 #include <cstring>
 #include <list>
 #include <mutex>
+
+#include <pthread.h>
 #include <string>
 
 namespace f3d {
@@ -124,9 +126,22 @@ class HostBlockCache final : public c10::Allocator {
 };
 
 // Never destroyed: tensors holding its blocks may be freed during interpreter exit.
+HostBlockCache* g_cache = nullptr;
+
+// A forked child (a DataLoader worker) starts with a new, empty cache: the parent's
+// mutex may have been held by a thread that does not exist in the child. The parent's
+// free blocks stay behind, unused (copy-on-write pages); blocks of tensors that the child
+// inherited and releases go to the new cache.
+void renew_cache_after_fork() { g_cache = new HostBlockCache(); }
+
 HostBlockCache& cache() {
-  static HostBlockCache* c = new HostBlockCache();
-  return *c;
+  static const bool init = [] {
+    g_cache = new HostBlockCache();
+    pthread_atfork(nullptr, nullptr, &renew_cache_after_fork);
+    return true;
+  }();
+  (void)init;
+  return *g_cache;
 }
 
 void HostBlockCache::release(void* ctx) { cache().put(static_cast<Block*>(ctx)); }
