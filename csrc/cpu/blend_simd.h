@@ -12,9 +12,10 @@
 // (one vectorised exp), and skip or stop pixels with lane masks. The alpha, T and
 // weight arithmetic repeats f3d/blend.h operation by operation (no FMA: the build
 // uses -ffp-contract=off), so a pixel's blend differs from the scalar kernels only
-// through the exp. The feature channels are vectorised across channels, per
-// blended pixel: out_f += w f (forward), dL/dv . f and dL/df += w dL/dout
-// (backward), L channels per step.
+// through the exp. Below L channels the features are blended across pixels like rgb;
+// from L up as small register-blocked matrix products over per-chunk lists of the
+// blending Gaussians and their weights (see "The feature blend as small matrix
+// products" below).
 #pragma once
 
 #include <ATen/cpu/vec/functional.h>
@@ -580,8 +581,9 @@ inline void feature_grads(const float* const* W, unsigned lanes_used, const floa
 // Per tile and thread, the backward's deferred per-Gaussian results: the partial
 // gradients of each list position k (geometry, and dL/dF at row k of `feat`), emitted
 // once all chunks are done. In deterministic mode `feat` points at the tile's rows of
-// the sink's pair buffer, so dL/dF is written where it is summed; in atomic mode at
-// the tile's own rows (own_feat).
+// the sink's pair buffer, so dL/dF is written where it is summed (each pair belongs
+// to one tile and is emitted once, so emit_pair_grad's first write is the only one);
+// in atomic mode at the tile's own rows (own_feat).
 struct TileGrads {
   Buffer<float> geom, own_feat;
   Buffer<unsigned char> touched, seen;

@@ -153,8 +153,8 @@ struct CpuKernels {
   double (*fma_gflops)(double seconds);
 };
 
-// Runs `step` (which advances its own independent chains `steps_per_check` times and
-// returns how many flops it did) on every thread until `seconds` have passed; GFLOP/s.
+// Runs `step` (a fixed number of multiply-adds on independent chains; returns how many
+// flops it did) repeatedly on every thread until `seconds` have passed; GFLOP/s.
 template <typename Step>
 inline double measure_gflops(double seconds, Step step) {
   double flops = 0.0;
