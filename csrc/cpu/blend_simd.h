@@ -178,15 +178,23 @@ struct ChunkSplat {
   V dx, dy, G, alpha_raw, alpha, ok;  // ok: power <= 0 and alpha >= kAlphaMin (NaN: false)
 };
 
+// The chunk's pixel offsets from the mean, and alpha from G, in f3d::eval_splat's order.
+inline void set_offsets(ChunkSplat& s, const Tile& tile, int r, int col0, float mx, float my) {
+  s.dx = (V((float)(tile.x0 + col0)) + V::loadu(kLaneCentre)) - V(mx);
+  s.dy = V(((float)(tile.y0 + r) + 0.5f) - my);
+}
+inline void set_alpha(ChunkSplat& s, const V& opacity, const V& G) {
+  s.G = G;
+  s.alpha_raw = opacity * s.G;
+  s.alpha = select(s.alpha_raw > V(kAlphaMax), V(kAlphaMax), s.alpha_raw);
+}
+
 inline ChunkSplat eval_chunk(const Tile& tile, int r, int col0, float mx, float my, const V& ca,
                              const V& cb, const V& cc, const V& opacity) {
   ChunkSplat s;
-  s.dx = (V((float)(tile.x0 + col0)) + V::loadu(kLaneCentre)) - V(mx);
-  s.dy = V(((float)(tile.y0 + r) + 0.5f) - my);
+  set_offsets(s, tile, r, col0, mx, my);
   const V power = V(-0.5f) * (ca * s.dx * s.dx + cc * s.dy * s.dy) - cb * s.dx * s.dy;
-  s.G = power.exp();
-  s.alpha_raw = opacity * s.G;
-  s.alpha = select(s.alpha_raw > V(kAlphaMax), V(kAlphaMax), s.alpha_raw);
+  set_alpha(s, opacity, power.exp());
   s.ok = (power <= V(0.f)) & (s.alpha >= V(kAlphaMin));
   return s;
 }
@@ -197,11 +205,8 @@ inline ChunkSplat eval_chunk(const Tile& tile, int r, int col0, float mx, float 
 inline ChunkSplat chunk_from_G(const Tile& tile, int r, int col0, float mx, float my, const V& opacity,
                                const V& G) {
   ChunkSplat s;
-  s.dx = (V((float)(tile.x0 + col0)) + V::loadu(kLaneCentre)) - V(mx);
-  s.dy = V(((float)(tile.y0 + r) + 0.5f) - my);
-  s.G = G;
-  s.alpha_raw = opacity * s.G;
-  s.alpha = select(s.alpha_raw > V(kAlphaMax), V(kAlphaMax), s.alpha_raw);
+  set_offsets(s, tile, r, col0, mx, my);
+  set_alpha(s, opacity, G);
   s.ok = s.G > V(0.f);
   return s;
 }

@@ -359,9 +359,9 @@ RasterizeGrads rasterize_backward_cpu(
   const TileGrid grid(width, height);
   TORCH_CHECK(tile_offsets.numel() == grid.count() + 1,
               "feature3dgs: tile_offsets does not match the image size");
-  RasterizeGrads grads = {cached_zeros(means2d.sizes(), torch::kFloat32), cached_zeros(conics.sizes(), torch::kFloat32),
-                           cached_zeros(colors.sizes(), torch::kFloat32), cached_zeros(opacities.sizes(), torch::kFloat32),
-                           cached_zeros(depths.sizes(), torch::kFloat32), cached_zeros(features.sizes(), torch::kFloat32)};
+  const auto zeros_like = [](const torch::Tensor& t) { return cached_zeros(t.sizes(), torch::kFloat32); };
+  RasterizeGrads grads = {zeros_like(means2d),   zeros_like(conics), zeros_like(colors),
+                          zeros_like(opacities), zeros_like(depths), zeros_like(features)};
   auto& [g_means2d, g_conics, g_colors, g_opacities, g_depths, g_features] = grads;
   const int* off = tile_offsets.data_ptr<int>();
   const int* id = gaussian_ids.data_ptr<int>();
