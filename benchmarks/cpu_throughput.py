@@ -13,6 +13,10 @@ CPU path it reports, in one run:
   flops (2 C per contributing pair forward; 4 C backward: dL/dv . f and
   dL/df += w dL/dout) over the time the features add to the kernel (the same
   kernel timed with C and with no features, in the same run: `feature_stage_*`),
+  over the forward's feature GEMM alone (the SIMD paths from one vector of channels up:
+  the products and their output stores, without the blend loop that records the
+  weights and the gather of the tile's feature rows, both timed apart, min over
+  --repeats counted runs: `feature_gemm_*`, `feature_gather_ms`),
   and over the whole kernel's time (`feature_gflops_*`), each as a fraction of the
   fp32 peak: the larger of the formula from the detected ISA, threads and clock, and the
   multiply-add throughput measured on this machine (the OS may report a nominal clock
@@ -195,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"{'C':>4} {'path':>12} | {'tile pairs':>10} {'visited':>11} {'contrib':>11} | "
               f"{'k fwd':>7} {'k bwd':>7} ms cpu | {'fwd':>7} {'fwd+bwd':>8} ms wall ({'cpu':>7}) | "
               f"{'ns/visit':>8} {'GF/s f':>7} {'%pk':>5} {'GF/s b':>7} {'%pk':>5} | "
-              f"{'stage f':>7} {'%pk':>5} {'stage b':>7} {'%pk':>5} | {'x fwd':>6} {'x f+b':>6}")
+              f"{'stage f':>7} {'%pk':>5} {'stage b':>7} {'%pk':>5} | {'gemm f':>6} {'%pk':>5} | {'x fwd':>6} {'x f+b':>6}")
     print(header)
     print("-" * len(header))
     for C in args.channels:
@@ -217,7 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         base = None
         for label, isa, cull, det in paths():
             with cpu_path(isa, cull, det):
-                *_, stats = K.cpu_forward_stats(*kin, cam.width, cam.height)
+                counted = [K.cpu_forward_stats(*kin, cam.width, cam.height)[-1] for _ in range(max(args.repeats, 1))]
+                stats = counted[0]
+                gather_s = min(c["feature_gather_thread_s"] for c in counted)
+                gemm_s = min(c["feature_gemm_thread_s"] for c in counted)
                 out = K.rasterize_forward(*kin, cam.width, cam.height)
                 gr = [torch.randn_like(out[i]) for i in range(4)]
                 kf = timed(lambda: K.rasterize_forward(*kin, cam.width, cam.height), args.repeats)
@@ -272,6 +279,12 @@ def main(argv: list[str] | None = None) -> int:
                 ok = stage_ms > 0.05 * t / threads
                 row[f"feature_stage_gflops_{d}"] = flops * C * contrib / (stage_ms * 1e6) if ok else None
                 row[f"feature_stage_peak_fraction_{d}"] = row[f"feature_stage_gflops_{d}"] / peak["gflops"] if ok else None
+            # The forward's feature GEMM alone (thread seconds / threads); 0 where it is not used.
+            row["feature_gather_ms"] = gather_s * 1e3 / threads
+            row["feature_gemm_ms"] = gemm_s * 1e3 / threads
+            row["feature_gemm_gflops_fwd"] = 2 * C * contrib / (gemm_s / threads * 1e9) if gemm_s > 0 else None
+            row["feature_gemm_peak_fraction_fwd"] = (row["feature_gemm_gflops_fwd"] / peak["gflops"]
+                                                     if gemm_s > 0 else None)
             row["path_peak_gflops"] = path_peak
             if base is None:
                 base = row
@@ -286,11 +299,14 @@ def main(argv: list[str] | None = None) -> int:
             def stage(d: str) -> str:
                 g = row[f"feature_stage_gflops_{d}"]
                 return f"{'-':>7} {'-':>5}" if g is None else f"{g:7.1f} {100 * row[f'feature_stage_peak_fraction_{d}']:4.1f}%"
+            def gemm() -> str:
+                g = row["feature_gemm_gflops_fwd"]
+                return f"{'-':>6} {'-':>5}" if g is None else f"{g:6.1f} {100 * row['feature_gemm_peak_fraction_fwd']:4.1f}%"
             print(f"{C:>4} {label:>12} | {stats['tile_pairs']:>10} {stats['visited_pairs']:>11} {contrib:>11} | "
                   f"{kf[1]:7.0f} {kb[1]:7.0f} ms cpu | {rf[0]:7.0f} {rfb[0]:8.0f} ms wall ({rfb[1]:7.0f}) | "
                   f"{row['ns_per_visited_pair_fwd']:8.2f} {row['feature_gflops_fwd']:7.1f} "
                   f"{100 * row['feature_peak_fraction_fwd']:4.1f}% {row['feature_gflops_bwd']:7.1f} "
-                  f"{100 * row['feature_peak_fraction_bwd']:4.1f}% | {stage('fwd')} {stage('bwd')} | "
+                  f"{100 * row['feature_peak_fraction_bwd']:4.1f}% | {stage('fwd')} {stage('bwd')} | {gemm()} | "
                   f"{row['speedup_render_fwd_ms_cpu']:5.2f}x "
                   f"{row['speedup_render_fwd_bwd_ms_cpu']:5.2f}x", flush=True)
     load_after = os.getloadavg()
@@ -304,7 +320,9 @@ def main(argv: list[str] | None = None) -> int:
                   flop_model=("feature blend flops: forward 2*C per contributing pair, backward 4*C; over the kernel's "
                               "wall time (feature_gflops_*) or its CPU time / threads (feature_gflops_*_cpu); "
                               "feature_stage_*: over the CPU time / threads that the features add to the kernel "
-                              "(kernel with C channels minus the same kernel with none, same run)"),
+                              "(kernel with C channels minus the same kernel with none, same run); "
+                              "feature_gemm_*: over the forward's feature GEMM alone (products and output stores, "
+                              "thread seconds / threads, min of the counted runs)"),
                   rows=rows)
     out = args.out or ROOT / "benchmarks" / "results" / f"cpu_throughput{'-quick' if args.quick else ''}.json"
     write_result(out, result)

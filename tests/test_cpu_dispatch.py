@@ -189,6 +189,23 @@ def test_all_paths_agree_and_blend_the_same_pairs(monkeypatch, scene_fn):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+def test_feature_gemm_phases_are_timed_where_they_run(monkeypatch, isa):
+    """cpu_forward_stats times the feature GEMM's gather and products (what
+    benchmarks/cpu_throughput.py reports as `feature_gemm_*`): nonzero in the SIMD paths
+    from one vector of channels up, zero where the features are blended across pixels
+    (fewer channels than lanes) or by the scalar kernels."""
+    monkeypatch.setenv("FEATURE3DGS_CPU_ISA", isa)
+    cam = camera()
+    for channels in (3, 19):
+        *_, stats = kernels().cpu_forward_stats(*projected(random_scene(400, seed=7, channels=channels), cam),
+                                                cam["width"], cam["height"])
+        gemm = isa != "scalar" and channels >= stats["lanes"]
+        assert (stats["feature_gemm_thread_s"] > 0) == gemm, (channels, stats)
+        assert (stats["feature_gather_thread_s"] > 0) == gemm, (channels, stats)
+        assert stats["feature_gemm_thread_s"] < 10 and stats["feature_gather_thread_s"] < 10
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("seed", [5, 6])
 def test_culling_changes_no_bit(monkeypatch, isa, seed):
     monkeypatch.setenv("FEATURE3DGS_CPU_ISA", isa)

@@ -413,7 +413,8 @@ void forward(const CpuForwardArgs* args) {
   // rgb (measured faster below L channels, slower from 64 up).
   const bool lane_feat = C < L;
   int64_t visited = 0, contributing = 0;
-#pragma omp parallel reduction(+ : visited, contributing)
+  double gather_s = 0., gemm_s = 0.;  // counted: the feature GEMM's phases (CpuBlendStats)
+#pragma omp parallel reduction(+ : visited, contributing, gather_s, gemm_s)
   {
     // Tile state, structure of arrays over the 16 x 16 pixels; features channel-major
     // (lane_feat), otherwise each chunk's list of weights.
@@ -512,9 +513,15 @@ void forward(const CpuForwardArgs* args) {
       if (!lane_feat && C > 0) {
         int n = end - start;
         while (n > 0 && !used[n - 1]) --n;
+        const double t0 = count ? omp_get_wtime() : 0.;
         if (packed.size() < (size_t)n * C) packed.resize((size_t)n * C);
         pack_tile_features(in.gaussian_ids + start, used.data(), n, in.features, C, blocks, packed.data());
+        const double t1 = count ? omp_get_wtime() : 0.;
         blend_tile_features(lists, tile, in.width, n, packed.data(), blocks, args->out_feat, HW);
+        if (count) {
+          gather_s += t1 - t0;
+          gemm_s += omp_get_wtime() - t1;
+        }
       }
       for (int r = 0; r < tile.h; ++r) {
         for (int col = 0; col < tile.w; ++col) {
@@ -535,6 +542,8 @@ void forward(const CpuForwardArgs* args) {
   if (count) {
     args->stats->visited += visited;
     args->stats->contributing += contributing;
+    args->stats->feature_gather_s += gather_s;
+    args->stats->feature_gemm_s += gemm_s;
   }
 }
 

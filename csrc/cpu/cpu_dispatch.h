@@ -33,6 +33,8 @@ struct CpuRasterStats {
   int64_t tile_pairs = 0;       // pairs binned (after the exact tile culling when on)
   int64_t visited = 0;          // (pixel, Gaussian) alpha evaluations of the blend
   int64_t contributing = 0;     // (pixel, Gaussian) pairs blended
+  double feature_gather_s = 0;  // the feature GEMM's phases, seconds summed over the threads
+  double feature_gemm_s = 0;    // (CpuBlendStats)
 };
 
 // rasterize_forward_cpu that also fills stats (when not null).

@@ -19,7 +19,7 @@
 
 namespace f3d {
 
-constexpr int kCpuKernelsAbi = 7;
+constexpr int kCpuKernelsAbi = 8;
 
 // Values of one (tile, Gaussian) pair's partial gradient, in this order.
 constexpr int kPairGeomValues = 10;  // means2d x, y; conic a, b, c; opacity; rgb; depth
@@ -95,6 +95,11 @@ struct CpuRasterInputs {
 struct CpuBlendStats {
   int64_t visited;       // (pixel, Gaussian) pairs whose alpha was evaluated (pixel not done)
   int64_t contributing;  // pairs that were blended (alpha >= kAlphaMin, T stayed >= kTransmittanceMin)
+  // The feature GEMM's phases (SIMD kernels from L channels up; 0 elsewhere), in seconds
+  // summed over the threads: gathering the tile's feature rows, and the products with
+  // their stores into the (C, H, W) output.
+  double feature_gather_s;
+  double feature_gemm_s;
 };
 
 struct CpuForwardArgs {
