@@ -83,7 +83,7 @@ def camera(width=64, height=48, eye=(0.4, -0.3, 3.0), **kw):
     return dict(viewmat=look_at_viewmat(eye), K=intrinsics(width, height, **kw), width=width, height=height)
 
 
-@pytest.mark.parametrize("channels", [1, 3, 7, 32, 33, 257])
+@pytest.mark.parametrize("channels", [1, 3, 7, 32, 33, 61, 257])
 def test_features_any_channel_count(channels):
     scene = random_scene(150, seed=channels, channels=channels)
     check_scene(scene, camera())

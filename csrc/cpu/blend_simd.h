@@ -227,7 +227,7 @@ constexpr int kTileChunks = kTileSize * kChunksPerRow;
 constexpr int kChannelBlock = L;  // forward: channels per pass over a chunk's list (one vector)
 constexpr int kEntryBlock = L == 16 ? 12 : 6;    // backward D: list entries per pass over the channels
 constexpr int kGradBlock = L == 16 ? 4 : 2;      // backward dL/dF: entries x kGradVectors channel vectors
-constexpr int kGradVectors = 3;
+constexpr int kGradVectors = L == 16 ? 4 : 3;  // AVX-512: 16 accumulators, C = 64 in one pass
 
 class ChunkLists {
  public:
@@ -674,6 +674,11 @@ inline void chunk_feature_dots(ChunkLists& lists, int j, const int* gid, const f
       rows[e] = F + (int64_t)gid[lists.ids(j)[e0 + e]] * C;
       out[e] = lists.dots(j) + (int64_t)(e0 + e) * L;
     }
+    // The next block's rows, line by line (at C = 64, 512 x 512: the dot products 8% faster).
+    for (int e = e0 + NE; e < e0 + 2 * NE && e < n; ++e) {
+      const char* row = (const char*)(F + (int64_t)gid[lists.ids(j)[e]] * C);
+      for (int64_t b = 0; b < C * (int64_t)sizeof(float); b += 64) __builtin_prefetch(row + b);
+    }
     feature_dots<NE>(rows, Gt, C, out);
     e0 += NE;
   });
@@ -700,10 +705,13 @@ inline void chunk_feature_grads(const ChunkLists& lists, int j, const float* Gp,
     int64_t c0 = 0;
     constexpr int64_t kStep = (int64_t)kGradVectors * L;
     for (; c0 + kStep <= C; c0 += kStep) feature_grads<NE, kGradVectors>(W, used, Gp, C, c0, L, out, first);
-    static_assert(kGradVectors == 3, "the rest below is 1 to 3 vectors");
-    const int64_t rest = C - c0;  // < kStep channels: 1 to 3 vectors, the last one `tail` wide
+    // The rest: fewer than kGradVectors vectors, the last one `tail` channels wide.
+    const int64_t rest = C - c0;
     const int tail = (int)(rest - (rest - 1) / L * L);
-    if (rest > 2 * L)
+    static_assert(kGradVectors == 3 || kGradVectors == 4, "the rest below is 1 to 4 vectors");
+    if (rest > 3 * L) {
+      if constexpr (kGradVectors == 4) feature_grads<NE, 4>(W, used, Gp, C, c0, tail, out, first);
+    } else if (rest > 2 * L)
       feature_grads<NE, 3>(W, used, Gp, C, c0, tail, out, first);
     else if (rest > L)
       feature_grads<NE, 2>(W, used, Gp, C, c0, tail, out, first);
