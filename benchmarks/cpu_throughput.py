@@ -12,7 +12,8 @@ CPU path it reports, in one run:
 - ns per visited and per contributing pair; the feature blend's GFLOP/s: useful
   flops (2 C per contributing pair forward; 4 C backward: dL/dv . f and
   dL/df += w dL/dout) over the time the features add to the kernel (the same
-  kernel timed with C and with no features, in the same run: `feature_stage_*`),
+  kernel timed with C and with no features, in turn, the least CPU time of each:
+  `feature_stage_*`),
   over the forward's feature GEMM alone (the SIMD paths from one vector of channels up:
   the products and their output stores, without the blend loop that records the
   weights and the gather of the tile's feature rows, both timed apart, min over
@@ -156,6 +157,21 @@ def timed(fn, repeats: int) -> tuple[float, float]:
     return statistics.median(wall) * 1e3, statistics.median(cpu) * 1e3
 
 
+def timed_in_turn(fns, repeats: int) -> list[tuple[float, float, float]]:
+    """Per function: median wall ms, median CPU ms and minimum CPU ms, the functions run in
+    turn (a, b, a, b, ...), so that a difference of two of them sees the same machine load."""
+    for fn in fns:
+        fn()
+    wall, cpu = [[] for _ in fns], [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            w0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            cpu[i].append(time.process_time() - c0)
+            wall[i].append(time.perf_counter() - w0)
+    return [(statistics.median(w) * 1e3, statistics.median(c) * 1e3, min(c) * 1e3) for w, c in zip(wall, cpu)]
+
+
 def render_args(model, camera, channels: int, size: int) -> dict:
     g = torch.Generator().manual_seed(channels)
     cam = camera.scaled(size / camera.width)
@@ -227,14 +243,16 @@ def main(argv: list[str] | None = None) -> int:
                 gemm_s = min(c["feature_gemm_thread_s"] for c in counted)
                 out = K.rasterize_forward(*kin, cam.width, cam.height)
                 gr = [torch.randn_like(out[i]) for i in range(4)]
-                kf = timed(lambda: K.rasterize_forward(*kin, cam.width, cam.height), args.repeats)
-                kb = timed(lambda: K.rasterize_backward(*kin[:6], cam.width, cam.height, out[4], out[5], out[6],
-                                                        out[7], gr[0], gr[1], gr[2], gr[3]), args.repeats)
                 out0 = K.rasterize_forward(*kin0, cam.width, cam.height)
                 g0 = torch.empty(0)
-                kf0 = timed(lambda: K.rasterize_forward(*kin0, cam.width, cam.height), args.repeats)
-                kb0 = timed(lambda: K.rasterize_backward(*kin0[:6], cam.width, cam.height, out0[4], out0[5],
-                                                         out0[6], out0[7], gr[0], g0, gr[2], gr[3]), args.repeats)
+                # With C channels and without features, in turn (the feature stage is their difference).
+                kf, kf0 = timed_in_turn([lambda: K.rasterize_forward(*kin, cam.width, cam.height),
+                                         lambda: K.rasterize_forward(*kin0, cam.width, cam.height)], args.repeats)
+                kb, kb0 = timed_in_turn([
+                    lambda: K.rasterize_backward(*kin[:6], cam.width, cam.height, out[4], out[5], out[6], out[7],
+                                                 gr[0], gr[1], gr[2], gr[3]),
+                    lambda: K.rasterize_backward(*kin0[:6], cam.width, cam.height, out0[4], out0[5], out0[6],
+                                                 out0[7], gr[0], g0, gr[2], gr[3])], args.repeats)
 
                 def fwd():
                     with torch.no_grad():
@@ -255,8 +273,10 @@ def main(argv: list[str] | None = None) -> int:
                        ("bbox_tile_pairs", "tile_pairs", "visited_pairs", "contributing_pairs")},
                        kernel_fwd_ms_wall=kf[0], kernel_fwd_ms_cpu=kf[1], kernel_bwd_ms_wall=kb[0],
                        kernel_bwd_ms_cpu=kb[1], kernel_fwd_no_features_ms_cpu=kf0[1],
-                       kernel_bwd_no_features_ms_cpu=kb0[1], render_fwd_ms_wall=rf[0], render_fwd_ms_cpu=rf[1],
-                       render_fwd_bwd_ms_wall=rfb[0], render_fwd_bwd_ms_cpu=rfb[1])
+                       kernel_bwd_no_features_ms_cpu=kb0[1], kernel_fwd_ms_cpu_min=kf[2], kernel_bwd_ms_cpu_min=kb[2],
+                       kernel_fwd_no_features_ms_cpu_min=kf0[2], kernel_bwd_no_features_ms_cpu_min=kb0[2],
+                       render_fwd_ms_wall=rf[0], render_fwd_ms_cpu=rf[1], render_fwd_bwd_ms_wall=rfb[0],
+                       render_fwd_bwd_ms_cpu=rfb[1])
             # Per pair and GFLOP/s from wall time of the kernels with `threads` threads.
             row["ns_per_visited_pair_fwd"] = kf[0] * 1e6 / max(stats["visited_pairs"], 1)
             row["ns_per_contributing_pair_fwd"] = kf[0] * 1e6 / max(contrib, 1)
@@ -271,8 +291,9 @@ def main(argv: list[str] | None = None) -> int:
             row["feature_gflops_bwd_cpu"] = 4 * C * contrib / (kb[1] / threads * 1e6)
             row["feature_peak_fraction_fwd_cpu"] = row["feature_gflops_fwd_cpu"] / peak["gflops"]
             row["feature_peak_fraction_bwd_cpu"] = row["feature_gflops_bwd_cpu"] / peak["gflops"]
-            # The feature stage: what the C channels add to each kernel (CPU time / threads).
-            for d, t, t0, flops in (("fwd", kf[1], kf0[1], 2), ("bwd", kb[1], kb0[1], 4)):
+            # The feature stage: what the C channels add to each kernel (CPU time / threads; the
+            # least of the runs in turn with and without features).
+            for d, t, t0, flops in (("fwd", kf[2], kf0[2], 2), ("bwd", kb[2], kb0[2], 4)):
                 stage_ms = (t - t0) / threads
                 row[f"feature_stage_ms_{d}"] = stage_ms
                 # Below 5% of the kernel the difference is timing noise: no figure.
@@ -320,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
                   flop_model=("feature blend flops: forward 2*C per contributing pair, backward 4*C; over the kernel's "
                               "wall time (feature_gflops_*) or its CPU time / threads (feature_gflops_*_cpu); "
                               "feature_stage_*: over the CPU time / threads that the features add to the kernel "
-                              "(kernel with C channels minus the same kernel with none, same run); "
+                              "(least CPU time of the kernel with C channels minus that of the same kernel with none, "
+                              "run in turn); "
                               "feature_gemm_*: over the forward's feature GEMM alone (products and output stores, "
                               "thread seconds / threads, min of the counted runs)"),
                   rows=rows)
