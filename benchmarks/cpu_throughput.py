@@ -27,6 +27,12 @@ CPU path it reports, in one run:
 
     python benchmarks/cpu_throughput.py                     # full run, writes JSON
     python benchmarks/cpu_throughput.py --quick             # small smoke run
+    python benchmarks/cpu_throughput.py --baseline-checkout ../old   # also against another revision
+
+--baseline-checkout DIR (a built checkout: git worktree add ../old REV; python setup.py
+build_ext --inplace there) also times the widest path's kernels with and without features
+in subprocesses, alternately this checkout's package and DIR's (same script, same scene),
+--baseline-rounds times, and reports the feature stages of both and their ratios.
 
 The machine may be shared: the CPU-time figures are less disturbed by other load
 than wall time; the JSON records the load average before and after.
@@ -35,11 +41,14 @@ than wall time; the JSON records the load average before and after.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,10 +56,12 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# The package to measure: this checkout's, or (the --baseline-checkout subprocesses) another's.
+PACKAGE_ROOT = Path(os.environ.get("FEATURE3DGS_BENCH_PACKAGE", ROOT))
+sys.path.insert(0, str(PACKAGE_ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import feature3dgs  # noqa: E402
+import feature3dgs  # noqa: E402  (before bench_utils, which puts this checkout first on the path)
 from bench_utils import git_revision, write_result  # noqa: E402
 from feature3dgs.rendering._backend import kernels  # noqa: E402
 
@@ -182,6 +193,102 @@ def render_args(model, camera, channels: int, size: int) -> dict:
     return args, cam
 
 
+def kernel_inputs(model, camera, C: int, size: int):
+    """The rasterizer kernels' inputs for the scene with C random feature channels, the same
+    without features, and the camera."""
+    from feature3dgs.rendering.inputs import validate_render_inputs
+    from feature3dgs.rendering.kernels import ProjectFunction
+
+    rargs, cam = render_args(model, camera, C, size)
+    inp = validate_render_inputs(**rargs, viewmat=cam.viewmat, K=cam.K, width=cam.width, height=cam.height)
+    with torch.no_grad():
+        sh = inp.sh if inp.sh is not None else torch.empty(0)
+        m2d, conics, depths, radii, sh_colors = ProjectFunction.apply(
+            inp.means, inp.quats, inp.scales, sh, inp.sh_degree, inp.viewmat, inp.K, cam.width,
+            cam.height, inp.near)
+    colors = (inp.colors if inp.sh is None else sh_colors).contiguous()
+    kin = (m2d, conics, colors, inp.opacities.contiguous(), depths, inp.features.contiguous(), radii)
+    return kin, kin[:5] + (torch.empty(0),) + kin[6:], rargs, cam
+
+
+def kernel_times(kin, kin0, cam, repeats: int):
+    """(forward, forward without features, backward, backward without features): each
+    timed_in_turn's (median wall, median CPU, least CPU) ms, in the CPU path of the
+    environment (cpu_path)."""
+    K = kernels()
+    W, H = cam.width, cam.height
+    out = K.rasterize_forward(*kin, W, H)
+    gr = [torch.randn_like(out[i]) for i in range(4)]
+    out0 = K.rasterize_forward(*kin0, W, H)
+    g0 = torch.empty(0)
+    kf, kf0 = timed_in_turn([lambda: K.rasterize_forward(*kin, W, H),
+                             lambda: K.rasterize_forward(*kin0, W, H)], repeats)
+    kb, kb0 = timed_in_turn([
+        lambda: K.rasterize_backward(*kin[:6], W, H, out[4], out[5], out[6], out[7], gr[0], gr[1], gr[2], gr[3]),
+        lambda: K.rasterize_backward(*kin0[:6], W, H, out0[4], out0[5], out0[6], out0[7], gr[0], g0, gr[2],
+                                     gr[3])], repeats)
+    return kf, kf0, kb, kb0
+
+
+def stage_times(args, threads: int) -> dict:
+    """The widest path's kernels with and without features per C (least CPU ms / threads)."""
+    model, camera = trained_scene(args.train_steps, args.cache)
+    best = feature3dgs.backend_info()["cpu_isas_available"][-1]
+    rows = []
+    with cpu_path(best, "1", "1"):
+        for C in args.channels:
+            kin, kin0, _, cam = kernel_inputs(model, camera, C, args.size)
+            kf, kf0, kb, kb0 = kernel_times(kin, kin0, cam, args.repeats)
+            rows.append(dict(channels=C, fwd_ms=kf[2] / threads, fwd_no_features_ms=kf0[2] / threads,
+                             bwd_ms=kb[2] / threads, bwd_no_features_ms=kb0[2] / threads))
+    return dict(git=package_revision(), isa=best, rows=rows)
+
+
+def package_revision() -> str:
+    """The git revision of the package measured (this checkout's, or the baseline's)."""
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=PACKAGE_ROOT, text=True,
+                                       stderr=subprocess.DEVNULL).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def against_baseline(args, checkout: Path) -> dict:
+    """Feature stages of this checkout's package and checkout's, from --baseline-rounds
+    alternating subprocesses of this script (least of all rounds)."""
+    checkout = checkout.resolve()
+    if not (checkout / "feature3dgs" / "__init__.py").is_file():
+        raise SystemExit(f"--baseline-checkout {checkout}: no feature3dgs package there")
+    runs: dict[str, list[dict]] = {"this": [], "baseline": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.baseline_rounds):
+            for who, root in (("this", ROOT), ("baseline", checkout)):
+                out = Path(tmp) / f"{who}-{r}.json"
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--stage-times-only", "--out", str(out),
+                       "--train-steps", str(args.train_steps), "--size", str(args.size), "--repeats",
+                       str(args.repeats), "--cache", str(args.cache), "--channels", *map(str, args.channels)]
+                if args.threads:
+                    cmd += ["--threads", str(args.threads)]
+                env = dict(os.environ, FEATURE3DGS_BENCH_PACKAGE=str(root), PYTHONPATH=str(root))
+                p = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+                if p.returncode != 0 or not out.is_file():
+                    raise SystemExit(f"the stage timing with {root} failed:\n{(p.stdout + p.stderr)[-3000:]}")
+                runs[who].append(json.loads(out.read_text()))
+    keys = ("fwd_ms", "fwd_no_features_ms", "bwd_ms", "bwd_no_features_ms")
+    rows = []
+    for i, C in enumerate(args.channels):
+        row = dict(channels=C)
+        for who in runs:
+            best = {k: min(run["rows"][i][k] for run in runs[who]) for k in keys}
+            row[who] = dict(best, fwd_stage_ms=best["fwd_ms"] - best["fwd_no_features_ms"],
+                            bwd_stage_ms=best["bwd_ms"] - best["bwd_no_features_ms"])
+        for k in ("fwd_stage_ms", "bwd_stage_ms", "fwd_ms", "bwd_ms"):
+            row[f"speedup_{k}"] = row["baseline"][k] / row["this"][k]
+        rows.append(row)
+    return dict(checkout=str(checkout), git=runs["baseline"][0]["git"], isa=runs["this"][0]["isa"],
+                rounds=args.baseline_rounds, rows=rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-steps", type=int, default=1000)
@@ -192,12 +299,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("FEATURE3DGS_CACHE", Path.home() / ".cache" / "feature3dgs")) / "bench")
     parser.add_argument("--quick", action="store_true", help="30 training steps, 128 px, C=3, 1 repeat")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--baseline-checkout", type=Path, default=None,
+                        help="also compare the widest path's feature stages with this built checkout's")
+    parser.add_argument("--baseline-rounds", type=int, default=3)
+    parser.add_argument("--stage-times-only", action="store_true", help=argparse.SUPPRESS)  # the subprocesses
     args = parser.parse_args(argv)
     if args.quick:
         args.train_steps, args.size, args.channels, args.repeats = 30, 128, [3], 1
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
+    if args.stage_times_only:
+        write_result(args.out, stage_times(args, threads))
+        return 0
     load_before = os.getloadavg()
 
     model, camera = trained_scene(args.train_steps, args.cache)
@@ -219,21 +333,10 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print("-" * len(header))
     for C in args.channels:
-        rargs, cam = render_args(model, camera, C, args.size)
+        # The rasterizer's own inputs, for timing its kernels alone.
+        kin, kin0, rargs, cam = kernel_inputs(model, camera, C, args.size)
         render_kw = dict(viewmat=cam.viewmat, K=cam.K, width=cam.width, height=cam.height)
         K = kernels()
-        # The rasterizer's own inputs, for timing its kernels alone.
-        from feature3dgs.rendering.kernels import ProjectFunction as _Project
-        from feature3dgs.rendering.inputs import validate_render_inputs
-        inp = validate_render_inputs(**rargs, **render_kw)
-        with torch.no_grad():
-            sh = inp.sh if inp.sh is not None else torch.empty(0)
-            m2d, conics, depths, radii, sh_colors = _Project.apply(
-                inp.means, inp.quats, inp.scales, sh, inp.sh_degree, inp.viewmat, inp.K, cam.width,
-                cam.height, inp.near)
-        colors = (inp.colors if inp.sh is None else sh_colors).contiguous()
-        kin = (m2d, conics, colors, inp.opacities.contiguous(), depths, inp.features.contiguous(), radii)
-        kin0 = kin[:5] + (torch.empty(0),) + kin[6:]  # the same without features
         base = None
         for label, isa, cull, det in paths():
             with cpu_path(isa, cull, det):
@@ -241,18 +344,8 @@ def main(argv: list[str] | None = None) -> int:
                 stats = counted[0]
                 gather_s = min(c["feature_gather_thread_s"] for c in counted)
                 gemm_s = min(c["feature_gemm_thread_s"] for c in counted)
-                out = K.rasterize_forward(*kin, cam.width, cam.height)
-                gr = [torch.randn_like(out[i]) for i in range(4)]
-                out0 = K.rasterize_forward(*kin0, cam.width, cam.height)
-                g0 = torch.empty(0)
                 # With C channels and without features, in turn (the feature stage is their difference).
-                kf, kf0 = timed_in_turn([lambda: K.rasterize_forward(*kin, cam.width, cam.height),
-                                         lambda: K.rasterize_forward(*kin0, cam.width, cam.height)], args.repeats)
-                kb, kb0 = timed_in_turn([
-                    lambda: K.rasterize_backward(*kin[:6], cam.width, cam.height, out[4], out[5], out[6], out[7],
-                                                 gr[0], gr[1], gr[2], gr[3]),
-                    lambda: K.rasterize_backward(*kin0[:6], cam.width, cam.height, out0[4], out0[5], out0[6],
-                                                 out0[7], gr[0], g0, gr[2], gr[3])], args.repeats)
+                kf, kf0, kb, kb0 = kernel_times(kin, kin0, cam, args.repeats)
 
                 def fwd():
                     with torch.no_grad():
@@ -330,6 +423,18 @@ def main(argv: list[str] | None = None) -> int:
                   f"{100 * row['feature_peak_fraction_bwd']:4.1f}% | {stage('fwd')} {stage('bwd')} | {gemm()} | "
                   f"{row['speedup_render_fwd_ms_cpu']:5.2f}x "
                   f"{row['speedup_render_fwd_bwd_ms_cpu']:5.2f}x", flush=True)
+    baseline = None
+    if args.baseline_checkout:
+        baseline = against_baseline(args, args.baseline_checkout)
+        print(f"\nagainst {baseline['checkout']} (git {baseline['git']}), {baseline['isa']}, least of "
+              f"{baseline['rounds']} alternating subprocesses each; ms per thread:")
+        print(f"{'C':>4} | {'stage fwd':>9} {'baseline':>9} {'x':>6} | {'stage bwd':>9} {'baseline':>9} {'x':>6} | "
+              f"{'x fwd':>6} {'x bwd':>6}")
+        for r in baseline["rows"]:
+            t, b = r["this"], r["baseline"]
+            print(f"{r['channels']:>4} | {t['fwd_stage_ms']:9.1f} {b['fwd_stage_ms']:9.1f} "
+                  f"{r['speedup_fwd_stage_ms']:5.2f}x | {t['bwd_stage_ms']:9.1f} {b['bwd_stage_ms']:9.1f} "
+                  f"{r['speedup_bwd_stage_ms']:5.2f}x | {r['speedup_fwd_ms']:5.2f}x {r['speedup_bwd_ms']:5.2f}x")
     load_after = os.getloadavg()
     print(f"bbox tile pairs (no culling) at C={args.channels[0]}: {rows[0]['bbox_tile_pairs']}; "
           f"load average before {load_before[0]:.1f}, after {load_after[0]:.1f}. Ratios (x) are CPU-time "
@@ -345,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
                               "run in turn); "
                               "feature_gemm_*: over the forward's feature GEMM alone (products and output stores, "
                               "thread seconds / threads, min of the counted runs)"),
-                  rows=rows)
+                  rows=rows, baseline=baseline)
     out = args.out or ROOT / "benchmarks" / "results" / f"cpu_throughput{'-quick' if args.quick else ''}.json"
     write_result(out, result)
     return 0

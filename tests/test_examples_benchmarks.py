@@ -171,6 +171,25 @@ def test_cpu_throughput_benchmark_quick_writes_every_path(tmp_path):
     assert peak["measured_gflops"] > 0 and peak["gflops"] == max(peak["nominal_gflops"], peak["measured_gflops"])
 
 
+def test_cpu_throughput_against_a_baseline_checkout(tmp_path):
+    """--baseline-checkout times the stages in subprocesses of each package; this checkout as
+    its own baseline gives stages of the same size, and a checkout without the package is refused."""
+    bench = load_script("benchmarks/cpu_throughput.py")
+    out = tmp_path / "cpu.json"
+    common = ["--train-steps", "30", "--size", "128", "--channels", "32", "--repeats", "2",
+              "--cache", str(tmp_path / "cache"), "--out", str(out)]
+    assert bench.main(common + ["--baseline-checkout", str(ROOT), "--baseline-rounds", "1"]) == 0
+    base = json.loads(out.read_text())["baseline"]
+    assert base["checkout"] == str(ROOT) and base["rounds"] == 1
+    (row,) = base["rows"]
+    assert row["channels"] == 32
+    for who in ("this", "baseline"):
+        assert row[who]["fwd_ms"] > row[who]["fwd_no_features_ms"] > 0, row
+    assert 0.2 < row["speedup_fwd_ms"] < 5, row
+    with pytest.raises(SystemExit, match="no feature3dgs package"):
+        bench.main(common + ["--baseline-checkout", str(tmp_path)])
+
+
 def test_data_load_benchmark_writes_json(tmp_path):
     bench = load_script("benchmarks/data_load.py")
     result = bench.main(["--sizes", "40x30", "--images", "2", "--repeats", "1", "--out", str(tmp_path)])
