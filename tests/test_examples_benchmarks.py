@@ -179,13 +179,17 @@ def test_cpu_throughput_against_a_baseline_checkout(tmp_path):
     common = ["--train-steps", "30", "--size", "128", "--channels", "32", "--repeats", "2",
               "--cache", str(tmp_path / "cache"), "--out", str(out)]
     assert bench.main(common + ["--baseline-checkout", str(ROOT), "--baseline-rounds", "1"]) == 0
-    base = json.loads(out.read_text())["baseline"]
-    assert base["checkout"] == str(ROOT) and base["rounds"] == 1
+    result = json.loads(out.read_text())
+    base = result["baseline"]
+    # The subprocesses measured the package they were given (its revision, its ISA).
+    assert base["checkout"] == str(ROOT) and base["rounds"] == 1 and base["git"] == result["git"]
+    assert base["isa"] == feature3dgs.backend_info()["cpu_isas_available"][-1]
     (row,) = base["rows"]
     assert row["channels"] == 32
+    # Kernels of a few ms on a shared machine: only that every time was measured.
     for who in ("this", "baseline"):
-        assert row[who]["fwd_ms"] > row[who]["fwd_no_features_ms"] > 0, row
-    assert 0.2 < row["speedup_fwd_ms"] < 5, row
+        assert all(0 < row[who][k] < 1e4 for k in ("fwd_ms", "fwd_no_features_ms", "bwd_ms", "bwd_no_features_ms"))
+    assert row["speedup_fwd_ms"] > 0 and row["speedup_bwd_ms"] > 0
     with pytest.raises(SystemExit, match="no feature3dgs package"):
         bench.main(common + ["--baseline-checkout", str(tmp_path)])
 
