@@ -13,9 +13,10 @@ sys.path.insert(0, str(ROOT))
 from feature3dgs.utils.io import atomic_write_text  # noqa: E402
 
 
-def git_revision() -> str:
+def git_revision(root: Path = ROOT) -> str:
+    """The short git revision of the checkout at root (this one by default), or "unknown"."""
     try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=root,
                                        text=True, stderr=subprocess.DEVNULL).strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

@@ -158,14 +158,8 @@ def fp32_peak(isa: str, threads: int, measured: float) -> dict:
 
 def timed(fn, repeats: int) -> tuple[float, float]:
     """Median wall and CPU (process) ms."""
-    fn()
-    wall, cpu = [], []
-    for _ in range(repeats):
-        w0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        cpu.append(time.process_time() - c0)
-        wall.append(time.perf_counter() - w0)
-    return statistics.median(wall) * 1e3, statistics.median(cpu) * 1e3
+    wall, cpu, _ = timed_in_turn([fn], repeats)[0]
+    return wall, cpu
 
 
 def timed_in_turn(fns, repeats: int) -> list[tuple[float, float, float]]:
@@ -181,6 +175,13 @@ def timed_in_turn(fns, repeats: int) -> list[tuple[float, float, float]]:
             cpu[i].append(time.process_time() - c0)
             wall[i].append(time.perf_counter() - w0)
     return [(statistics.median(w) * 1e3, statistics.median(c) * 1e3, min(c) * 1e3) for w, c in zip(wall, cpu)]
+
+
+def stage_ms(with_features: float, without: float) -> float | None:
+    """What the features add to a kernel's time, or None where that is below 5% of the
+    kernel's time (timing noise, not a figure)."""
+    stage = with_features - without
+    return stage if stage > 0.05 * with_features else None
 
 
 def render_args(model, camera, channels: int, size: int) -> dict:
@@ -241,16 +242,7 @@ def stage_times(args, threads: int) -> dict:
             kf, kf0, kb, kb0 = kernel_times(kin, kin0, cam, args.repeats)
             rows.append(dict(channels=C, fwd_ms=kf[2] / threads, fwd_no_features_ms=kf0[2] / threads,
                              bwd_ms=kb[2] / threads, bwd_no_features_ms=kb0[2] / threads))
-    return dict(git=package_revision(), isa=best, rows=rows)
-
-
-def package_revision() -> str:
-    """The git revision of the package measured (this checkout's, or the baseline's)."""
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=PACKAGE_ROOT, text=True,
-                                       stderr=subprocess.DEVNULL).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    return dict(git=git_revision(PACKAGE_ROOT), isa=best, rows=rows)
 
 
 def against_baseline(args, checkout: Path) -> dict:
@@ -280,10 +272,11 @@ def against_baseline(args, checkout: Path) -> dict:
         row = dict(channels=C)
         for who in runs:
             best = {k: min(run["rows"][i][k] for run in runs[who]) for k in keys}
-            row[who] = dict(best, fwd_stage_ms=best["fwd_ms"] - best["fwd_no_features_ms"],
-                            bwd_stage_ms=best["bwd_ms"] - best["bwd_no_features_ms"])
+            row[who] = dict(best, fwd_stage_ms=stage_ms(best["fwd_ms"], best["fwd_no_features_ms"]),
+                            bwd_stage_ms=stage_ms(best["bwd_ms"], best["bwd_no_features_ms"]))
         for k in ("fwd_stage_ms", "bwd_stage_ms", "fwd_ms", "bwd_ms"):
-            row[f"speedup_{k}"] = row["baseline"][k] / row["this"][k]
+            t, b = row["this"][k], row["baseline"][k]
+            row[f"speedup_{k}"] = b / t if t is not None and b is not None else None
         rows.append(row)
     return dict(checkout=str(checkout), git=runs["baseline"][0]["git"], isa=runs["this"][0]["isa"],
                 rounds=args.baseline_rounds, rows=rows)
@@ -340,7 +333,10 @@ def main(argv: list[str] | None = None) -> int:
         base = None
         for label, isa, cull, det in paths():
             with cpu_path(isa, cull, det):
-                counted = [K.cpu_forward_stats(*kin, cam.width, cam.height)[-1] for _ in range(max(args.repeats, 1))]
+                # The pair counts from one run; the GEMM's phase times, where it runs, least of --repeats.
+                counted = [K.cpu_forward_stats(*kin, cam.width, cam.height)[-1]]
+                if counted[0]["feature_gemm_thread_s"] > 0:
+                    counted += [K.cpu_forward_stats(*kin, cam.width, cam.height)[-1] for _ in range(args.repeats - 1)]
                 stats = counted[0]
                 gather_s = min(c["feature_gather_thread_s"] for c in counted)
                 gemm_s = min(c["feature_gemm_thread_s"] for c in counted)
@@ -387,11 +383,10 @@ def main(argv: list[str] | None = None) -> int:
             # The feature stage: what the C channels add to each kernel (CPU time / threads; the
             # least of the runs in turn with and without features).
             for d, t, t0, flops in (("fwd", kf[2], kf0[2], 2), ("bwd", kb[2], kb0[2], 4)):
-                stage_ms = (t - t0) / threads
-                row[f"feature_stage_ms_{d}"] = stage_ms
-                # Below 5% of the kernel the difference is timing noise: no figure.
-                ok = stage_ms > 0.05 * t / threads
-                row[f"feature_stage_gflops_{d}"] = flops * C * contrib / (stage_ms * 1e6) if ok else None
+                row[f"feature_stage_ms_{d}"] = (t - t0) / threads
+                stage = stage_ms(t / threads, t0 / threads)  # None: timing noise, no figure
+                ok = stage is not None
+                row[f"feature_stage_gflops_{d}"] = flops * C * contrib / (stage * 1e6) if ok else None
                 row[f"feature_stage_peak_fraction_{d}"] = row[f"feature_stage_gflops_{d}"] / peak["gflops"] if ok else None
             # The forward's feature GEMM alone (thread seconds / threads); 0 where it is not used.
             row["feature_gather_ms"] = gather_s * 1e3 / threads
@@ -430,11 +425,16 @@ def main(argv: list[str] | None = None) -> int:
               f"{baseline['rounds']} alternating subprocesses each; ms per thread:")
         print(f"{'C':>4} | {'stage fwd':>9} {'baseline':>9} {'x':>6} | {'stage bwd':>9} {'baseline':>9} {'x':>6} | "
               f"{'x fwd':>6} {'x bwd':>6}")
+        def ms(v: float | None) -> str:
+            return f"{'-':>9}" if v is None else f"{v:9.1f}"
+
+        def ratio(v: float | None) -> str:
+            return f"{'-':>6}" if v is None else f"{v:5.2f}x"
         for r in baseline["rows"]:
             t, b = r["this"], r["baseline"]
-            print(f"{r['channels']:>4} | {t['fwd_stage_ms']:9.1f} {b['fwd_stage_ms']:9.1f} "
-                  f"{r['speedup_fwd_stage_ms']:5.2f}x | {t['bwd_stage_ms']:9.1f} {b['bwd_stage_ms']:9.1f} "
-                  f"{r['speedup_bwd_stage_ms']:5.2f}x | {r['speedup_fwd_ms']:5.2f}x {r['speedup_bwd_ms']:5.2f}x")
+            print(f"{r['channels']:>4} | {ms(t['fwd_stage_ms'])} {ms(b['fwd_stage_ms'])} {ratio(r['speedup_fwd_stage_ms'])} | "
+                  f"{ms(t['bwd_stage_ms'])} {ms(b['bwd_stage_ms'])} {ratio(r['speedup_bwd_stage_ms'])} | "
+                  f"{ratio(r['speedup_fwd_ms'])} {ratio(r['speedup_bwd_ms'])}")
     load_after = os.getloadavg()
     print(f"bbox tile pairs (no culling) at C={args.channels[0]}: {rows[0]['bbox_tile_pairs']}; "
           f"load average before {load_before[0]:.1f}, after {load_after[0]:.1f}. Ratios (x) are CPU-time "

@@ -172,8 +172,8 @@ def test_cpu_throughput_benchmark_quick_writes_every_path(tmp_path):
 
 
 def test_cpu_throughput_against_a_baseline_checkout(tmp_path):
-    """--baseline-checkout times the stages in subprocesses of each package; this checkout as
-    its own baseline gives stages of the same size, and a checkout without the package is refused."""
+    """--baseline-checkout times the stages in subprocesses of each package (here this checkout
+    as its own baseline) and records them; a directory without the package is refused."""
     bench = load_script("benchmarks/cpu_throughput.py")
     out = tmp_path / "cpu.json"
     common = ["--train-steps", "30", "--size", "128", "--channels", "32", "--repeats", "2",
