@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"{'C':>4} {'path':>12} | {'tile pairs':>10} {'visited':>11} {'contrib':>11} | "
               f"{'k fwd':>7} {'k bwd':>7} ms cpu | {'fwd':>7} {'fwd+bwd':>8} ms wall ({'cpu':>7}) | "
               f"{'ns/visit':>8} {'GF/s f':>7} {'%pk':>5} {'GF/s b':>7} {'%pk':>5} | "
-              f"{'stage f':>7} {'%pk':>5} {'stage b':>7} {'%pk':>5} | {'gemm f':>6} {'%pk':>5} | {'x fwd':>6} {'x f+b':>6}")
+              f"{'stage f':>7} {'%pk':>5} {'stage b':>7} {'%pk':>5} | {'gemm f':>6} {'%pk':>5} {'dense':>5} | {'x fwd':>6} {'x f+b':>6}")
     print(header)
     print("-" * len(header))
     for C in args.channels:
@@ -394,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
             row["feature_gemm_gflops_fwd"] = 2 * C * contrib / (gemm_s / threads * 1e9) if gemm_s > 0 else None
             row["feature_gemm_peak_fraction_fwd"] = (row["feature_gemm_gflops_fwd"] / peak["gflops"]
                                                      if gemm_s > 0 else None)
+            # The share of the GEMM's lanes that carry a weight (blended pairs / lanes computed).
+            row["feature_gemm_lanes"] = stats.get("feature_gemm_lanes", 0)
+            row["feature_gemm_lane_density"] = contrib / row["feature_gemm_lanes"] if row["feature_gemm_lanes"] else None
             row["path_peak_gflops"] = path_peak
             if base is None:
                 base = row
@@ -409,8 +412,9 @@ def main(argv: list[str] | None = None) -> int:
                 g = row[f"feature_stage_gflops_{d}"]
                 return f"{'-':>7} {'-':>5}" if g is None else f"{g:7.1f} {100 * row[f'feature_stage_peak_fraction_{d}']:4.1f}%"
             def gemm() -> str:
-                g = row["feature_gemm_gflops_fwd"]
-                return f"{'-':>6} {'-':>5}" if g is None else f"{g:6.1f} {100 * row['feature_gemm_peak_fraction_fwd']:4.1f}%"
+                g, dense = row["feature_gemm_gflops_fwd"], row["feature_gemm_lane_density"]
+                d = f"{'-':>5}" if dense is None else f"{100 * dense:4.0f}%"
+                return f"{'-':>6} {'-':>5} {d}" if g is None else f"{g:6.1f} {100 * row['feature_gemm_peak_fraction_fwd']:4.1f}% {d}"
             print(f"{C:>4} {label:>12} | {stats['tile_pairs']:>10} {stats['visited_pairs']:>11} {contrib:>11} | "
                   f"{kf[1]:7.0f} {kb[1]:7.0f} ms cpu | {rf[0]:7.0f} {rfb[0]:8.0f} ms wall ({rfb[1]:7.0f}) | "
                   f"{row['ns_per_visited_pair_fwd']:8.2f} {row['feature_gflops_fwd']:7.1f} "

@@ -160,6 +160,7 @@ pybind11::tuple cpu_forward_stats(const torch::Tensor& means2d, const torch::Ten
   d["contributing_pairs"] = st.contributing;
   d["feature_gather_thread_s"] = st.feature_gather_s;
   d["feature_gemm_thread_s"] = st.feature_gemm_s;
+  d["feature_gemm_lanes"] = st.feature_list_lanes;
   return pybind11::make_tuple(std::get<0>(out), std::get<1>(out), std::get<2>(out), std::get<3>(out), d);
 }
 

@@ -190,10 +190,12 @@ def test_all_paths_agree_and_blend_the_same_pairs(monkeypatch, scene_fn):
 
 @pytest.mark.parametrize("isa", ISAS)
 def test_feature_gemm_phases_are_timed_where_they_run(monkeypatch, isa):
-    """cpu_forward_stats times the feature GEMM's gather and products (what
-    benchmarks/cpu_throughput.py reports as `feature_gemm_*`): nonzero in the SIMD paths
-    from one vector of channels up, zero where the features are blended across pixels
-    (fewer channels than lanes) or by the scalar kernels."""
+    """cpu_forward_stats times the feature GEMM's gather and products and counts the
+    lanes it computes (what benchmarks/cpu_throughput.py reports as `feature_gemm_*`):
+    nonzero in the SIMD paths from one vector of channels up, zero where the features
+    are blended across pixels (fewer channels than lanes) or by the scalar kernels. The
+    lanes are whole list blocks (two rows of 8 pixels with 8 lanes, one row of 16 with
+    16) and hold every blended pair."""
     monkeypatch.setenv("FEATURE3DGS_CPU_ISA", isa)
     cam = camera()
     for channels in (3, 19):
@@ -203,6 +205,10 @@ def test_feature_gemm_phases_are_timed_where_they_run(monkeypatch, isa):
         assert (stats["feature_gemm_thread_s"] > 0) == gemm, (channels, stats)
         assert (stats["feature_gather_thread_s"] > 0) == gemm, (channels, stats)
         assert stats["feature_gemm_thread_s"] < 10 and stats["feature_gather_thread_s"] < 10
+        lanes = stats["feature_gemm_lanes"]
+        assert (lanes > 0) == gemm, (channels, stats)
+        if gemm:
+            assert lanes % 16 == 0 and stats["contributing_pairs"] <= lanes < 16 * stats["contributing_pairs"]
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -213,21 +213,38 @@ inline ChunkSplat chunk_from_G(const Tile& tile, int r, int col0, float mx, floa
 
 // ---------------------------------------------------------------------------
 // The feature blend as small matrix products. With C >= L channels the blend loop
-// only records, per chunk (row segment of L pixels) of the tile, the Gaussians that
-// blended one of its pixels, in list order, with their L weights (0 in the lanes
-// they did not blend); the features are then blended chunk by chunk as
+// only records, per list block of the tile (kListRows rows of one chunk column:
+// kListLanes = kListRows L pixels), the Gaussians that blended one of its pixels, in
+// list order, with their kListLanes weights (0 in the lanes they did not blend); the
+// features are then blended block by block as
 //   out[c, lanes] = sum_e F[g_e, c] w_e[lanes]   (forward)
 //   D[e, lanes] = sum_c F[g_e, c] dL/dout[c, lanes],  dL/dF[g_e, c] += sum_l w_e[l] dL/dout[c, l]
 // (backward), register-blocked so that each loaded vector feeds many FMAs. Per pixel
 // and channel the sums run in list order, as in the scalar kernels; they are fused
 // multiply-adds, so they differ from those by rounding only.
+//
+// With 8 lanes a block is two rows (2 x 8 pixels), so that every broadcast feature
+// value feeds two vectors: the forward's inner step is 2 vector + 4 broadcast loads
+// for 8 FMAs instead of 1 + 8 for 8, which a one-row block needs (an isolated
+// microbenchmark on a Zen 3 core: 85% of the FMA peak against 62%). With 16 lanes
+// a block stays one row: one 16-pixel row is already as many pixels as the
+// GEMM can share before too many of their weights are 0.
 constexpr int kTileChunks = kTileSize * kChunksPerRow;
+constexpr int kListRows = L == 16 ? 1 : 2;
+constexpr int kListLanes = kListRows * L;
+constexpr int kTileLists = kTileChunks / kListRows;
+static_assert(kTileSize % kListRows == 0 && kListLanes <= 32, "list blocks tile the tile; masks fit 32 bits");
+// The list block of chunk idx (row r, column q), and the vector of its entries that
+// holds the chunk's lanes.
+inline int list_of(int idx) { return (idx / kChunksPerRow / kListRows) * kChunksPerRow + idx % kChunksPerRow; }
+inline int vector_of(int idx) { return (idx / kChunksPerRow) % kListRows; }
 // Register blocks: accumulators that fit the ISA's vector registers (32 with
 // AVX-512, 16 otherwise) beside the operands.
-constexpr int kChannelBlock = L;  // forward: channels per pass over a chunk's list (one vector)
+constexpr int kChannelBlock = L;  // forward: channels packed per block (one vector)
+constexpr int kChannelPass = L == 16 ? 16 : 4;   // forward: channels x kListRows vectors per pass
 constexpr int kEntryBlock = L == 16 ? 12 : 6;    // backward D: list entries per pass over the channels
 constexpr int kGradBlock = L == 16 ? 4 : 2;      // backward dL/dF: entries x kGradVectors channel vectors
-constexpr int kGradVectors = L == 16 ? 4 : 3;  // AVX-512: 16 accumulators, C = 64 in one pass
+constexpr int kGradVectors = 4;  // AVX-512: 16 accumulators, C = 64 in one pass; 8 lanes: 8, C = 64 in two
 
 class ChunkLists {
  public:
@@ -238,44 +255,58 @@ class ChunkLists {
   float* dots(int j) { return d_[j].data(); }
   unsigned* masks(int j) { return mask_[j].data(); }
   const unsigned* masks(int j) const { return mask_[j].data(); }
-  int& cursor(int j) { return cursor_[j]; }
+  // The entry of list position k in block j, from the position the last call
+  // returned on (entries are visited in list order, a block's rows in turn).
+  int find(int j, int k) {
+    int& e = cursor_[j];
+    while (id_[j][e] != k) ++e;
+    return e;
+  }
   void clear() {
-    for (int j = 0; j < kTileChunks; ++j) n_[j] = cursor_[j] = 0;
+    for (int j = 0; j < kTileLists; ++j) n_[j] = cursor_[j] = 0;
   }
-  // Forward: appends an entry; returns its L weights, to be written by the caller.
-  float* add(int j, int k) {
-    grow(j, false);
-    id_[j][n_[j]] = k;
-    return w_[j].data() + (int64_t)n_[j]++ * L;
+  // Forward: the weights of position k's entry in the block of chunk idx, appended
+  // (all 0) unless it is the block's last one; the caller writes the chunk's L lanes
+  // at the returned pointer.
+  float* add(int idx, int k) {
+    const int j = list_of(idx);
+    if (kListRows == 1 || n_[j] == 0 || id_[j][n_[j] - 1] != k) append(j, k, false);
+    return w_[j].data() + (int64_t)(n_[j] - 1) * kListLanes + vector_of(idx) * L;
   }
-  // Backward: appends an entry that blends the lanes `bits`, with their Gaussian values
-  // G (0 in the other lanes) in its weight slot, which the blend loop overwrites with
-  // the weights.
-  void add_backward(int j, int k, const V& G, unsigned bits) {
-    grow(j, true);
-    id_[j][n_[j]] = k;
-    mask_[j][n_[j]] = bits;
-    G.store(w_[j].data() + (int64_t)n_[j]++ * L);
+  // Backward: marks the lanes `bits` of chunk idx as blended by position k, with
+  // their Gaussian values G (0 in the other lanes) in its weight slot, which the blend
+  // loop overwrites with the weights.
+  void add_backward(int idx, int k, const V& G, unsigned bits) {
+    const int j = list_of(idx);
+    if (kListRows == 1 || n_[j] == 0 || id_[j][n_[j] - 1] != k) append(j, k, true);
+    const int v = vector_of(idx);
+    G.store(w_[j].data() + (int64_t)(n_[j] - 1) * kListLanes + v * L);
+    mask_[j][n_[j] - 1] |= bits << (v * L);
   }
-  // Backward: room for the dot products of every entry of chunk j.
+  // Backward: room for the dot products of every entry of block j.
   void reserve_dots(int j) {
-    if (d_[j].size() < id_[j].size() * L) d_[j].resize(id_[j].size() * L);
+    if (d_[j].size() < id_[j].size() * kListLanes) d_[j].resize(id_[j].size() * kListLanes);
   }
 
  private:
-  void grow(int j, bool backward) {
-    if (n_[j] < (int)id_[j].size()) return;
-    const size_t cap = id_[j].empty() ? 64 : 2 * id_[j].size();
-    id_[j].resize(cap);
-    w_[j].resize(cap * L);
-    if (backward) mask_[j].resize(cap);
+  void append(int j, int k, bool backward) {
+    if (n_[j] == (int)id_[j].size()) {
+      const size_t cap = id_[j].empty() ? 64 : 2 * id_[j].size();
+      id_[j].resize(cap);
+      w_[j].resize(cap * kListLanes);
+      if (backward) mask_[j].resize(cap);
+    }
+    id_[j][n_[j]] = k;
+    if (backward) mask_[j][n_[j]] = 0;
+    if (kListRows > 1) memset(w_[j].data() + (int64_t)n_[j] * kListLanes, 0, sizeof(float) * kListLanes);
+    ++n_[j];
   }
-  Buffer<int> id_[kTileChunks];        // position k in the tile's list (capacity: size())
-  Buffer<float> w_[kTileChunks];       // L weights per entry
-  Buffer<float> d_[kTileChunks];       // backward: L values of dL/dout . f per entry
-  Buffer<unsigned> mask_[kTileChunks]; // backward: lanes with a nonzero weight
-  int n_[kTileChunks] = {};
-  int cursor_[kTileChunks] = {};
+  Buffer<int> id_[kTileLists];        // position k in the tile's list (capacity: size())
+  Buffer<float> w_[kTileLists];       // kListLanes weights per entry
+  Buffer<float> d_[kTileLists];       // backward: kListLanes values of dL/dout . f per entry
+  Buffer<unsigned> mask_[kTileLists]; // backward: lanes with a nonzero weight
+  int n_[kTileLists] = {};
+  int cursor_[kTileLists] = {};
 };
 
 // The channel blocks of C channels: kChannelBlock wide while they fit, then one
@@ -349,56 +380,108 @@ inline void store_fence() {
 #endif
 }
 
-// Channel i (< CB) of a chunk's `count` pixels = sum_e Fb[k_e][i] w_e over its m
-// entries, front to back, stored at dst[i]; Fb: one packed block (row k at Fb + k CB).
-template <int CB>
-inline void blend_features(const int* ks, const float* W, int m, const float* Fb, float* const* dst, int count) {
-  V acc[CB];
+// Channel i (< CB) of a list block = sum_e Fb[k_e][i] w_e over its m entries, front
+// to back, stored at dst[i] + v row_stride for the block's `rows` rows v (each
+// `count` pixels; with store_full where Stream, else plain stores); Fb: one packed
+// block (row k at Fb + k CB), taken kChannelPass channels (times kListRows vectors
+// of accumulators) at a time.
+template <int CB, bool Stream>
+inline void blend_features(const int* ks, const float* W, int m, const float* Fb, float* const* dst,
+                           int64_t row_stride, int rows, int count) {
+  constexpr int CP = CB < kChannelPass ? CB : kChannelPass;
+  static_assert(CB % CP == 0, "a block is whole passes");
+  for (int h = 0; h < CB; h += CP) {
+    V acc[CP][kListRows];
 #pragma GCC unroll 16
-  for (int i = 0; i < CB; ++i) acc[i] = V(0.f);
-  for (int e = 0; e < m; ++e) {
-    const V wv = V::loadu(W + (int64_t)e * L);
-    const float* f = Fb + (int64_t)ks[e] * CB;
+    for (int i = 0; i < CP; ++i)
+#pragma GCC unroll 2
+      for (int v = 0; v < kListRows; ++v) acc[i][v] = V(0.f);
+    for (int e = 0; e < m; ++e) {
+      V wv[kListRows];
+#pragma GCC unroll 2
+      for (int v = 0; v < kListRows; ++v) wv[v] = V::loadu(W + (int64_t)e * kListLanes + v * L);
+      const float* f = Fb + (int64_t)ks[e] * CB + h;
 #pragma GCC unroll 16
-    for (int i = 0; i < CB; ++i) acc[i] = at::vec::fmadd(V(f[i]), wv, acc[i]);
-  }
+      for (int i = 0; i < CP; ++i) {
+        const V fv(f[i]);
+#pragma GCC unroll 2
+        for (int v = 0; v < kListRows; ++v) acc[i][v] = at::vec::fmadd(fv, wv[v], acc[i][v]);
+      }
+    }
 #pragma GCC unroll 16
-  for (int i = 0; i < CB; ++i) {
-    if (count == L)
-      store_full(acc[i], dst[i]);
-    else
-      acc[i].store(dst[i], count);
+    for (int i = 0; i < CP; ++i)
+#pragma GCC unroll 2
+      for (int v = 0; v < kListRows; ++v) {
+        if (v >= rows) break;
+        float* p = dst[h + i] + v * row_stride;
+        if (count < L)
+          acc[i][v].store(p, count);
+        else if (Stream)
+          store_full(acc[i][v], p);
+        else
+          acc[i][v].store(p);
+      }
   }
 }
 
-// The forward feature blend of a tile (its chunk lists and its n packed list
-// positions), block by block and chunk by chunk, straight into out_feat (C, H, W).
+template <bool Stream>
+inline void blend_block(int cb, const int* ks, const float* W, int m, const float* Fb, float* const* dst,
+                        int64_t row_stride, int rows, int count) {
+  if (cb == kChannelBlock)
+    blend_features<kChannelBlock, Stream>(ks, W, m, Fb, dst, row_stride, rows, count);
+  else if (cb == 8)
+    blend_features<8, Stream>(ks, W, m, Fb, dst, row_stride, rows, count);
+  else if (cb == 4)
+    blend_features<4, Stream>(ks, W, m, Fb, dst, row_stride, rows, count);
+  else if (cb == 2)
+    blend_features<2, Stream>(ks, W, m, Fb, dst, row_stride, rows, count);
+  else
+    blend_features<1, Stream>(ks, W, m, Fb, dst, row_stride, rows, count);
+}
+
+// The forward feature blend of a tile (its lists and its n packed list positions),
+// channel block by channel block and list block by list block, straight into
+// out_feat (C, H, W). With 16 lanes a list block's row segment is one 64-byte line
+// of each channel plane, streamed out as the products finish. With 8 lanes it is half
+// a line, and the other half comes from the next list block after 2 x 8 other lines:
+// streamed half lines would leave the write-combining buffers partly filled, and plain
+// stores thrash the sets (store_full). So the products of a block row go to `stage`
+// (channels x rows x 16 pixels, in L1), and the full lines are streamed from there.
 inline void blend_tile_features(const ChunkLists& lists, const Tile& tile, int width, int n, const float* packed,
                                 const ChannelBlocks& blocks, float* out_feat, int64_t HW) {
+  constexpr bool kStaged = kChunksPerRow > 1;
+  alignas(64) float stage[kStaged ? kChannelBlock * kListRows * kTileSize : 1];
   for (int b = 0; b < blocks.size(); ++b) {
     const float* Fb = packed + n * blocks.c0[b];
     const int cb = blocks.cb[b];
-    for (int r = 0; r < tile.h; ++r)
+    for (int r = 0; r < tile.h; r += kListRows) {
+      const int rows = tile.h - r < kListRows ? tile.h - r : kListRows;
+      float* dst[kChannelBlock];
       for (int q = 0; q * L < tile.w; ++q) {
-        const int j = r * kChunksPerRow + q;
+        const int j = list_of(r * kChunksPerRow + q);
         const int count = tile.w - q * L < L ? tile.w - q * L : L;
-        float* dst[kChannelBlock];
-        for (int i = 0; i < cb; ++i)
-          dst[i] = out_feat + (blocks.c0[b] + i) * HW + (int64_t)(tile.y0 + r) * width + tile.x0 + q * L;
-        const int m = lists.size(j);
-        const int* ks = lists.ids(j);
-        const float* W = lists.weights(j);
-        if (cb == kChannelBlock)
-          blend_features<kChannelBlock>(ks, W, m, Fb, dst, count);
-        else if (cb == 8)
-          blend_features<8>(ks, W, m, Fb, dst, count);
-        else if (cb == 4)
-          blend_features<4>(ks, W, m, Fb, dst, count);
-        else if (cb == 2)
-          blend_features<2>(ks, W, m, Fb, dst, count);
-        else
-          blend_features<1>(ks, W, m, Fb, dst, count);
+        if (kStaged) {
+          for (int i = 0; i < cb; ++i) dst[i] = stage + (int64_t)i * kListRows * kTileSize + q * L;
+          blend_block<false>(cb, lists.ids(j), lists.weights(j), lists.size(j), Fb, dst, kTileSize, rows, L);
+        } else {
+          for (int i = 0; i < cb; ++i)
+            dst[i] = out_feat + (blocks.c0[b] + i) * HW + (int64_t)(tile.y0 + r) * width + tile.x0 + q * L;
+          blend_block<true>(cb, lists.ids(j), lists.weights(j), lists.size(j), Fb, dst, width, rows, count);
+        }
       }
+      if (kStaged)
+        for (int i = 0; i < cb; ++i)
+          for (int v = 0; v < rows; ++v) {
+            const float* src = stage + (int64_t)(i * kListRows + v) * kTileSize;
+            float* out = out_feat + (blocks.c0[b] + i) * HW + (int64_t)(tile.y0 + r + v) * width + tile.x0;
+            for (int x = 0; x < tile.w; x += L) {
+              if (tile.w - x < L)
+                V::loadu(src + x).store(out + x, tile.w - x);
+              else
+                store_full(V::loadu(src + x), out + x);
+            }
+          }
+    }
   }
 }
 
@@ -412,9 +495,9 @@ void forward(const CpuForwardArgs* args) {
   // Fewer channels than lanes: features channel-major, blended across pixels like
   // rgb (measured faster below L channels, slower from 64 up).
   const bool lane_feat = C < L;
-  int64_t visited = 0, contributing = 0;
+  int64_t visited = 0, contributing = 0, list_lanes = 0;
   double gather_s = 0., gemm_s = 0.;  // counted: the feature GEMM's phases (CpuBlendStats)
-#pragma omp parallel reduction(+ : visited, contributing, gather_s, gemm_s)
+#pragma omp parallel reduction(+ : visited, contributing, list_lanes, gather_s, gemm_s)
   {
     // Tile state, structure of arrays over the 16 x 16 pixels; features channel-major
     // (lane_feat), otherwise each chunk's list of weights.
@@ -521,6 +604,7 @@ void forward(const CpuForwardArgs* args) {
         if (count) {
           gather_s += t1 - t0;
           gemm_s += omp_get_wtime() - t1;
+          for (int j = 0; j < kTileLists; ++j) list_lanes += (int64_t)lists.size(j) * kListLanes;
         }
       }
       for (int r = 0; r < tile.h; ++r) {
@@ -544,6 +628,7 @@ void forward(const CpuForwardArgs* args) {
     args->stats->contributing += contributing;
     args->stats->feature_gather_s += gather_s;
     args->stats->feature_gemm_s += gemm_s;
+    args->stats->feature_list_lanes += list_lanes;
   }
 }
 
@@ -568,25 +653,36 @@ inline void transpose(const float* src, int64_t ld_src, float* dst, int64_t ld_d
 }
 
 // Backward, D: out[e][lanes] = sum_c rows[e][c] Gt[c][lanes] for NE entries, Gt the
-// chunk's dL/dout channel-major (C x L, contiguous).
+// list block's dL/dout channel-major (C x kListLanes, contiguous).
 template <int NE>
 inline void feature_dots(const float* const* rows, const float* Gt, int64_t C, float* const* out) {
-  V acc[NE];
+  V acc[NE][kListRows];
 #pragma GCC unroll 16
-  for (int e = 0; e < NE; ++e) acc[e] = V(0.f);
+  for (int e = 0; e < NE; ++e)
+#pragma GCC unroll 2
+    for (int v = 0; v < kListRows; ++v) acc[e][v] = V(0.f);
   for (int64_t c = 0; c < C; ++c) {
-    const V gv = V::loadu(Gt + c * L);
+    V gv[kListRows];
+#pragma GCC unroll 2
+    for (int v = 0; v < kListRows; ++v) gv[v] = V::loadu(Gt + c * kListLanes + v * L);
 #pragma GCC unroll 16
-    for (int e = 0; e < NE; ++e) acc[e] = at::vec::fmadd(V(rows[e][c]), gv, acc[e]);
+    for (int e = 0; e < NE; ++e) {
+      const V fv(rows[e][c]);
+#pragma GCC unroll 2
+      for (int v = 0; v < kListRows; ++v) acc[e][v] = at::vec::fmadd(fv, gv[v], acc[e][v]);
+    }
   }
 #pragma GCC unroll 16
-  for (int e = 0; e < NE; ++e) acc[e].store(out[e]);
+  for (int e = 0; e < NE; ++e)
+#pragma GCC unroll 2
+    for (int v = 0; v < kListRows; ++v) acc[e][v].store(out[e] + v * L);
 }
 
-// Backward, dL/dF: for NE entries with weights W[e] (L lanes), adds (or, where
-// first[e], writes) sum_l W[e][l] Gp[l][c] to out[e][c] for the NV vectors of
-// channels from c0 (the last one holding `tail` channels), Gp the chunk's dL/dout
-// pixel-major (row l at Gp + l * C). Only the lanes of `lanes_used` are visited.
+// Backward, dL/dF: for NE entries with weights W[e] (kListLanes lanes), adds (or,
+// where first[e], writes) sum_l W[e][l] Gp[l][c] to out[e][c] for the NV vectors of
+// channels from c0 (the last one holding `tail` channels), Gp the list block's
+// dL/dout in the tile's pixel-major layout (lane l: pixel (l / L) kTileSize + l % L
+// of the block, at Gp + that C). Only the lanes of `lanes_used` are visited.
 template <int NE, int NV>
 inline void feature_grads(const float* const* W, unsigned lanes_used, const float* Gp, int64_t C, int64_t c0,
                           int tail, float* const* out, const bool* first) {
@@ -597,7 +693,7 @@ inline void feature_grads(const float* const* W, unsigned lanes_used, const floa
     for (int v = 0; v < NV; ++v) acc[e][v] = V(0.f);
   for (unsigned b = lanes_used; b; b &= b - 1) {
     const int l = lowest(b);
-    const float* g = Gp + (int64_t)l * C + c0;
+    const float* g = Gp + (int64_t)((l / L) * kTileSize + l % L) * C + c0;
     V gv[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) gv[v] = (v == NV - 1 && tail < L) ? V::loadu(g + v * L, tail) : V::loadu(g + v * L);
@@ -659,8 +755,8 @@ inline void for_blocks(int n, F&& f) {
   if (left >= 1) f(std::integral_constant<int, 1>{});
 }
 
-// D for every entry of chunk j (entries hold list positions k; gid maps k to the
-// Gaussian), from Gt (C x L).
+// D for every entry of list block j (entries hold list positions k; gid maps k to
+// the Gaussian), from Gt (C x kListLanes).
 inline void chunk_feature_dots(ChunkLists& lists, int j, const int* gid, const float* F, int64_t C,
                                const float* Gt) {
   const int n = lists.size(j);
@@ -672,7 +768,7 @@ inline void chunk_feature_dots(ChunkLists& lists, int j, const int* gid, const f
     float* out[NE];
     for (int e = 0; e < NE; ++e) {
       rows[e] = F + (int64_t)gid[lists.ids(j)[e0 + e]] * C;
-      out[e] = lists.dots(j) + (int64_t)(e0 + e) * L;
+      out[e] = lists.dots(j) + (int64_t)(e0 + e) * kListLanes;
     }
     // The next block's rows, line by line (at C = 64, 512 x 512: the dot products 8% faster).
     for (int e = e0 + NE; e < e0 + 2 * NE && e < n; ++e) {
@@ -684,8 +780,8 @@ inline void chunk_feature_dots(ChunkLists& lists, int j, const int* gid, const f
   });
 }
 
-// dL/dF of every entry of chunk j into grads.feat (row k), from Gp (the chunk's
-// pixels, pixel-major).
+// dL/dF of every entry of list block j into grads.feat (row k), from Gp (the block's
+// first pixel in the tile's pixel-major dL/dout).
 inline void chunk_feature_grads(const ChunkLists& lists, int j, const float* Gp, int64_t C, TileGrads& grads) {
   const int n = lists.size(j);
   int e0 = 0;
@@ -697,7 +793,7 @@ inline void chunk_feature_grads(const ChunkLists& lists, int j, const float* Gp,
     unsigned used = 0;
     for (int e = 0; e < NE; ++e) {
       const int k = lists.ids(j)[e0 + e];
-      W[e] = lists.weights(j) + (int64_t)(e0 + e) * L;
+      W[e] = lists.weights(j) + (int64_t)(e0 + e) * kListLanes;
       out[e] = grads.feat + (int64_t)k * C;
       first[e] = !grads.seen[k];
       used |= lists.masks(j)[e0 + e];
@@ -736,11 +832,11 @@ void backward(const CpuBackwardArgs* args) {
     // gradients; dL/dfeatures channel-major (lane_feat) or pixel-major (gemm).
     Scratch s_T(kTilePixels), s_Q(kTilePixels), s_last(kTilePixels), s_grgb(3 * kTilePixels),
         s_gdep(kTilePixels), s_galpha(kTilePixels), s_gfeat(C * kTilePixels), s_accf(C),
-        s_accl(lane_feat ? C * L : 0), s_gt(gemm ? C * L : 0);
+        s_accl(lane_feat ? C * L : 0), s_gt(gemm ? C * kListLanes : 0);
     float *T = s_T.p, *Q = s_Q.p, *last = s_last.p, *g_rgb = s_grgb.p, *g_dep = s_gdep.p;
     float *g_alpha = s_galpha.p, *g_feat = s_gfeat.p, *acc_f = s_accf.p;
     float* acc_lanes = s_accl.p;  // lane_feat: per channel, the lane partial sums of dL/df
-    float* Gt = s_gt.p;           // gemm: one chunk's dL/dfeatures, channel-major (C x L)
+    float* Gt = s_gt.p;           // gemm: one list block's dL/dfeatures, channel-major (C x kListLanes)
     ChunkLists lists;
     TileGrads grads;
 #pragma omp for schedule(dynamic, 1)
@@ -806,13 +902,20 @@ void backward(const CpuBackwardArgs* args) {
           }
           grads.chunks[k] = kept;
         }
-        for (int j = 0; j < kTileChunks; ++j) {
+        for (int j = 0; j < kTileLists; ++j) {
           if (!lists.size(j)) continue;
-          const int r = j / kChunksPerRow, col0 = (j % kChunksPerRow) * L;
+          const int r0 = (j / kChunksPerRow) * kListRows, col0 = (j % kChunksPerRow) * L;
           const int count = tile.w - col0 < L ? tile.w - col0 : L;
-          const float* src = args->dl_feat + (int64_t)(tile.y0 + r) * in.width + tile.x0 + col0;
-          for (int64_t c = 0; c < C; ++c)
-            (count == L ? V::loadu(src + c * HW) : V::loadu(src + c * HW, count)).store(Gt + c * L);
+          for (int v = 0; v < kListRows; ++v) {
+            if (r0 + v >= tile.h) {  // below the image: no entry blends there
+              for (int64_t c = 0; c < C; ++c) V(0.f).store(Gt + c * kListLanes + v * L);
+              continue;
+            }
+            const float* src = args->dl_feat + (int64_t)(tile.y0 + r0 + v) * in.width + tile.x0 + col0;
+            for (int64_t c = 0; c < C; ++c)
+              (count == L ? V::loadu(src + c * HW) : V::loadu(src + c * HW, count))
+                  .store(Gt + c * kListLanes + v * L);
+          }
           chunk_feature_dots(lists, j, gid, in.features, C, Gt);
         }
       }
@@ -844,8 +947,10 @@ void backward(const CpuBackwardArgs* args) {
           ChunkSplat s;
           V ok;
           float* w_slot = nullptr;
+          int lj = 0;  // gemm: the list block of the chunk
           if (gemm) {  // a blending pair (first pass): its G, in the slot of its weights
-            w_slot = lists.weights(idx) + (int64_t)lists.cursor(idx)++ * L;
+            lj = list_of(idx);
+            w_slot = lists.weights(lj) + (int64_t)lists.find(lj, k) * kListLanes + vector_of(idx) * L;
             s = chunk_from_G(tile, r, col0, mx, my, vo, V::loadu(w_slot));
             ok = s.ok;
           } else {
@@ -878,7 +983,7 @@ void backward(const CpuBackwardArgs* args) {
             }
             gv = gv + d;
           } else if (gemm) {
-            gv = gv + V::loadu(lists.dots(idx) + (w_slot - lists.weights(idx)));
+            gv = gv + V::loadu(lists.dots(lj) + (w_slot - lists.weights(lj)));
             select(ok, w, zero).store(w_slot);
           }
           a_r = a_r + select(ok, w * gr, zero);
@@ -913,9 +1018,9 @@ void backward(const CpuBackwardArgs* args) {
         }
       }
       if (gemm) {
-        for (int j = 0; j < kTileChunks; ++j) {
+        for (int j = 0; j < kTileLists; ++j) {
           if (!lists.size(j)) continue;
-          const int p0 = (j / kChunksPerRow) * kTileSize + (j % kChunksPerRow) * L;
+          const int p0 = (j / kChunksPerRow) * kListRows * kTileSize + (j % kChunksPerRow) * L;
           chunk_feature_grads(lists, j, g_feat + (int64_t)p0 * C, C, grads);
         }
         for (int k = tile_last - 1; k >= 0; --k)

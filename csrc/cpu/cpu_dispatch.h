@@ -35,6 +35,7 @@ struct CpuRasterStats {
   int64_t contributing = 0;     // (pixel, Gaussian) pairs blended
   double feature_gather_s = 0;  // the feature GEMM's phases, seconds summed over the threads
   double feature_gemm_s = 0;    // (CpuBlendStats)
+  int64_t feature_list_lanes = 0;  // lanes the forward GEMM computes (CpuBlendStats)
 };
 
 // rasterize_forward_cpu that also fills stats (when not null).

@@ -19,7 +19,7 @@
 
 namespace f3d {
 
-constexpr int kCpuKernelsAbi = 8;
+constexpr int kCpuKernelsAbi = 9;
 
 // Values of one (tile, Gaussian) pair's partial gradient, in this order.
 constexpr int kPairGeomValues = 10;  // means2d x, y; conic a, b, c; opacity; rgb; depth
@@ -100,6 +100,9 @@ struct CpuBlendStats {
   // their stores into the (C, H, W) output.
   double feature_gather_s;
   double feature_gemm_s;
+  // The lanes the forward GEMM computes: its list entries times the pixels of a list
+  // block (the blended pairs among them are `contributing`; the rest are 0 weights).
+  int64_t feature_list_lanes;
 };
 
 struct CpuForwardArgs {

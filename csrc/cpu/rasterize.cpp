@@ -332,7 +332,7 @@ RasterizeOut rasterize_forward_cpu_stats(const torch::Tensor& means2d, const tor
   args.out_alpha = out_alpha.data_ptr<float>();
   args.out_T = final_T.data_ptr<float>();
   args.out_last = last_contrib.data_ptr<int>();
-  CpuBlendStats blend{0, 0, 0., 0.};
+  CpuBlendStats blend{0, 0, 0., 0., 0};
   args.stats = stats ? &blend : nullptr;
   k.forward(&args);
   if (stats) {
@@ -345,6 +345,7 @@ RasterizeOut rasterize_forward_cpu_stats(const torch::Tensor& means2d, const tor
     stats->contributing = blend.contributing;
     stats->feature_gather_s = blend.feature_gather_s;
     stats->feature_gemm_s = blend.feature_gemm_s;
+    stats->feature_list_lanes = blend.feature_list_lanes;
   }
   return {out_rgb, out_feat, out_depth, out_alpha, final_T, last_contrib, offsets, ids};
 }
