@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             row["feature_gemm_peak_fraction_fwd"] = (row["feature_gemm_gflops_fwd"] / peak["gflops"]
                                                      if gemm_s > 0 else None)
             # The share of the GEMM's lanes that carry a weight (blended pairs / lanes computed).
-            row["feature_gemm_lanes"] = stats.get("feature_gemm_lanes", 0)
+            row["feature_gemm_lanes"] = stats["feature_gemm_lanes"]
             row["feature_gemm_lane_density"] = contrib / row["feature_gemm_lanes"] if row["feature_gemm_lanes"] else None
             row["path_peak_gflops"] = path_peak
             if base is None:

@@ -269,19 +269,16 @@ class ChunkLists {
   // (all 0) unless it is the block's last one; the caller writes the chunk's L lanes
   // at the returned pointer.
   float* add(int idx, int k) {
-    const int j = list_of(idx);
-    if (kListRows == 1 || n_[j] == 0 || id_[j][n_[j] - 1] != k) append(j, k, false);
-    return w_[j].data() + (int64_t)(n_[j] - 1) * kListLanes + vector_of(idx) * L;
+    const int j = list_of(idx), e = entry(j, k, false);  // first: it may grow w_[j]
+    return w_[j].data() + (int64_t)e * kListLanes + vector_of(idx) * L;
   }
   // Backward: marks the lanes `bits` of chunk idx as blended by position k, with
   // their Gaussian values G (0 in the other lanes) in its weight slot, which the blend
   // loop overwrites with the weights.
   void add_backward(int idx, int k, const V& G, unsigned bits) {
-    const int j = list_of(idx);
-    if (kListRows == 1 || n_[j] == 0 || id_[j][n_[j] - 1] != k) append(j, k, true);
-    const int v = vector_of(idx);
-    G.store(w_[j].data() + (int64_t)(n_[j] - 1) * kListLanes + v * L);
-    mask_[j][n_[j] - 1] |= bits << (v * L);
+    const int j = list_of(idx), e = entry(j, k, true), v = vector_of(idx);
+    G.store(w_[j].data() + (int64_t)e * kListLanes + v * L);
+    mask_[j][e] |= bits << (v * L);
   }
   // Backward: room for the dot products of every entry of block j.
   void reserve_dots(int j) {
@@ -289,6 +286,12 @@ class ChunkLists {
   }
 
  private:
+  // The entry of position k in block j: the block's last one where it is k's (a
+  // Gaussian's chunks come in turn), else a new one.
+  int entry(int j, int k, bool backward) {
+    if (kListRows == 1 || n_[j] == 0 || id_[j][n_[j] - 1] != k) append(j, k, backward);
+    return n_[j] - 1;
+  }
   void append(int j, int k, bool backward) {
     if (n_[j] == (int)id_[j].size()) {
       const size_t cap = id_[j].empty() ? 64 : 2 * id_[j].size();
@@ -380,6 +383,28 @@ inline void store_fence() {
 #endif
 }
 
+// The register blocks of the feature GEMMs: N x kListRows accumulators, each step
+// adding a(n) b[v] for the kListRows vectors b at p (L floats apart).
+template <int N>
+inline void zero_block(V (&acc)[N][kListRows]) {
+#pragma GCC unroll 16
+  for (int n = 0; n < N; ++n)
+#pragma GCC unroll 2
+    for (int v = 0; v < kListRows; ++v) acc[n][v] = V(0.f);
+}
+template <int N, typename A>
+inline void outer_product_step(V (&acc)[N][kListRows], const float* p, A&& a) {
+  V b[kListRows];
+#pragma GCC unroll 2
+  for (int v = 0; v < kListRows; ++v) b[v] = V::loadu(p + v * L);
+#pragma GCC unroll 16
+  for (int n = 0; n < N; ++n) {
+    const V an(a(n));
+#pragma GCC unroll 2
+    for (int v = 0; v < kListRows; ++v) acc[n][v] = at::vec::fmadd(an, b[v], acc[n][v]);
+  }
+}
+
 // Channel i (< CB) of a list block = sum_e Fb[k_e][i] w_e over its m entries, front
 // to back, stored at dst[i] + v row_stride for the block's `rows` rows v (each
 // `count` pixels; with store_full where Stream, else plain stores); Fb: one packed
@@ -392,21 +417,10 @@ inline void blend_features(const int* ks, const float* W, int m, const float* Fb
   static_assert(CB % CP == 0, "a block is whole passes");
   for (int h = 0; h < CB; h += CP) {
     V acc[CP][kListRows];
-#pragma GCC unroll 16
-    for (int i = 0; i < CP; ++i)
-#pragma GCC unroll 2
-      for (int v = 0; v < kListRows; ++v) acc[i][v] = V(0.f);
+    zero_block(acc);
     for (int e = 0; e < m; ++e) {
-      V wv[kListRows];
-#pragma GCC unroll 2
-      for (int v = 0; v < kListRows; ++v) wv[v] = V::loadu(W + (int64_t)e * kListLanes + v * L);
       const float* f = Fb + (int64_t)ks[e] * CB + h;
-#pragma GCC unroll 16
-      for (int i = 0; i < CP; ++i) {
-        const V fv(f[i]);
-#pragma GCC unroll 2
-        for (int v = 0; v < kListRows; ++v) acc[i][v] = at::vec::fmadd(fv, wv[v], acc[i][v]);
-      }
+      outer_product_step(acc, W + (int64_t)e * kListLanes, [f](int i) { return f[i]; });
     }
 #pragma GCC unroll 16
     for (int i = 0; i < CP; ++i)
@@ -657,21 +671,9 @@ inline void transpose(const float* src, int64_t ld_src, float* dst, int64_t ld_d
 template <int NE>
 inline void feature_dots(const float* const* rows, const float* Gt, int64_t C, float* const* out) {
   V acc[NE][kListRows];
-#pragma GCC unroll 16
-  for (int e = 0; e < NE; ++e)
-#pragma GCC unroll 2
-    for (int v = 0; v < kListRows; ++v) acc[e][v] = V(0.f);
-  for (int64_t c = 0; c < C; ++c) {
-    V gv[kListRows];
-#pragma GCC unroll 2
-    for (int v = 0; v < kListRows; ++v) gv[v] = V::loadu(Gt + c * kListLanes + v * L);
-#pragma GCC unroll 16
-    for (int e = 0; e < NE; ++e) {
-      const V fv(rows[e][c]);
-#pragma GCC unroll 2
-      for (int v = 0; v < kListRows; ++v) acc[e][v] = at::vec::fmadd(fv, gv[v], acc[e][v]);
-    }
-  }
+  zero_block(acc);
+  for (int64_t c = 0; c < C; ++c)
+    outer_product_step(acc, Gt + c * kListLanes, [rows, c](int e) { return rows[e][c]; });
 #pragma GCC unroll 16
   for (int e = 0; e < NE; ++e)
 #pragma GCC unroll 2
