@@ -333,24 +333,22 @@ struct ChannelBlocks {
   }
 };
 
-// The features of a tile's list positions [0, n) that blended a pixel (used[k]),
-// packed block by block: block b holds n rows of cb[b] channels (row k at
-// packed + n c0[b] + k cb[b]), so that a pass over one block reads a few KB that
-// stay in L1 across the tile's chunks.
-inline void pack_tile_features(const int* gid, const unsigned char* used, int n, const float* F, int64_t C,
-                               const ChannelBlocks& blocks, float* packed) {
+// Channel block b of the features of a tile's list positions [0, n) that blended a
+// pixel (used[k]), packed: row k (cb[b] channels) at packed + k cb[b], a few KB that
+// stay in L1 across the tile's list blocks. Packed block by block, right before that
+// block's products: a whole tile's rows at once (n C floats: 700 KB at C = 256) do
+// not fit L2 and would be written out to L3 and read back.
+inline void pack_feature_block(const int* gid, const unsigned char* used, int n, const float* F, int64_t C,
+                               int64_t c0, int cb, float* packed) {
   for (int k = 0; k < n; ++k) {
-    if (k + kPrefetch < n && used[k + kPrefetch]) __builtin_prefetch(F + (int64_t)gid[k + kPrefetch] * C);
+    if (k + kPrefetch < n && used[k + kPrefetch]) __builtin_prefetch(F + (int64_t)gid[k + kPrefetch] * C + c0);
     if (!used[k]) continue;
-    const float* row = F + (int64_t)gid[k] * C;
-    for (int b = 0; b < blocks.size(); ++b) {  // a block is one vector, or less for the rest
-      float* dst = packed + n * blocks.c0[b] + (int64_t)k * blocks.cb[b];
-      const int cb = blocks.cb[b];
-      if (cb == L)
-        V::loadu(row + blocks.c0[b]).store(dst);
-      else
-        V::loadu(row + blocks.c0[b], cb).store(dst, cb);
-    }
+    const float* row = F + (int64_t)gid[k] * C + c0;
+    float* dst = packed + (int64_t)k * cb;
+    if (cb == L)  // a block is one vector, or less for the rest
+      V::loadu(row).store(dst);
+    else
+      V::loadu(row, cb).store(dst, cb);
   }
 }
 
@@ -453,21 +451,28 @@ inline void blend_block(int cb, const int* ks, const float* W, int m, const floa
     blend_features<1, Stream>(ks, W, m, Fb, dst, row_stride, rows, count);
 }
 
-// The forward feature blend of a tile (its lists and its n packed list positions),
-// channel block by channel block and list block by list block, straight into
-// out_feat (C, H, W). With 16 lanes a list block's row segment is one 64-byte line
+// The forward feature blend of a tile (its lists, and its n list positions: gid maps
+// them to the Gaussians, used[k] where k blended a pixel), channel block by channel
+// block (each packed into `packed`, n kChannelBlock floats) and list block by list
+// block, straight into out_feat (C, H, W); where `seconds` is given, the time of the
+// packing and of the products is added to it ([0], [1]). With 16 lanes a list block's row segment is one 64-byte line
 // of each channel plane, streamed out as the products finish. With 8 lanes it is half
 // a line, and the other half comes from the next list block after 2 x 8 other lines:
 // streamed half lines would leave the write-combining buffers partly filled, and plain
 // stores thrash the sets (store_full). So the products of a block row go to `stage`
 // (channels x rows x 16 pixels, in L1), and the full lines are streamed from there.
-inline void blend_tile_features(const ChunkLists& lists, const Tile& tile, int width, int n, const float* packed,
-                                const ChannelBlocks& blocks, float* out_feat, int64_t HW) {
+inline void blend_tile_features(const ChunkLists& lists, const Tile& tile, int width, const int* gid,
+                                const unsigned char* used, int n, const float* F, int64_t C,
+                                const ChannelBlocks& blocks, float* packed, float* out_feat, int64_t HW,
+                                double* seconds) {
   constexpr bool kStaged = kChunksPerRow > 1;
   alignas(64) float stage[kStaged ? kChannelBlock * kListRows * kTileSize : 1];
   for (int b = 0; b < blocks.size(); ++b) {
-    const float* Fb = packed + n * blocks.c0[b];
     const int cb = blocks.cb[b];
+    const double t0 = seconds ? omp_get_wtime() : 0.;
+    pack_feature_block(gid, used, n, F, C, blocks.c0[b], cb, packed);
+    const double t1 = seconds ? omp_get_wtime() : 0.;
+    const float* Fb = packed;
     for (int r = 0; r < tile.h; r += kListRows) {
       const int rows = tile.h - r < kListRows ? tile.h - r : kListRows;
       float* dst[kChannelBlock];
@@ -496,6 +501,10 @@ inline void blend_tile_features(const ChunkLists& lists, const Tile& tile, int w
             }
           }
     }
+    if (seconds) {
+      seconds[0] += t1 - t0;
+      seconds[1] += omp_get_wtime() - t1;
+    }
   }
 }
 
@@ -521,7 +530,7 @@ void forward(const CpuForwardArgs* args) {
     float* acc_feat = s_feat.p;
     ChunkLists lists;
     const ChannelBlocks blocks(C);
-    Buffer<float> packed;        // the tile's features, packed (pack_tile_features)
+    Buffer<float> packed;        // a channel block of the tile's features (pack_feature_block)
     Buffer<unsigned char> used;  // list positions that blended a pixel
 #pragma omp for schedule(dynamic, 1)
     for (int t = 0; t < n_tiles; ++t) {
@@ -610,14 +619,13 @@ void forward(const CpuForwardArgs* args) {
       if (!lane_feat && C > 0) {
         int n = end - start;
         while (n > 0 && !used[n - 1]) --n;
-        const double t0 = count ? omp_get_wtime() : 0.;
-        if (packed.size() < (size_t)n * C) packed.resize((size_t)n * C);
-        pack_tile_features(in.gaussian_ids + start, used.data(), n, in.features, C, blocks, packed.data());
-        const double t1 = count ? omp_get_wtime() : 0.;
-        blend_tile_features(lists, tile, in.width, n, packed.data(), blocks, args->out_feat, HW);
+        if (packed.size() < (size_t)n * kChannelBlock) packed.resize((size_t)n * kChannelBlock);
+        double seconds[2] = {0., 0.};
+        blend_tile_features(lists, tile, in.width, in.gaussian_ids + start, used.data(), n, in.features, C, blocks,
+                            packed.data(), args->out_feat, HW, count ? seconds : nullptr);
         if (count) {
-          gather_s += t1 - t0;
-          gemm_s += omp_get_wtime() - t1;
+          gather_s += seconds[0];
+          gemm_s += seconds[1];
           for (int j = 0; j < kTileLists; ++j) list_lanes += (int64_t)lists.size(j) * kListLanes;
         }
       }
