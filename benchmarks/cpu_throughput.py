@@ -138,22 +138,51 @@ def measured_fma_gflops(isa: str) -> float:
         return float(kernels().cpu_fma_gflops(1.0))
 
 
+def cpu_vendor_family() -> tuple[str, int]:
+    """/proc/cpuinfo's vendor_id and cpu family of the first core ("", -1 where unknown)."""
+    vendor, family = "", -1
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip().lower()
+            if key == "vendor_id" and not vendor:
+                vendor = value.strip()
+            elif key == "cpu family" and family < 0:
+                family = int(value.strip())
+            if vendor and family >= 0:
+                break
+    except (OSError, ValueError):
+        pass
+    return vendor, family
+
+
+def fma_units(isa: str) -> tuple[int, str]:
+    """FMA instructions of `isa`'s width that one core issues per cycle, and why: two for AVX2
+    and AVX-512 on server x86 cores since Haswell / Skylake-SP, except AMD Zen 4 (family 25),
+    which runs a 512-bit FMA as two halves on its two 256-bit pipes (so one per cycle: the
+    same flops per cycle as AVX2)."""
+    vendor, family = cpu_vendor_family()
+    if isa == "avx512" and vendor == "AuthenticAMD" and family == 25:
+        return 1, "AMD family 25 (Zen 4): 512-bit FMAs on two 256-bit pipes"
+    return 2, "two FMA pipes of the ISA's width"
+
+
 def fp32_peak(isa: str, threads: int, measured: float) -> dict:
-    """The larger of: threads x FMA units x lanes x 2 flops x clock (two FMA units per core
-    for AVX2 and AVX-512, as server x86 cores since Haswell / Skylake-SP have; SSE2 baseline
-    4 lanes, scalar 1), and the throughput measured on this machine (`measured`). The
-    clock that the OS reports may be the nominal one, below what the cores run at: the
-    measured figure then exceeds the formula, and is the limit to compare against."""
+    """The larger of: threads x FMA units x lanes x 2 flops x clock (fma_units: two FMA units
+    per core, one for AVX-512 on Zen 4; SSE2 baseline 4 lanes, scalar 1), and the throughput
+    measured on this machine (`measured`). The clock that the OS reports may be the nominal
+    one, below what the cores run at: the measured figure then exceeds the formula, and is
+    the limit to compare against."""
     lanes = {"avx512": 16, "avx2": 8, "baseline": 4, "scalar": 1}[isa]
-    units = 2
+    units, units_source = fma_units(isa)
     ghz, source = clock_ghz()
     nominal = threads * units * lanes * 2 * ghz
     gflops = max(nominal, measured)
-    return dict(isa=isa, threads=threads, fma_units=units, lanes=lanes, ghz=ghz, clock_source=source,
-                nominal_gflops=nominal, measured_gflops=measured, gflops=gflops,
-                formula=(f"max({threads} threads x {units} FMA units x {lanes} lanes x 2 flops x {ghz:.2f} GHz = "
-                         f"{nominal:.1f}, measured {measured:.1f} ({isa} FMA chains on {threads} threads, 1 s)) "
-                         f"= {gflops:.1f} GFLOP/s"))
+    return dict(isa=isa, threads=threads, fma_units=units, fma_units_source=units_source, lanes=lanes, ghz=ghz,
+                clock_source=source, nominal_gflops=nominal, measured_gflops=measured, gflops=gflops,
+                formula=(f"max({threads} threads x {units} FMA units ({units_source}) x {lanes} lanes x 2 flops x "
+                         f"{ghz:.2f} GHz = {nominal:.1f}, measured {measured:.1f} ({isa} FMA chains on {threads} "
+                         f"threads, 1 s)) = {gflops:.1f} GFLOP/s"))
 
 
 def timed(fn, repeats: int) -> tuple[float, float]:

@@ -171,6 +171,22 @@ def test_cpu_throughput_benchmark_quick_writes_every_path(tmp_path):
     assert peak["measured_gflops"] > 0 and peak["gflops"] == max(peak["nominal_gflops"], peak["measured_gflops"])
 
 
+def test_cpu_throughput_peak_counts_zen4_avx512_as_one_fma_unit(monkeypatch):
+    """Zen 4 issues one 512-bit FMA per cycle (two 256-bit halves): its AVX-512 nominal peak
+    equals its AVX2 one; other cores and ISAs keep two units."""
+    bench = load_script("benchmarks/cpu_throughput.py")
+    monkeypatch.setattr(bench, "clock_ghz", lambda: (3.0, "test"))
+    monkeypatch.setattr(bench, "cpu_vendor_family", lambda: ("AuthenticAMD", 25))
+    assert bench.fma_units("avx512")[0] == 1 and bench.fma_units("avx2")[0] == 2
+    zen4 = bench.fp32_peak("avx512", 2, 0.0)
+    assert zen4["nominal_gflops"] == bench.fp32_peak("avx2", 2, 0.0)["nominal_gflops"] == 2 * 2 * 8 * 2 * 3.0
+    assert "Zen 4" in zen4["formula"]
+    monkeypatch.setattr(bench, "cpu_vendor_family", lambda: ("GenuineIntel", 6))
+    assert bench.fp32_peak("avx512", 2, 0.0)["nominal_gflops"] == 2 * 2 * 16 * 2 * 3.0
+    # The measured throughput wins where it is the larger.
+    assert bench.fp32_peak("avx512", 2, 1000.0)["gflops"] == 1000.0
+
+
 def test_cpu_throughput_against_a_baseline_checkout(tmp_path):
     """--baseline-checkout times the stages in subprocesses of each package (here this checkout
     as its own baseline) and records them; a directory without the package is refused."""
