@@ -111,6 +111,20 @@ def test_non_square_odd_size_off_centre_principal_point():
     assert out_k.rgb.shape == (3, 35, 77) and out_k.features.shape == (9, 35, 77)
 
 
+@pytest.mark.parametrize("channels", [19, 40])
+def test_feature_products_on_partial_tiles(channels):
+    """From one vector of channels up (8 or 16) the SIMD paths blend features as products
+    over chunk lists; at 77 x 35 the edge tiles are 13 pixels wide and 3 rows high, so a
+    2 x 8 chunk (16 lanes) has a row and a 13-pixel tile has columns outside the image.
+    Outputs and gradients match the reference, with 19 channels (blocks of 16, 2, 1) and 40."""
+    scene = random_scene(300, seed=9, channels=channels)
+    cam = camera(width=77, height=35, cx=40.2, cy=17.1)
+    out_k, _ = check_scene(scene, cam, feature_background=torch.linspace(-1, 1, channels))
+    assert out_k.features.shape == (channels, 35, 77)
+    alpha = out_k.alpha.reshape(35, 77)
+    assert (alpha[:, 64:] > 0.05).any() and (alpha[32:, :] > 0.05).any()  # the edge tiles blend
+
+
 def test_partly_outside_view_and_behind_camera():
     scene = random_scene(300, seed=4, channels=3, spread=4.0)  # camera at z=3 is inside the cloud
     cam = camera()

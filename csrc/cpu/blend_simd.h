@@ -5,9 +5,9 @@
 // flags. The including file defines F3D_SIMD_NS (a namespace unique to the ISA)
 // and F3D_SIMD_ISA (its name) and includes this header once.
 //
-// Layout: a tile is 16 rows of 16 pixels; one SIMD step covers L = V::size()
-// consecutive pixels of a row (16 with AVX-512, 8 with AVX2 and the baseline), so
-// a row is 16 / L chunks. Per Gaussian the kernels visit only the chunks that
+// Layout: a tile is 16 rows of 16 pixels; one SIMD step covers the L = V::size()
+// pixels of a chunk: 2 rows x 8 pixels with AVX-512 (16 lanes), 8 pixels of a row
+// with AVX2 and the baseline, so a tile is 8 x 2 or 16 x 2 chunks. Per Gaussian the kernels visit only the chunks that
 // f3d/cull.h cannot prove empty, evaluate alpha for the chunk's pixels at once
 // (one vectorised exp), and skip or stop pixels with lane masks. The alpha, T and
 // weight arithmetic repeats f3d/blend.h operation by operation (no FMA: the build
@@ -40,14 +40,41 @@ namespace {
 
 using V = at::vec::Vectorized<float>;
 constexpr int L = V::size();
-static_assert(kTileSize % L == 0 && L <= 16, "a tile row must be a whole number of SIMD steps");
-constexpr int kChunksPerRow = kTileSize / L;
+// A chunk (one SIMD step) is kChunkRows x kChunkCols pixels. Two rows of 8 with 16
+// lanes: a Gaussian's footprint covers more of a compact chunk, so the feature
+// products (below) compute fewer lanes of zero weight than with 16-pixel row segments
+// (65.8% of their lanes carry a weight on the benchmark scene against 53%).
+constexpr int kChunkRows = L == 16 ? 2 : 1;
+constexpr int kChunkCols = L / kChunkRows;
+static_assert(kTileSize % kChunkCols == 0 && kTileSize % kChunkRows == 0 && L <= 16,
+              "a tile must be a whole number of chunks");
+constexpr int kChunksPerRow = kTileSize / kChunkCols;  // chunk columns of a tile
 constexpr int kTilePixels = kTileSize * kTileSize;
+// The tile's per-pixel state is kept in chunk order: chunk idx's L pixels at idx L,
+// lane (r % kChunkRows) kChunkCols + col % kChunkCols (with one-row chunks: row-major).
+constexpr int kChunkRowStride = kChunksPerRow * L;  // state floats per row of chunks
+inline int chunk_row(int idx) { return idx / kChunksPerRow * kChunkRows; }  // its first pixel row
+inline int chunk_col(int idx) { return idx % kChunksPerRow * kChunkCols; }  // and column
+inline int state_index(int r, int col) {
+  return (r / kChunkRows) * kChunkRowStride + (col / kChunkCols) * L + (r % kChunkRows) * kChunkCols + col % kChunkCols;
+}
+inline int state_row(int p) { return chunk_row(p / L) + p % L / kChunkCols; }
+inline int state_col(int p) { return chunk_col(p / L) + p % L % kChunkCols; }
 constexpr unsigned kFullMask = (1u << L) - 1u;
 constexpr int kPrefetch = 4;  // list positions ahead to prefetch a Gaussian's PackedGaussian
 
-alignas(64) constexpr float kLaneCentre[16] = {0.5f, 1.5f, 2.5f,  3.5f,  4.5f,  5.5f,  6.5f,  7.5f,
-                                               8.5f, 9.5f, 10.5f, 11.5f, 12.5f, 13.5f, 14.5f, 15.5f};
+// Each lane's pixel centre relative to its chunk's first pixel.
+struct LaneCentres {
+  alignas(64) float col[16];
+  alignas(64) float row[16];
+  constexpr LaneCentres() : col(), row() {
+    for (int l = 0; l < 16; ++l) {
+      col[l] = (float)(l % kChunkCols) + 0.5f;
+      row[l] = (float)(l / kChunkCols) + 0.5f;
+    }
+  }
+};
+constexpr LaneCentres kLaneCentres{};
 
 // Lanes of a mask vector (all bits set or zero) as the low L bits.
 inline unsigned lanes(const V& m) { return ~(unsigned)m.zero_mask() & kFullMask; }
@@ -138,21 +165,21 @@ inline bool rows_missed(const Tile& tile, const CullSplat& cs, bool cull) {
 
 // The chunks of the tile inside the image.
 inline uint64_t tile_chunks(const Tile& tile) {
-  const int row_chunks = (tile.w + L - 1) / L;
+  const int row_chunks = (tile.w + kChunkCols - 1) / kChunkCols;
   uint64_t row_bits = 0;
   for (int k = 0; k < row_chunks; ++k) row_bits |= (uint64_t)1 << k;
   uint64_t all = 0;
-  for (int r = 0; r < tile.h; ++r) all |= row_bits << (r * kChunksPerRow);
+  for (int r = 0; r < tile.h; r += kChunkRows) all |= row_bits << (r / kChunkRows * kChunksPerRow);
   return all;
 }
 
-// The chunks (bit r * kChunksPerRow + k: row r, pixels [k L, (k + 1) L)) of the
-// tile where the Gaussian may contribute: all chunks inside the image (`all`)
-// without culling; with it, none when its rows miss the tile's, else those whose
-// row segment f3d/cull.h cannot rule out (its exact segment minimum, evaluated for
-// LD rows at once in double).
+// The chunks (bit idx = chunk row * kChunksPerRow + k: pixels [k kChunkCols, (k + 1)
+// kChunkCols) of rows [chunk_row(idx), + kChunkRows)) of the tile where the Gaussian
+// may contribute: all chunks inside the image (`all`) without culling; with it, none
+// when its rows miss the tile's, else those with a row segment that f3d/cull.h cannot
+// rule out (its exact segment minimum, evaluated for LD rows at once in double).
 inline uint64_t live_chunks(const Tile& tile, uint64_t all, const CullSplat& cs, bool cull) {
-  const int row_chunks = (tile.w + L - 1) / L;
+  const int row_chunks = (tile.w + kChunkCols - 1) / kChunkCols;
   if (!cull || cs.kind == kCullKeep) return all;
   if (rows_missed(tile, cs, cull)) return 0;
   if (cs.kind == kCullNone) return 0;
@@ -160,14 +187,14 @@ inline uint64_t live_chunks(const Tile& tile, uint64_t all, const CullSplat& cs,
   const VD dy0(tile.y0 + 0.5 - cs.my);
   uint64_t m = 0;
   for (int k = 0; k < row_chunks; ++k) {
-    const int last_col = (k + 1) * L < tile.w ? (k + 1) * L - 1 : tile.w - 1;
-    const VD lo(tile.x0 + k * L + 0.5 - cs.mx), hi(tile.x0 + last_col + 0.5 - cs.mx);
+    const int last_col = (k + 1) * kChunkCols < tile.w ? (k + 1) * kChunkCols - 1 : tile.w - 1;
+    const VD lo(tile.x0 + k * kChunkCols + 0.5 - cs.mx), hi(tile.x0 + last_col + 0.5 - cs.mx);
     for (int r0 = 0; r0 < tile.h; r0 += LD) {
       const VD dy = dy0 + VD::loadu(kRowIndex + r0);
       const VD dx = at::vec::minimum(at::vec::maximum(kx * dy, lo), hi);
       const VD q = a * dx * dx + b2 * dx * dy + c * dy * dy;
       unsigned live = ~(unsigned)(q <= t).zero_mask() & ((1u << LD) - 1u);
-      for (; live; live &= live - 1) m |= (uint64_t)1 << ((r0 + lowest(live)) * kChunksPerRow + k);
+      for (; live; live &= live - 1) m |= (uint64_t)1 << ((r0 + lowest(live)) / kChunkRows * kChunksPerRow + k);
     }
   }
   return m & all;
@@ -178,10 +205,11 @@ struct ChunkSplat {
   V dx, dy, G, alpha_raw, alpha, ok;  // ok: power <= 0 and alpha >= kAlphaMin (NaN: false)
 };
 
-// The chunk's pixel offsets from the mean, and alpha from G, in f3d::eval_splat's order.
-inline void set_offsets(ChunkSplat& s, const Tile& tile, int r, int col0, float mx, float my) {
-  s.dx = (V((float)(tile.x0 + col0)) + V::loadu(kLaneCentre)) - V(mx);
-  s.dy = V(((float)(tile.y0 + r) + 0.5f) - my);
+// Chunk idx's pixel offsets from the mean, and alpha from G, in f3d::eval_splat's order
+// (pixel + 0.5 - mean: the chunk's first pixel plus the lane's centre is exact).
+inline void set_offsets(ChunkSplat& s, const Tile& tile, int idx, float mx, float my) {
+  s.dx = (V((float)(tile.x0 + chunk_col(idx))) + V::loadu(kLaneCentres.col)) - V(mx);
+  s.dy = (V((float)(tile.y0 + chunk_row(idx))) + V::loadu(kLaneCentres.row)) - V(my);
 }
 inline void set_alpha(ChunkSplat& s, const V& opacity, const V& G) {
   s.G = G;
@@ -189,10 +217,10 @@ inline void set_alpha(ChunkSplat& s, const V& opacity, const V& G) {
   s.alpha = select(s.alpha_raw > V(kAlphaMax), V(kAlphaMax), s.alpha_raw);
 }
 
-inline ChunkSplat eval_chunk(const Tile& tile, int r, int col0, float mx, float my, const V& ca,
-                             const V& cb, const V& cc, const V& opacity) {
+inline ChunkSplat eval_chunk(const Tile& tile, int idx, float mx, float my, const V& ca, const V& cb,
+                             const V& cc, const V& opacity) {
   ChunkSplat s;
-  set_offsets(s, tile, r, col0, mx, my);
+  set_offsets(s, tile, idx, mx, my);
   const V power = V(-0.5f) * (ca * s.dx * s.dx + cc * s.dy * s.dy) - cb * s.dx * s.dy;
   set_alpha(s, opacity, power.exp());
   s.ok = (power <= V(0.f)) & (s.alpha >= V(kAlphaMin));
@@ -202,10 +230,9 @@ inline ChunkSplat eval_chunk(const Tile& tile, int r, int col0, float mx, float 
 // The same from G where the chunk's blending lanes have it and 0 elsewhere (the
 // backward's first pass keeps it so): every value equals eval_chunk's, and ok is
 // exactly its lanes, since a blending lane has opacity * G >= kAlphaMin > 0.
-inline ChunkSplat chunk_from_G(const Tile& tile, int r, int col0, float mx, float my, const V& opacity,
-                               const V& G) {
+inline ChunkSplat chunk_from_G(const Tile& tile, int idx, float mx, float my, const V& opacity, const V& G) {
   ChunkSplat s;
-  set_offsets(s, tile, r, col0, mx, my);
+  set_offsets(s, tile, idx, mx, my);
   set_alpha(s, opacity, G);
   s.ok = s.G > V(0.f);
   return s;
@@ -213,7 +240,7 @@ inline ChunkSplat chunk_from_G(const Tile& tile, int r, int col0, float mx, floa
 
 // ---------------------------------------------------------------------------
 // The feature blend as small matrix products. With C >= L channels the blend loop
-// only records, per list block of the tile (kListRows rows of one chunk column:
+// only records, per list block of the tile (kListRows chunks, one above the other:
 // kListLanes = kListRows L pixels), the Gaussians that blended one of its pixels, in
 // list order, with their kListLanes weights (0 in the lanes they did not blend); the
 // features are then blended block by block as
@@ -227,17 +254,19 @@ inline ChunkSplat chunk_from_G(const Tile& tile, int r, int col0, float mx, floa
 // value feeds two vectors: the forward's inner step is 2 vector + 4 broadcast loads
 // for 8 FMAs instead of 1 + 8 for 8, which a one-row block needs (an isolated
 // microbenchmark on a Zen 3 core: 85% of the FMA peak against 62%). With 16 lanes
-// a block stays one row: one 16-pixel row is already as many pixels as the
-// GEMM can share before too many of their weights are 0.
-constexpr int kTileChunks = kTileSize * kChunksPerRow;
+// a block is one chunk (2 x 8 pixels): 16 pixels are already as many as the GEMM
+// can share before too many of their weights are 0.
+constexpr int kTileChunks = kTileSize / kChunkRows * kChunksPerRow;
 constexpr int kListRows = L == 16 ? 1 : 2;
 constexpr int kListLanes = kListRows * L;
 constexpr int kTileLists = kTileChunks / kListRows;
-static_assert(kTileSize % kListRows == 0 && kListLanes <= 32, "list blocks tile the tile; masks fit 32 bits");
-// The list block of chunk idx (row r, column q), and the vector of its entries that
-// holds the chunk's lanes.
+static_assert(kTileSize / kChunkRows % kListRows == 0 && kListLanes <= 32, "list blocks tile the tile; masks fit 32 bits");
+// The list block of chunk idx, and the vector of its entries that holds the chunk's
+// lanes; the state index of list block j's first pixel (its vector v at + v
+// kChunkRowStride).
 inline int list_of(int idx) { return (idx / kChunksPerRow / kListRows) * kChunksPerRow + idx % kChunksPerRow; }
 inline int vector_of(int idx) { return (idx / kChunksPerRow) % kListRows; }
+inline int block_state(int j) { return (j / kChunksPerRow) * kListRows * kChunkRowStride + (j % kChunksPerRow) * L; }
 // Register blocks: accumulators that fit the ISA's vector registers (32 with
 // AVX-512, 16 otherwise) beside the operands.
 constexpr int kChannelBlock = L;  // forward: channels packed per block (one vector)
@@ -357,7 +386,7 @@ inline void pack_feature_block(const int* gid, const unsigned char* used, int n,
 
 // Stores a full vector of output features at p: where p is aligned to the vector, with
 // a non-temporal (streaming) store, else a plain one. The (C, H, W) output is written
-// once per forward, a 16-float row segment of each channel plane per chunk; the planes
+// once per forward, 16-float lines of each channel plane per tile row; the planes
 // are H W floats apart, a multiple of 4 KiB for common sizes (512 x 512: 1 MiB), so a
 // tile's rows of all channels fall into the same few L1 and L2 sets and plain stores
 // spend most of their time reading lines for ownership and evicting them again
@@ -407,13 +436,13 @@ inline void outer_product_step(V (&acc)[N][kListRows], const float* p, A&& a) {
 }
 
 // Channel i (< CB) of a list block = sum_e Fb[k_e][i] w_e over its m entries, front
-// to back, stored at dst[i] + v row_stride for the block's `rows` rows v (each
-// `count` pixels; with store_full where Stream, else plain stores); Fb: one packed
-// block (row k at Fb + k CB), taken kChannelPass channels (times kListRows vectors
-// of accumulators) at a time.
-template <int CB, bool Stream>
+// to back, stored at dst[i] + v row_stride for the block's first `rows` vectors v (the
+// tile's stage, in L1; blend_tile_features streams whole lines from it); Fb: one packed
+// block (row k at Fb + k CB), taken kChannelPass channels (times kListRows vectors of
+// accumulators) at a time.
+template <int CB>
 inline void blend_features(const int* ks, const float* W, int m, const float* Fb, float* const* dst,
-                           int64_t row_stride, int rows, int count) {
+                           int64_t row_stride, int rows) {
   constexpr int CP = CB < kChannelPass ? CB : kChannelPass;
   static_assert(CB % CP == 0, "a block is whole passes");
   for (int h = 0; h < CB; h += CP) {
@@ -428,74 +457,72 @@ inline void blend_features(const int* ks, const float* W, int m, const float* Fb
 #pragma GCC unroll 2
       for (int v = 0; v < kListRows; ++v) {
         if (v >= rows) break;
-        float* p = dst[h + i] + v * row_stride;
-        if (count < L)
-          acc[i][v].store(p, count);
-        else if (Stream)
-          store_full(acc[i][v], p);
-        else
-          acc[i][v].store(p);
+        acc[i][v].store(dst[h + i] + v * row_stride);
       }
   }
 }
 
-template <bool Stream>
 inline void blend_block(int cb, const int* ks, const float* W, int m, const float* Fb, float* const* dst,
-                        int64_t row_stride, int rows, int count) {
+                        int64_t row_stride, int rows) {
   if (cb == kChannelBlock)
-    blend_features<kChannelBlock, Stream>(ks, W, m, Fb, dst, row_stride, rows, count);
+    blend_features<kChannelBlock>(ks, W, m, Fb, dst, row_stride, rows);
   else if (cb == 8)
-    blend_features<8, Stream>(ks, W, m, Fb, dst, row_stride, rows, count);
+    blend_features<8>(ks, W, m, Fb, dst, row_stride, rows);
   else if (cb == 4)
-    blend_features<4, Stream>(ks, W, m, Fb, dst, row_stride, rows, count);
+    blend_features<4>(ks, W, m, Fb, dst, row_stride, rows);
   else if (cb == 2)
-    blend_features<2, Stream>(ks, W, m, Fb, dst, row_stride, rows, count);
+    blend_features<2>(ks, W, m, Fb, dst, row_stride, rows);
   else
-    blend_features<1, Stream>(ks, W, m, Fb, dst, row_stride, rows, count);
+    blend_features<1>(ks, W, m, Fb, dst, row_stride, rows);
 }
 
 // The forward feature blend of a tile (its lists, and its n list positions: gid maps
 // them to the Gaussians, used[k] where k blended a pixel), channel block by channel
 // block (each packed into `packed`, n kChannelBlock floats) and list block by list
 // block, straight into out_feat (C, H, W); where `seconds` is given, the time of the
-// packing and of the products is added to it ([0], [1]). With 16 lanes a list block's row segment is one 64-byte line
-// of each channel plane, streamed out as the products finish. With 8 lanes it is half
-// a line, and the other half comes from the next list block after 2 x 8 other lines:
-// streamed half lines would leave the write-combining buffers partly filled, and plain
-// stores thrash the sets (store_full). So the products of a block row go to `stage`
-// (channels x rows x 16 pixels, in L1), and the full lines are streamed from there.
+// packing and of the products is added to it ([0], [1]). A chunk is 8 pixels of a row
+// (half a 64-byte line of a channel plane) or 2 x 8 pixels (two half lines), and the
+// other half of each line comes from the chunk beside it: streamed half lines would
+// leave the write-combining buffers partly filled, and plain stores thrash the sets
+// (store_full). So the products of a row of list blocks go to `stage` (channels x
+// the block row's state, in L1), and full lines are streamed from there.
 inline void blend_tile_features(const ChunkLists& lists, const Tile& tile, int width, const int* gid,
                                 const unsigned char* used, int n, const float* F, int64_t C,
                                 const ChannelBlocks& blocks, float* packed, float* out_feat, int64_t HW,
                                 double* seconds) {
-  constexpr bool kStaged = kChunksPerRow > 1;
-  alignas(64) float stage[kStaged ? kChannelBlock * kListRows * kTileSize : 1];
+  static_assert(kChunkRows == 1 || (L == 16 && kChunkCols == 8), "two-row chunks: 16 lanes, two chunk columns");
+  constexpr int kBlockRowState = kListRows * kChunkRowStride;  // state floats of a row of list blocks
+  constexpr int kBlockRowPixels = kListRows * kChunkRows;      // pixel rows of a row of list blocks
+  alignas(64) float stage[kChannelBlock * kBlockRowState];
   for (int b = 0; b < blocks.size(); ++b) {
     const int cb = blocks.cb[b];
     const double t0 = seconds ? omp_get_wtime() : 0.;
     pack_feature_block(gid, used, n, F, C, blocks.c0[b], cb, packed);
     const double t1 = seconds ? omp_get_wtime() : 0.;
     const float* Fb = packed;
-    for (int r = 0; r < tile.h; r += kListRows) {
-      const int rows = tile.h - r < kListRows ? tile.h - r : kListRows;
+    for (int r = 0; r < tile.h; r += kBlockRowPixels) {
+      const int rows = tile.h - r < kBlockRowPixels ? tile.h - r : kBlockRowPixels;  // pixel rows inside
+      const int vectors = (rows + kChunkRows - 1) / kChunkRows;                          // chunk rows inside
       float* dst[kChannelBlock];
-      for (int q = 0; q * L < tile.w; ++q) {
-        const int j = list_of(r * kChunksPerRow + q);
-        const int count = tile.w - q * L < L ? tile.w - q * L : L;
-        if (kStaged) {
-          for (int i = 0; i < cb; ++i) dst[i] = stage + (int64_t)i * kListRows * kTileSize + q * L;
-          blend_block<false>(cb, lists.ids(j), lists.weights(j), lists.size(j), Fb, dst, kTileSize, rows, L);
-        } else {
-          for (int i = 0; i < cb; ++i)
-            dst[i] = out_feat + (blocks.c0[b] + i) * HW + (int64_t)(tile.y0 + r) * width + tile.x0 + q * L;
-          blend_block<true>(cb, lists.ids(j), lists.weights(j), lists.size(j), Fb, dst, width, rows, count);
-        }
+      for (int q = 0; q * kChunkCols < tile.w; ++q) {
+        const int j = list_of(r / kChunkRows * kChunksPerRow + q);
+        for (int i = 0; i < cb; ++i) dst[i] = stage + (int64_t)i * kBlockRowState + q * L;
+        blend_block(cb, lists.ids(j), lists.weights(j), lists.size(j), Fb, dst, kChunkRowStride, vectors);
       }
-      if (kStaged)
-        for (int i = 0; i < cb; ++i)
-          for (int v = 0; v < rows; ++v) {
-            const float* src = stage + (int64_t)(i * kListRows + v) * kTileSize;
-            float* out = out_feat + (blocks.c0[b] + i) * HW + (int64_t)(tile.y0 + r + v) * width + tile.x0;
+      for (int i = 0; i < cb; ++i)
+        for (int v = 0; v < rows; ++v) {
+          // Row v of the block row: lanes (v % kChunkRows) 8 of both chunk columns.
+          const float* src = stage + (int64_t)i * kBlockRowState + state_index(v, 0);
+          float* out = out_feat + (blocks.c0[b] + i) * HW + (int64_t)(tile.y0 + r + v) * width + tile.x0;
+          if constexpr (L == 16) {
+            // src[0, 8) then src[L, L + 8): the second chunk's half is 8 floats after
+            // the first chunk's end, lanes 8-15 of the load at src + 8.
+            const V line = V::set(V::loadu(src + 8), V::loadu(src), 8);
+            if (tile.w < L)
+              line.store(out, tile.w);
+            else
+              store_full(line, out);
+          } else {
             for (int x = 0; x < tile.w; x += L) {
               if (tile.w - x < L)
                 V::loadu(src + x).store(out + x, tile.w - x);
@@ -503,6 +530,7 @@ inline void blend_tile_features(const ChunkLists& lists, const Tile& tile, int w
                 store_full(V::loadu(src + x), out + x);
             }
           }
+        }
     }
     if (seconds) {
       seconds[0] += t1 - t0;
@@ -525,7 +553,7 @@ void forward(const CpuForwardArgs* args) {
   double gather_s = 0., gemm_s = 0.;  // counted: the feature GEMM's phases (CpuBlendStats)
 #pragma omp parallel reduction(+ : visited, contributing, list_lanes, gather_s, gemm_s)
   {
-    // Tile state, structure of arrays over the 16 x 16 pixels; features channel-major
+    // Tile state, structure of arrays over the 16 x 16 pixels in chunk order; features channel-major
     // (lane_feat), otherwise each chunk's list of weights.
     Scratch s_T(kTilePixels), s_rgb(3 * kTilePixels), s_dep(kTilePixels), s_last(kTilePixels),
         s_done(kTilePixels), s_feat(lane_feat ? C * kTilePixels : 0);
@@ -540,7 +568,7 @@ void forward(const CpuForwardArgs* args) {
       const Tile tile(in, t);
       int active = 0;
       for (int p = 0; p < kTilePixels; ++p) {
-        const bool inside = p / kTileSize < tile.h && p % kTileSize < tile.w;
+        const bool inside = state_row(p) < tile.h && state_col(p) < tile.w;
         T[p] = 1.f;
         acc_rgb[p] = acc_rgb[kTilePixels + p] = acc_rgb[2 * kTilePixels + p] = 0.f;
         acc_dep[p] = 0.f;
@@ -574,14 +602,13 @@ void forward(const CpuForwardArgs* args) {
         while (chunks) {
           const int idx = __builtin_ctzll(chunks);
           chunks &= chunks - 1;
-          const int r = idx / kChunksPerRow, col0 = (idx % kChunksPerRow) * L;
-          const int p0 = r * kTileSize + col0;
+          const int p0 = idx * L;
           const V done_v = V::loadu(done + p0);
           const V live = done_v == V(0.f);
           const unsigned live_bits = lanes(live);
           if (!live_bits) continue;
           if (count) visited += popcount(live_bits);
-          const ChunkSplat s = eval_chunk(tile, r, col0, mx, my, ca, cb, cc, vo);
+          const ChunkSplat s = eval_chunk(tile, idx, mx, my, ca, cb, cc, vo);
           const V ok = live & s.ok;
           if (!lanes(ok)) continue;
           const V Tv = V::loadu(T + p0);
@@ -634,7 +661,7 @@ void forward(const CpuForwardArgs* args) {
       }
       for (int r = 0; r < tile.h; ++r) {
         for (int col = 0; col < tile.w; ++col) {
-          const int p = r * kTileSize + col;
+          const int p = state_index(r, col);
           const int64_t pix = (int64_t)(tile.y0 + r) * in.width + tile.x0 + col;
           for (int c = 0; c < 3; ++c) args->out_rgb[c * HW + pix] = acc_rgb[c * kTilePixels + p];
           if (lane_feat)
@@ -646,7 +673,7 @@ void forward(const CpuForwardArgs* args) {
         }
       }
     }
-    store_fence();  // the streaming stores of blend_features, before the barrier
+    store_fence();  // the streaming stores of blend_tile_features, before the barrier
   }
   if (count) {
     args->stats->visited += visited;
@@ -678,7 +705,7 @@ inline void transpose(const float* src, int64_t ld_src, float* dst, int64_t ld_d
 }
 
 // The tile's dL/dfeatures, read once from (C, H, W) into Gc (C x kTilePixels, channel
-// c's pixel r kTileSize + col at Gc + c kTilePixels + that; 0 outside the image). A
+// c's pixel (r, col) at Gc + c kTilePixels + state_index(r, col); 0 outside the image). A
 // tile row of a channel is one 64-byte line, and the lines of one tile are H W floats
 // (channels) and W floats (rows) apart, strides that no hardware prefetcher follows:
 // the lines of channel c + kGradPrefetch are prefetched while channel c is copied. The
@@ -696,11 +723,14 @@ inline void load_tile_grads(const float* dl_feat, int64_t C, int64_t HW, int wid
     for (int r = 0; r < kTileSize; ++r)
 #pragma GCC unroll 2
       for (int q = 0; q < kChunksPerRow; ++q) {
-        const int col0 = q * L, count = tile.w - col0 < L ? tile.w - col0 : L;
+        const int col0 = q * kChunkCols, count = tile.w - col0 < kChunkCols ? tile.w - col0 : kChunkCols;
         V v(0.f);
         if (r < tile.h && count > 0) v = count == L ? V::loadu(src + (int64_t)r * width + col0)
                                                     : V::loadu(src + (int64_t)r * width + col0, count);
-        v.store(dst + r * kTileSize + col0);
+        if (kChunkCols == L)
+          v.store(dst + state_index(r, col0));
+        else
+          v.store(dst + state_index(r, col0), kChunkCols);
       }
   }
 }
@@ -722,8 +752,8 @@ inline void feature_dots(const float* const* rows, const float* Gt, int64_t C, f
 // Backward, dL/dF: for NE entries with weights W[e] (kListLanes lanes), adds (or,
 // where first[e], writes) sum_l W[e][l] Gp[l][c] to out[e][c] for the NV vectors of
 // channels from c0 (the last one holding `tail` channels), Gp the list block's
-// dL/dout in the tile's pixel-major layout (lane l: pixel (l / L) kTileSize + l % L
-// of the block, at Gp + that C). Only the lanes of `lanes_used` are visited.
+// dL/dout in the tile's pixel-major layout (lane l: state index (l / L) kChunkRowStride
+// + l % L from the block's first, at Gp + that C). Only the lanes of `lanes_used` are visited.
 template <int NE, int NV>
 inline void feature_grads(const float* const* W, unsigned lanes_used, const float* Gp, int64_t C, int64_t c0,
                           int tail, float* const* out, const bool* first) {
@@ -734,7 +764,7 @@ inline void feature_grads(const float* const* W, unsigned lanes_used, const floa
     for (int v = 0; v < NV; ++v) acc[e][v] = V(0.f);
   for (unsigned b = lanes_used; b; b &= b - 1) {
     const int l = lowest(b);
-    const float* g = Gp + (int64_t)((l / L) * kTileSize + l % L) * C + c0;
+    const float* g = Gp + (int64_t)((l / L) * kChunkRowStride + l % L) * C + c0;
     V gv[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) gv[v] = (v == NV - 1 && tail < L) ? V::loadu(g + v * L, tail) : V::loadu(g + v * L);
@@ -895,7 +925,7 @@ void backward(const CpuBackwardArgs* args) {
       if (lane_feat && C > 0) memset(g_feat, 0, sizeof(float) * C * kTilePixels);
       for (int r = 0; r < tile.h; ++r) {
         for (int col = 0; col < tile.w; ++col) {
-          const int p = r * kTileSize + col;
+          const int p = state_index(r, col);
           const int64_t pix = (int64_t)(tile.y0 + r) * in.width + tile.x0 + col;
           T[p] = args->final_T[pix];
           const int lc = args->last_contrib[pix];
@@ -907,11 +937,12 @@ void backward(const CpuBackwardArgs* args) {
             for (int64_t c = 0; c < C; ++c) g_feat[c * kTilePixels + p] = args->dl_feat[c * HW + pix];
         }
       }
-      // dL/dfeatures (C, H, W): the tile's channel-major copy, and from it pixel-major, row by row.
+      // dL/dfeatures (C, H, W): the tile's channel-major copy, and from it pixel-major (both
+      // in state order), 16 pixels at a time, the chunk rows inside the image.
       if (gemm) {
         load_tile_grads(args->dl_feat, C, HW, in.width, tile, Gc);
-        for (int r = 0; r < tile.h; ++r)
-          transpose(Gc + r * kTileSize, kTilePixels, g_feat + (int64_t)r * kTileSize * C, C, C, tile.w);
+        const int inside = (tile.h + kChunkRows - 1) / kChunkRows * kChunkRowStride;
+        for (int p = 0; p < inside; p += 16) transpose(Gc + p, kTilePixels, g_feat + (int64_t)p * C, C, C, 16);
       }
       const int start = in.tile_offsets[t];
       const int* gid = in.gaussian_ids + start;  // list position k -> Gaussian
@@ -933,10 +964,9 @@ void backward(const CpuBackwardArgs* args) {
           uint64_t kept = 0;
           for (uint64_t chunks = live_chunks(tile, all, cs, cull); chunks; chunks &= chunks - 1) {
             const int idx = __builtin_ctzll(chunks);
-            const int r = idx / kChunksPerRow, col0 = (idx % kChunksPerRow) * L;
-            const V behind = V::loadu(last + r * kTileSize + col0) > vk;
+            const V behind = V::loadu(last + idx * L) > vk;
             if (!lanes(behind)) continue;
-            const ChunkSplat sp = eval_chunk(tile, r, col0, P.mx, P.my, ca, cb, cc, vo);
+            const ChunkSplat sp = eval_chunk(tile, idx, P.mx, P.my, ca, cb, cc, vo);
             const V ok = behind & sp.ok;
             const unsigned ok_bits = lanes(ok);
             if (!ok_bits) continue;
@@ -947,11 +977,11 @@ void backward(const CpuBackwardArgs* args) {
         }
         for (int j = 0; j < kTileLists; ++j) {
           if (!lists.size(j)) continue;
-          const int p0 = (j / kChunksPerRow) * kListRows * kTileSize + (j % kChunksPerRow) * L;
+          const int p0 = block_state(j);
           for (int64_t c = 0; c < C; ++c)
 #pragma GCC unroll 2
             for (int v = 0; v < kListRows; ++v)
-              V::loadu(Gc + c * kTilePixels + p0 + v * kTileSize).store(Gt + c * kListLanes + v * L);
+              V::loadu(Gc + c * kTilePixels + p0 + v * kChunkRowStride).store(Gt + c * kListLanes + v * L);
           chunk_feature_dots(lists, j, gid, in.features, C, Gt);
         }
       }
@@ -978,8 +1008,7 @@ void backward(const CpuBackwardArgs* args) {
         while (chunks) {
           const int idx = __builtin_ctzll(chunks);
           chunks &= chunks - 1;
-          const int r = idx / kChunksPerRow, col0 = (idx % kChunksPerRow) * L;
-          const int p0 = r * kTileSize + col0;
+          const int p0 = idx * L;
           ChunkSplat s;
           V ok;
           float* w_slot = nullptr;
@@ -987,12 +1016,12 @@ void backward(const CpuBackwardArgs* args) {
           if (gemm) {  // a blending pair (first pass): its G, in the slot of its weights
             lj = list_of(idx);
             w_slot = lists.weights(lj) + (int64_t)lists.find(lj, k) * kListLanes + vector_of(idx) * L;
-            s = chunk_from_G(tile, r, col0, mx, my, vo, V::loadu(w_slot));
+            s = chunk_from_G(tile, idx, mx, my, vo, V::loadu(w_slot));
             ok = s.ok;
           } else {
             const V behind = V::loadu(last + p0) > vk;  // this Gaussian is before the pixel's last
             if (!lanes(behind)) continue;
-            s = eval_chunk(tile, r, col0, mx, my, ca, cb, cc, vo);
+            s = eval_chunk(tile, idx, mx, my, ca, cb, cc, vo);
             ok = behind & s.ok;
             if (!lanes(ok)) continue;
           }
@@ -1056,8 +1085,7 @@ void backward(const CpuBackwardArgs* args) {
       if (gemm) {
         for (int j = 0; j < kTileLists; ++j) {
           if (!lists.size(j)) continue;
-          const int p0 = (j / kChunksPerRow) * kListRows * kTileSize + (j % kChunksPerRow) * L;
-          chunk_feature_grads(lists, j, g_feat + (int64_t)p0 * C, C, grads);
+          chunk_feature_grads(lists, j, g_feat + (int64_t)block_state(j) * C, C, grads);
         }
         for (int k = tile_last - 1; k >= 0; --k)
           if (grads.touched[k])
