@@ -194,8 +194,8 @@ def test_feature_gemm_phases_are_timed_where_they_run(monkeypatch, isa):
     lanes it computes (what benchmarks/cpu_throughput.py reports as `feature_gemm_*`):
     nonzero in the SIMD paths from one vector of channels up, zero where the features
     are blended across pixels (fewer channels than lanes) or by the scalar kernels. The
-    lanes are whole list blocks (two rows of 8 pixels with 8 lanes, one row of 16 with
-    16) and hold every blended pair."""
+    lanes are whole list blocks of 2 x 8 pixels (two one-row chunks with 8 lanes, one
+    2 x 8 chunk with 16) and hold every blended pair."""
     monkeypatch.setenv("FEATURE3DGS_CPU_ISA", isa)
     cam = camera()
     for channels in (3, 19):
