@@ -273,8 +273,9 @@ constexpr int kChannelBlock = L;  // forward: channels packed per block (one vec
 constexpr int kChannelPass = L == 16 ? 16 : 4;   // forward: channels x kListRows vectors per pass
 constexpr int kEntryBlock = L == 16 ? 12 : 6;    // backward D: list entries per pass over the channels
 // Backward dL/dF: entries x kGradVectors channel vectors, over the lanes that one of the
-// entries blends (with 16 lanes, 2 entries: 4 sum over more lanes of 0 weight, 1 is
-// bound by the loads of dL/dout; 2 was 1.05x faster than 4 at C = 64 on a Zen 4 core).
+// entries blends. With 16 lanes, blocks of 4 entries visit more lanes of 0 weight: with 2
+// the backward's feature stage was 1.08x (C = 64) and 1.06x (C = 256) faster on a Zen 4
+// core; with 1 it was 1.1x slower at C = 64 and 1.01-1.04x faster at C = 256.
 constexpr int kGradBlock = 2;
 constexpr int kGradVectors = 4;  // AVX-512: 8 accumulators, C = 64 in one pass; 8 lanes: 8, C = 64 in two
 
