@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: the git revision they ran at and the JSON they write."""
+"""What the benchmark scripts share: the git revision they ran at, the JSON they write, and
+the CPU's /proc/cpuinfo fields."""
 
 from __future__ import annotations
 
@@ -20,6 +21,21 @@ def git_revision(root: Path = ROOT) -> str:
                                        text=True, stderr=subprocess.DEVNULL).strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def cpuinfo_values(key: str) -> list[str]:
+    """The values of /proc/cpuinfo's field `key` (case-insensitive), one per core that lists
+    it, in order; empty where the file is missing (not Linux)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
+    values = []
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if sep and name.strip().lower() == key.lower():
+            values.append(value.strip())
+    return values
 
 
 def write_result(path: Path, result: dict) -> None:

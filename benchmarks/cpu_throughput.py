@@ -62,7 +62,7 @@ sys.path.insert(0, str(PACKAGE_ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import feature3dgs  # noqa: E402  (before bench_utils, which puts this checkout first on the path)
-from bench_utils import git_revision, write_result  # noqa: E402
+from bench_utils import cpuinfo_values, git_revision, write_result  # noqa: E402
 from feature3dgs.rendering._backend import kernels  # noqa: E402
 
 SCENE_VERSION = "cpu_throughput_scene_v1"
@@ -122,11 +122,10 @@ def clock_ghz() -> tuple[float, str]:
         except (OSError, ValueError):
             pass
     try:
-        mhz = [float(l.split(":")[1]) for l in Path("/proc/cpuinfo").read_text().splitlines()
-               if l.lower().startswith("cpu mhz")]
+        mhz = [float(v) for v in cpuinfo_values("cpu MHz")]
         if mhz:
             return max(mhz) / 1e3, "/proc/cpuinfo cpu MHz (max over cores)"
-    except OSError:
+    except ValueError:
         pass
     return 2.0, "unknown (assumed 2.0 GHz)"
 
@@ -140,20 +139,12 @@ def measured_fma_gflops(isa: str) -> float:
 
 def cpu_vendor_family() -> tuple[str, int]:
     """/proc/cpuinfo's vendor_id and cpu family of the first core ("", -1 where unknown)."""
-    vendor, family = "", -1
+    vendors, families = cpuinfo_values("vendor_id"), cpuinfo_values("cpu family")
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip().lower()
-            if key == "vendor_id" and not vendor:
-                vendor = value.strip()
-            elif key == "cpu family" and family < 0:
-                family = int(value.strip())
-            if vendor and family >= 0:
-                break
-    except (OSError, ValueError):
-        pass
-    return vendor, family
+        family = int(families[0]) if families else -1
+    except ValueError:
+        family = -1
+    return (vendors[0] if vendors else ""), family
 
 
 def fma_units(isa: str) -> tuple[int, str]:

@@ -26,17 +26,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_utils import git_revision, write_result  # noqa: E402
+from bench_utils import cpuinfo_values, git_revision, write_result  # noqa: E402
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    names = cpuinfo_values("model name")
+    return names[0] if names else (platform.processor() or "unknown")
 
 
 def main(argv=None) -> int:
