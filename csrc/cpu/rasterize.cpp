@@ -219,8 +219,6 @@ std::vector<PackedGaussian> pack_gaussians(const CpuRasterInputs& in, const int*
   return packed;
 }
 
-constexpr int64_t kSumAhead = 8;  // pairs ahead to prefetch in the ordered sums
-
 // The SIMD kernels keep list positions in float lanes: exact below 2^24.
 int max_tile_list(const int* off, int T) {
   int m = 0;
@@ -434,7 +432,7 @@ RasterizeGrads rasterize_backward_cpu(
   sink.pair_feat = pair_feat;
   sink.touched = touched;
   const int blocks = std::max(1, 4 * omp_get_max_threads());
-  std::vector<std::vector<int64_t>> owned(omp_get_max_threads());  // per thread: its block's pairs
+  constexpr int kSumAhead = 8;  // the block's pairs ahead that the ordered sums prefetch
   for (int t0 = 0; t0 < T;) {
     int t1 = t0 + 1;
     while (t1 < T && off[t1 + 1] - off[t0] <= cap) ++t1;
@@ -456,18 +454,20 @@ RasterizeGrads rasterize_backward_cpu(
 #pragma omp parallel for schedule(dynamic, 1)
     for (int b = 0; b < blocks; ++b) {
       const int64_t g_lo = N * b / blocks, g_hi = N * (b + 1) / blocks;
-      std::vector<int64_t>& mine = owned[omp_get_thread_num()];
-      mine.clear();
-      for (int64_t i = pb; i < pe; ++i) {
-        const int64_t g = id[i];
-        if (touched[i - pb] && g >= g_lo && g < g_hi) mine.push_back(i - pb);
-      }
-      const int64_t n = (int64_t)mine.size();
-      for (int64_t m = 0; m < n; ++m) {
-        if (m + kSumAhead < n) {
-          const int64_t ra = mine[m + kSumAhead];
+      // The first of the wave's pairs from i on that this block sums (pe: none).
+      auto next_pair = [&](int64_t i) {
+        for (; i < pe; ++i) {
+          const int64_t g = id[i];
+          if (touched[i - pb] && g >= g_lo && g < g_hi) break;
+        }
+        return i;
+      };
+      int64_t ahead = next_pair(pb);  // kSumAhead of the block's pairs after the one summed
+      for (int q = 0; q < kSumAhead && ahead < pe; ++q) ahead = next_pair(ahead + 1);
+      for (int64_t i = next_pair(pb); i < pe; i = next_pair(i + 1)) {
+        if (ahead < pe) {
           // In the loop's body: GCC 12 dropped these from a helper function.
-          const int64_t ga = id[pb + ra];
+          const int64_t ra = ahead - pb, ga = id[ahead];
           __builtin_prefetch(pair_geom + ra * kPairGeomValues);
           __builtin_prefetch(o_m2d + 2 * ga, 1);
           __builtin_prefetch(o_con + 3 * ga, 1);
@@ -478,9 +478,10 @@ RasterizeGrads rasterize_backward_cpu(
             __builtin_prefetch((const char*)(pair_feat + ra * C) + byte);
             __builtin_prefetch((const char*)(o_feat + ga * C) + byte, 1);
           }
+          ahead = next_pair(ahead + 1);
         }
-        const int64_t r = mine[m];
-        const int64_t g = id[pb + r];
+        const int64_t r = i - pb;
+        const int64_t g = id[i];
         const float* v = &pair_geom[r * kPairGeomValues];
         o_m2d[2 * g] += v[0];
         o_m2d[2 * g + 1] += v[1];
