@@ -462,9 +462,10 @@ RasterizeGrads rasterize_backward_cpu(
         }
         return i;
       };
-      int64_t ahead = next_pair(pb);  // kSumAhead of the block's pairs after the one summed
+      const int64_t first = next_pair(pb);
+      int64_t ahead = first;  // kSumAhead of the block's pairs after the one summed
       for (int q = 0; q < kSumAhead && ahead < pe; ++q) ahead = next_pair(ahead + 1);
-      for (int64_t i = next_pair(pb); i < pe; i = next_pair(i + 1)) {
+      for (int64_t i = first; i < pe; i = next_pair(i + 1)) {
         if (ahead < pe) {
           // In the loop's body: GCC 12 dropped these from a helper function.
           const int64_t ra = ahead - pb, ga = id[ahead];
