@@ -763,9 +763,12 @@ inline void feature_grads(const float* const* W, unsigned lanes_used, const floa
   for (int e = 0; e < NE; ++e)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[e][v] = V(0.f);
+  const float* G0 = Gp + c0;
   for (unsigned b = lanes_used; b; b &= b - 1) {
-    const int l = lowest(b);
-    const float* g = Gp + (int64_t)((l / L) * kChunkRowStride + l % L) * C + c0;
+    const unsigned l = (unsigned)lowest(b);
+    // Lane l's pixel: with one chunk per block (kListRows 1) the block's l-th.
+    const unsigned pix = kListRows == 1 ? l : (l / L) * kChunkRowStride + l % L;
+    const float* g = G0 + (int64_t)pix * C;
     V gv[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) gv[v] = (v == NV - 1 && tail < L) ? V::loadu(g + v * L, tail) : V::loadu(g + v * L);
