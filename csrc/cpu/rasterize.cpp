@@ -431,7 +431,18 @@ RasterizeGrads rasterize_backward_cpu(
   sink.pair_geom = pair_geom;
   sink.pair_feat = pair_feat;
   sink.touched = touched;
-  const int blocks = std::max(1, 4 * omp_get_max_threads());
+  // The sums below take the Gaussians in blocks of 2^shift consecutive indices, small
+  // enough that a block's output rows (C + kPairGeomValues floats each) stay in L2
+  // while its pairs are added into them: at most 512 KiB, or one row.
+  int shift = 0;
+  while (shift < 30 && (int64_t(2) << shift) * per_pair * (int64_t)sizeof(float) <= (int64_t(512) << 10)) ++shift;
+  const int64_t blocks = (N + (int64_t(1) << shift) - 1) >> shift;
+  const int max_threads = omp_get_max_threads();
+  // Per wave: each block's touched pairs, in pair order (a stable counting sort), as
+  // offsets from the wave's first pair; block b's at list[begin[b], begin[b + 1]).
+  const CachedScratch s_list(sizeof(int32_t) * rows);
+  int32_t* list = s_list.as<int32_t>();
+  std::vector<int64_t> counts((size_t)max_threads * blocks), begin(blocks + 1);
   constexpr int kSumAhead = 8;  // the block's pairs ahead that the ordered sums prefetch
   for (int t0 = 0; t0 < T;) {
     int t1 = t0 + 1;
@@ -446,57 +457,73 @@ RasterizeGrads rasterize_backward_cpu(
     args.tile_begin = t0;
     args.tile_end = t1;
     k.backward(&args);
-    // Sum per Gaussian in pair order (= tile order): each block of Gaussian indices
-    // is owned by one thread, which takes the wave's pairs of its Gaussians in order.
-    // The rows added into are the Gaussians' (random) and the pair rows a sparse
-    // subsequence of the wave's, so both are prefetched kSumAhead pairs ahead (at
-    // C = 64 the sums were bound by the latency of those reads).
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int b = 0; b < blocks; ++b) {
-      const int64_t g_lo = N * b / blocks, g_hi = N * (b + 1) / blocks;
-      // The first of the wave's pairs from i on that this block sums (pe: none).
-      auto next_pair = [&](int64_t i) {
-        for (; i < pe; ++i) {
-          const int64_t g = id[i];
-          if (touched[i - pb] && g >= g_lo && g < g_hi) break;
-        }
-        return i;
-      };
-      const int64_t first = next_pair(pb);
-      int64_t ahead = first;  // kSumAhead of the block's pairs after the one summed
-      for (int q = 0; q < kSumAhead && ahead < pe; ++q) ahead = next_pair(ahead + 1);
-      for (int64_t i = first; i < pe; i = next_pair(i + 1)) {
-        if (ahead < pe) {
-          // In the loop's body: GCC 12 dropped these from a helper function.
-          const int64_t ra = ahead - pb, ga = id[ahead];
-          __builtin_prefetch(pair_geom + ra * kPairGeomValues);
-          __builtin_prefetch(o_m2d + 2 * ga, 1);
-          __builtin_prefetch(o_con + 3 * ga, 1);
-          __builtin_prefetch(o_opa + ga, 1);
-          __builtin_prefetch(o_col + 3 * ga, 1);
-          __builtin_prefetch(o_dep + ga, 1);
-          for (int64_t byte = 0; byte < C * (int64_t)sizeof(float); byte += 64) {
-            __builtin_prefetch((const char*)(pair_feat + ra * C) + byte);
-            __builtin_prefetch((const char*)(o_feat + ga * C) + byte, 1);
+#pragma omp parallel
+    {
+      // Each thread sorts one slice of the wave's pairs into the blocks' lists (its
+      // slots follow those of the slices before it, so every list is in pair order).
+      const int th = omp_get_thread_num(), nth = omp_get_num_threads();
+      const int64_t lo = pb + (pe - pb) * th / nth, hi = pb + (pe - pb) * (th + 1) / nth;
+      int64_t* cnt = counts.data() + (int64_t)th * blocks;
+      std::fill(cnt, cnt + blocks, int64_t(0));
+      for (int64_t i = lo; i < hi; ++i)
+        if (touched[i - pb]) ++cnt[id[i] >> shift];
+#pragma omp barrier
+#pragma omp single
+      {
+        int64_t at = 0;
+        for (int64_t b = 0; b < blocks; ++b) {
+          begin[b] = at;
+          for (int t = 0; t < nth; ++t) {
+            const int64_t n = counts[(int64_t)t * blocks + b];
+            counts[(int64_t)t * blocks + b] = at;
+            at += n;
           }
-          ahead = next_pair(ahead + 1);
         }
-        const int64_t r = i - pb;
-        const int64_t g = id[i];
-        const float* v = &pair_geom[r * kPairGeomValues];
-        o_m2d[2 * g] += v[0];
-        o_m2d[2 * g + 1] += v[1];
-        o_con[3 * g] += v[2];
-        o_con[3 * g + 1] += v[3];
-        o_con[3 * g + 2] += v[4];
-        o_opa[g] += v[5];
-        o_col[3 * g] += v[6];
-        o_col[3 * g + 1] += v[7];
-        o_col[3 * g + 2] += v[8];
-        o_dep[g] += v[9];
-        const float* f = &pair_feat[r * C];
-        float* dst = o_feat + g * C;
-        for (int64_t c = 0; c < C; ++c) dst[c] += f[c];
+        begin[blocks] = at;
+      }
+      for (int64_t i = lo; i < hi; ++i)
+        if (touched[i - pb]) list[cnt[id[i] >> shift]++] = (int32_t)(i - pb);
+#pragma omp barrier
+      // Sum per Gaussian in pair order (= tile order), one block per task. The pair rows
+      // are a sparse subsequence of the wave's, which the hardware prefetchers do not
+      // follow, and a block's output rows are read once into L2: both are prefetched
+      // kSumAhead pairs ahead.
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t b = 0; b < blocks; ++b) {
+        const int32_t* lb = list + begin[b];
+        const int64_t n = begin[b + 1] - begin[b];
+        for (int64_t q = 0; q < n; ++q) {
+          if (q + kSumAhead < n) {
+            // In the loop's body: GCC 12 dropped these from a helper function.
+            const int64_t ra = lb[q + kSumAhead], ga = id[pb + ra];
+            __builtin_prefetch(pair_geom + ra * kPairGeomValues);
+            __builtin_prefetch(o_m2d + 2 * ga, 1);
+            __builtin_prefetch(o_con + 3 * ga, 1);
+            __builtin_prefetch(o_opa + ga, 1);
+            __builtin_prefetch(o_col + 3 * ga, 1);
+            __builtin_prefetch(o_dep + ga, 1);
+            for (int64_t byte = 0; byte < C * (int64_t)sizeof(float); byte += 64) {
+              __builtin_prefetch((const char*)(pair_feat + ra * C) + byte);
+              __builtin_prefetch((const char*)(o_feat + ga * C) + byte, 1);
+            }
+          }
+          const int64_t r = lb[q];
+          const int64_t g = id[pb + r];
+          const float* v = &pair_geom[r * kPairGeomValues];
+          o_m2d[2 * g] += v[0];
+          o_m2d[2 * g + 1] += v[1];
+          o_con[3 * g] += v[2];
+          o_con[3 * g + 1] += v[3];
+          o_con[3 * g + 2] += v[4];
+          o_opa[g] += v[5];
+          o_col[3 * g] += v[6];
+          o_col[3 * g + 1] += v[7];
+          o_col[3 * g + 2] += v[8];
+          o_dep[g] += v[9];
+          const float* f = &pair_feat[r * C];
+          float* dst = o_feat + g * C;
+          for (int64_t c = 0; c < C; ++c) dst[c] += f[c];
+        }
       }
     }
     t0 = t1;
