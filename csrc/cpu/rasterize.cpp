@@ -433,9 +433,12 @@ RasterizeGrads rasterize_backward_cpu(
   sink.touched = touched;
   // The sums below take the Gaussians in blocks of 2^shift consecutive indices, small
   // enough that a block's output rows (C + kPairGeomValues floats each) stay in L2
-  // while its pairs are added into them: at most 512 KiB, or one row.
+  // while its pairs are added into them: at most 512 KiB, or one row; and at most
+  // kMaxSumBlocks blocks, which bounds the sort's counts (threads x blocks) for large N.
+  constexpr int64_t kMaxSumBlocks = 4096;
   int shift = 0;
   while (shift < 30 && (int64_t(2) << shift) * per_pair * (int64_t)sizeof(float) <= (int64_t(512) << 10)) ++shift;
+  while (shift < 30 && ((N + (int64_t(1) << shift) - 1) >> shift) > kMaxSumBlocks) ++shift;
   const int64_t blocks = (N + (int64_t(1) << shift) - 1) >> shift;
   const int max_threads = omp_get_max_threads();
   // Per wave: each block's touched pairs, in pair order (a stable counting sort), as
