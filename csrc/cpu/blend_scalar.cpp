@@ -121,62 +121,71 @@ void backward(const CpuBackwardArgs* args) {
     std::vector<float> T(kTilePixels), Q(kTilePixels), g_rgb(3 * kTilePixels),
         g_dep(kTilePixels), g_alpha(kTilePixels), g_feat(C * kTilePixels), acc_feat(C);
     std::vector<int> last(kTilePixels);
+    PairRows rows;
 #pragma omp for schedule(dynamic, 1)
-    for (int t = args->tile_begin; t < args->tile_end; ++t) {
-      const TilePixels tile(in, t);
-      const int np = tile.count();
-      int max_last = 0;
-      for (int p = 0; p < np; ++p) {
-        const int64_t pix = tile.image_index(p, in.width);
-        T[p] = args->final_T[pix];
-        Q[p] = 0.f;
-        last[p] = args->last_contrib[pix];
-        max_last = std::max(max_last, last[p]);
-        for (int c = 0; c < 3; ++c) g_rgb[3 * p + c] = args->dl_rgb[c * HW + pix];
-        for (int64_t c = 0; c < C; ++c) g_feat[p * C + c] = args->dl_feat[c * HW + pix];
-        g_dep[p] = args->dl_depth[pix];
-        g_alpha[p] = args->dl_alpha[pix];
+    for (int q = 0; q < args->groups; ++q) {
+      const int group = args->group_order[q];
+      const int group_end = args->group_tiles[group + 1];
+      if (!args->sink.atomic) {
+        const int64_t first = in.tile_offsets[args->group_tiles[group]];
+        rows.begin_group(first - args->sink.pair_begin, in.tile_offsets[group_end] - first);
       }
-      const int start = in.tile_offsets[t];
-      for (int k = max_last - 1; k >= 0; --k) {
-        const int g = in.gaussian_ids[start + k];
-        const Vec2 mean = {in.means2d[2 * g], in.means2d[2 * g + 1]};
-        const Sym2 conic = {in.conics[3 * g], in.conics[3 * g + 1], in.conics[3 * g + 2]};
-        const float opa = in.opacities[g];
-        const float* col = in.colors + 3 * g;
-        const float dep = in.depths[g];
-        const float* fg = C > 0 ? feat + g * C : nullptr;
-        // means2d x, y; conic a, b, c; opacity; rgb; depth (kernels_api.h)
-        float a[kPairGeomValues] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-        bool touched = false;
-        if (C > 0) std::fill(acc_feat.begin(), acc_feat.end(), 0.f);
+      for (int t = args->group_tiles[group]; t < group_end; ++t) {
+        const TilePixels tile(in, t);
+        const int np = tile.count();
+        int max_last = 0;
         for (int p = 0; p < np; ++p) {
-          if (k >= last[p]) continue;
-          Splat s;
-          if (!eval_splat(mean, conic, opa, tile.center(p), s)) continue;
-          touched = true;
-          const float one_minus = 1.f - s.alpha;
-          T[p] /= one_minus;  // transmittance in front of this Gaussian
-          const float w = s.alpha * T[p];
-          // dL/dout . v for this Gaussian (alpha is the channel with v = 1).
-          float gv = dotn(&g_rgb[3 * p], col, 3) + g_dep[p] * dep + g_alpha[p];
-          if (C > 0) {
-            gv += dotn(&g_feat[p * C], fg, C);
-            axpy(w, &g_feat[p * C], acc_feat.data(), C);
-          }
-          for (int c = 0; c < 3; ++c) a[6 + c] += w * g_rgb[3 * p + c];
-          a[9] += w * g_dep[p];
-          const float d_alpha_g = T[p] * gv - Q[p] / one_minus;
-          Q[p] += w * gv;
-          const SplatGrad sg = eval_splat_backward(s, conic, opa, d_alpha_g);
-          a[0] += sg.mean2d.x;
-          a[1] += sg.mean2d.y;
-          a[2] += sg.conic.a;
-          a[3] += sg.conic.b;
-          a[4] += sg.conic.c;
-          a[5] += sg.opacity;
+          const int64_t pix = tile.image_index(p, in.width);
+          T[p] = args->final_T[pix];
+          Q[p] = 0.f;
+          last[p] = args->last_contrib[pix];
+          max_last = std::max(max_last, last[p]);
+          for (int c = 0; c < 3; ++c) g_rgb[3 * p + c] = args->dl_rgb[c * HW + pix];
+          for (int64_t c = 0; c < C; ++c) g_feat[p * C + c] = args->dl_feat[c * HW + pix];
+          g_dep[p] = args->dl_depth[pix];
+          g_alpha[p] = args->dl_alpha[pix];
         }
-        if (touched) emit_pair_grad(args->sink, start + k, g, a, acc_feat.data(), C);
+        const int start = in.tile_offsets[t];
+        for (int k = max_last - 1; k >= 0; --k) {
+          const int g = in.gaussian_ids[start + k];
+          const Vec2 mean = {in.means2d[2 * g], in.means2d[2 * g + 1]};
+          const Sym2 conic = {in.conics[3 * g], in.conics[3 * g + 1], in.conics[3 * g + 2]};
+          const float opa = in.opacities[g];
+          const float* col = in.colors + 3 * g;
+          const float dep = in.depths[g];
+          const float* fg = C > 0 ? feat + g * C : nullptr;
+          // means2d x, y; conic a, b, c; opacity; rgb; depth (kernels_api.h)
+          float a[kPairGeomValues] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+          bool touched = false;
+          if (C > 0) std::fill(acc_feat.begin(), acc_feat.end(), 0.f);
+          for (int p = 0; p < np; ++p) {
+            if (k >= last[p]) continue;
+            Splat s;
+            if (!eval_splat(mean, conic, opa, tile.center(p), s)) continue;
+            touched = true;
+            const float one_minus = 1.f - s.alpha;
+            T[p] /= one_minus;  // transmittance in front of this Gaussian
+            const float w = s.alpha * T[p];
+            // dL/dout . v for this Gaussian (alpha is the channel with v = 1).
+            float gv = dotn(&g_rgb[3 * p], col, 3) + g_dep[p] * dep + g_alpha[p];
+            if (C > 0) {
+              gv += dotn(&g_feat[p * C], fg, C);
+              axpy(w, &g_feat[p * C], acc_feat.data(), C);
+            }
+            for (int c = 0; c < 3; ++c) a[6 + c] += w * g_rgb[3 * p + c];
+            a[9] += w * g_dep[p];
+            const float d_alpha_g = T[p] * gv - Q[p] / one_minus;
+            Q[p] += w * gv;
+            const SplatGrad sg = eval_splat_backward(s, conic, opa, d_alpha_g);
+            a[0] += sg.mean2d.x;
+            a[1] += sg.mean2d.y;
+            a[2] += sg.conic.a;
+            a[3] += sg.conic.b;
+            a[4] += sg.conic.c;
+            a[5] += sg.opacity;
+          }
+          if (touched) emit_pair_grad(args->sink, rows, g, a, acc_feat.data(), C);
+        }
       }
     }
   }

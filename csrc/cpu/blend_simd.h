@@ -794,28 +794,35 @@ inline void feature_grads(const float* const* W, unsigned lanes_used, const floa
 }
 
 // Per tile and thread, the backward's deferred per-Gaussian results: the partial
-// gradients of each list position k (geometry, and dL/dF at row k of `feat`), emitted
-// once all chunks are done. In deterministic mode `feat` points at the tile's rows of
-// the sink's pair buffer, so dL/dF is written where it is summed (each pair belongs
-// to one tile and is emitted once, so emit_pair_grad's first write is the only one);
-// in atomic mode at the tile's own rows (own_feat).
+// gradients of each list position k (geometry, and dL/dF at feat_row(k)), emitted once
+// all chunks are done. In deterministic mode feat_row(k) is the row of k's Gaussian in
+// the sink's pair buffer (PairRows), so dL/dF is written or added where it is summed; in
+// atomic mode it is row k of the tile's own rows (own_feat).
 struct TileGrads {
   Buffer<float> geom, own_feat;
-  Buffer<unsigned char> touched, seen;
+  Buffer<unsigned char> touched, seen, fresh;
+  Buffer<int64_t> row;      // deterministic mode: the sink row of each touched position
   Buffer<uint64_t> chunks;  // the chunks of each position that the culling keeps
-  float* feat = nullptr;
-  void reset(int n, int64_t C, const CpuGradSink& sink, int start) {
+  float* feat = nullptr;    // own_feat, or the sink's pair_feat
+  bool in_sink = false;
+  int64_t C = 0;
+  void reset(int n, int64_t channels, const CpuGradSink& sink) {
+    C = channels;
     if ((int)chunks.size() < n) chunks.resize(n);
     if ((int64_t)geom.size() < (int64_t)n * kPairGeomValues) geom.resize((size_t)n * kPairGeomValues);
-    if (sink.atomic) {
+    in_sink = !sink.atomic;
+    if (in_sink) {
+      if ((int)row.size() < n) row.resize(n);
+      feat = sink.pair_feat;
+    } else {
       if ((int64_t)own_feat.size() < (int64_t)n * C) own_feat.resize((size_t)n * C);
       feat = own_feat.data();
-    } else {
-      feat = sink.pair_feat + (start - sink.pair_begin) * C;
     }
     touched.assign(n, 0);
     seen.assign(n, 0);
+    fresh.assign(n, 0);
   }
+  float* feat_row(int k) const { return feat + (in_sink ? row[k] : (int64_t)k) * C; }
 };
 
 // Runs f(std::integral_constant<int, B>) for blocks B from {Max, 8, 4, 2, 1} (B <= Max) that
@@ -869,7 +876,7 @@ inline void chunk_feature_grads(const ChunkLists& lists, int j, const float* Gp,
     for (int e = 0; e < NE; ++e) {
       const int k = lists.ids(j)[e0 + e];
       W[e] = lists.weights(j) + (int64_t)(e0 + e) * kListLanes;
-      out[e] = grads.feat + (int64_t)k * C;
+      out[e] = grads.feat_row(k);
       first[e] = !grads.seen[k];
       used |= lists.masks(j)[e0 + e];
     }
@@ -915,186 +922,207 @@ void backward(const CpuBackwardArgs* args) {
     float* Gc = s_gc.p;           // gemm: the tile's dL/dfeatures, channel-major (C x kTilePixels)
     ChunkLists lists;
     TileGrads grads;
+    PairRows rows;
 #pragma omp for schedule(dynamic, 1)
-    for (int t = args->tile_begin; t < args->tile_end; ++t) {
-      const Tile tile(in, t);
-      for (int p = 0; p < kTilePixels; ++p) {
-        T[p] = 1.f;
-        Q[p] = 0.f;
-        last[p] = 0.f;
-        g_rgb[p] = g_rgb[kTilePixels + p] = g_rgb[2 * kTilePixels + p] = 0.f;
-        g_dep[p] = g_alpha[p] = 0.f;
+    for (int q = 0; q < args->groups; ++q) {
+      const int group = args->group_order[q];
+      const int group_end = args->group_tiles[group + 1];
+      if (!args->sink.atomic) {
+        const int64_t first = in.tile_offsets[args->group_tiles[group]];
+        rows.begin_group(first - args->sink.pair_begin, in.tile_offsets[group_end] - first);
       }
-      // gemm reads only the lanes of blended pixels, which the transpose below fills.
-      if (lane_feat && C > 0) memset(g_feat, 0, sizeof(float) * C * kTilePixels);
-      for (int r = 0; r < tile.h; ++r) {
-        for (int col = 0; col < tile.w; ++col) {
-          const int p = state_index(r, col);
-          const int64_t pix = (int64_t)(tile.y0 + r) * in.width + tile.x0 + col;
-          T[p] = args->final_T[pix];
-          const int lc = args->last_contrib[pix];
-          last[p] = (float)lc;
-          for (int c = 0; c < 3; ++c) g_rgb[c * kTilePixels + p] = args->dl_rgb[c * HW + pix];
-          g_dep[p] = args->dl_depth[pix];
-          g_alpha[p] = args->dl_alpha[pix];
-          if (lane_feat)
-            for (int64_t c = 0; c < C; ++c) g_feat[c * kTilePixels + p] = args->dl_feat[c * HW + pix];
+      for (int t = args->group_tiles[group]; t < group_end; ++t) {
+        const Tile tile(in, t);
+        for (int p = 0; p < kTilePixels; ++p) {
+          T[p] = 1.f;
+          Q[p] = 0.f;
+          last[p] = 0.f;
+          g_rgb[p] = g_rgb[kTilePixels + p] = g_rgb[2 * kTilePixels + p] = 0.f;
+          g_dep[p] = g_alpha[p] = 0.f;
         }
-      }
-      // dL/dfeatures (C, H, W): the tile's channel-major copy, and from it pixel-major (both
-      // in state order), 16 pixels at a time, the chunk rows inside the image.
-      if (gemm) {
-        load_tile_grads(args->dl_feat, C, HW, in.width, tile, Gc);
-        const int inside = (tile.h + kChunkRows - 1) / kChunkRows * kChunkRowStride;
-        for (int p = 0; p < inside; p += 16) transpose(Gc + p, kTilePixels, g_feat + (int64_t)p * C, C, C, 16);
-      }
-      const int start = in.tile_offsets[t];
-      const int* gid = in.gaussian_ids + start;  // list position k -> Gaussian
-      const uint64_t all = tile_chunks(tile);
-      int tile_last = 0;
-      for (int p = 0; p < kTilePixels; ++p) tile_last = last[p] > tile_last ? (int)last[p] : tile_last;
-      if (gemm) {
-        // The (chunk, k) pairs that blend a pixel, in the loop's order, with their
-        // Gaussian values G (the loop below reads them instead of evaluating the exp
-        // again; which lanes blend does not depend on the loop's state), then their
-        // D = dL/dout . f, chunk by chunk.
-        lists.clear();
-        grads.reset(tile_last, C, args->sink, start);
-        for (int k = tile_last - 1; k >= 0; --k) {
-          if (k >= kPrefetch) __builtin_prefetch(in.packed + gid[k - kPrefetch]);
-          const PackedGaussian& P = in.packed[gid[k]];
-          const CullSplat cs = unpack_cull(P);
-          const V ca(P.ca), cb(P.cb), cc(P.cc), vo(P.opacity), vk((float)k);
-          uint64_t kept = 0;
-          for (uint64_t chunks = live_chunks(tile, all, cs, cull); chunks; chunks &= chunks - 1) {
-            const int idx = __builtin_ctzll(chunks);
-            const V behind = V::loadu(last + idx * L) > vk;
-            if (!lanes(behind)) continue;
-            const ChunkSplat sp = eval_chunk(tile, idx, P.mx, P.my, ca, cb, cc, vo);
-            const V ok = behind & sp.ok;
-            const unsigned ok_bits = lanes(ok);
-            if (!ok_bits) continue;
-            lists.add_backward(idx, k, select(ok, sp.G, V(0.f)), ok_bits);
-            kept |= (uint64_t)1 << idx;
+        // gemm reads only the lanes of blended pixels, which the transpose below fills.
+        if (lane_feat && C > 0) memset(g_feat, 0, sizeof(float) * C * kTilePixels);
+        for (int r = 0; r < tile.h; ++r) {
+          for (int col = 0; col < tile.w; ++col) {
+            const int p = state_index(r, col);
+            const int64_t pix = (int64_t)(tile.y0 + r) * in.width + tile.x0 + col;
+            T[p] = args->final_T[pix];
+            const int lc = args->last_contrib[pix];
+            last[p] = (float)lc;
+            for (int c = 0; c < 3; ++c) g_rgb[c * kTilePixels + p] = args->dl_rgb[c * HW + pix];
+            g_dep[p] = args->dl_depth[pix];
+            g_alpha[p] = args->dl_alpha[pix];
+            if (lane_feat)
+              for (int64_t c = 0; c < C; ++c) g_feat[c * kTilePixels + p] = args->dl_feat[c * HW + pix];
           }
-          grads.chunks[k] = kept;
         }
-        for (int j = 0; j < kTileLists; ++j) {
-          if (!lists.size(j)) continue;
-          const int p0 = block_state(j);
-          for (int64_t c = 0; c < C; ++c)
-#pragma GCC unroll 2
-            for (int v = 0; v < kListRows; ++v)
-              V::loadu(Gc + c * kTilePixels + p0 + v * kChunkRowStride).store(Gt + c * kListLanes + v * L);
-          chunk_feature_dots(lists, j, gid, in.features, C, Gt);
+        // dL/dfeatures (C, H, W): the tile's channel-major copy, and from it pixel-major (both
+        // in state order), 16 pixels at a time, the chunk rows inside the image.
+        if (gemm) {
+          load_tile_grads(args->dl_feat, C, HW, in.width, tile, Gc);
+          const int inside = (tile.h + kChunkRows - 1) / kChunkRows * kChunkRowStride;
+          for (int p = 0; p < inside; p += 16) transpose(Gc + p, kTilePixels, g_feat + (int64_t)p * C, C, C, 16);
         }
-      }
-      for (int k = tile_last - 1; k >= 0; --k) {
-        if (k >= kPrefetch) {
-          const int ahead = gid[k - kPrefetch];
-          __builtin_prefetch(in.packed + ahead);
-          if (lane_feat && C > 0) __builtin_prefetch(in.features + (int64_t)ahead * C);
-        }
-        const int g = gid[k];
-        const PackedGaussian& P = in.packed[g];
-        const float mx = P.mx, my = P.my;
-        const CullSplat cs = unpack_cull(P);
-        uint64_t chunks = gemm ? grads.chunks[k] : live_chunks(tile, all, cs, cull);
-        if (!chunks) continue;
-        const V ca(P.ca), cb(P.cb), cc(P.cc), vo(P.opacity), vk((float)k);
-        const V cr(P.r), cg(P.g), cbl(P.b), vdep(P.depth);
-        const float* fg = C > 0 ? in.features + (int64_t)g * C : nullptr;
-        // Lane partial sums, in the order of kernels_api.h's kPairGeomValues.
-        V a_mx(0.f), a_my(0.f), a_ca(0.f), a_cb(0.f), a_cc(0.f), a_op(0.f), a_r(0.f), a_g(0.f),
-            a_b(0.f), a_dep(0.f);
-        bool touched = false;
-        const V zero(0.f);
-        while (chunks) {
-          const int idx = __builtin_ctzll(chunks);
-          chunks &= chunks - 1;
-          const int p0 = idx * L;
-          ChunkSplat s;
-          V ok;
-          float* w_slot = nullptr;
-          int lj = 0;  // gemm: the list block of the chunk
-          if (gemm) {  // a blending pair (first pass): its G, in the slot of its weights
-            lj = list_of(idx);
-            w_slot = lists.weights(lj) + (int64_t)lists.find(lj, k) * kListLanes + vector_of(idx) * L;
-            s = chunk_from_G(tile, idx, mx, my, vo, V::loadu(w_slot));
-            ok = s.ok;
-          } else {
-            const V behind = V::loadu(last + p0) > vk;  // this Gaussian is before the pixel's last
-            if (!lanes(behind)) continue;
-            s = eval_chunk(tile, idx, mx, my, ca, cb, cc, vo);
-            ok = behind & s.ok;
-            if (!lanes(ok)) continue;
-          }
-          if (!touched) {
-            touched = true;
-            if (lane_feat) memset(acc_lanes, 0, sizeof(float) * C * L);
-          }
-          const V one_minus = V(1.f) - s.alpha;
-          const V Tv = V::loadu(T + p0);
-          const V Tf = Tv / one_minus;  // transmittance in front of this Gaussian
-          select(ok, Tf, Tv).store(T + p0);
-          const V w = s.alpha * Tf;
-          const V gr = V::loadu(g_rgb + p0), gg = V::loadu(g_rgb + kTilePixels + p0),
-                  gb = V::loadu(g_rgb + 2 * kTilePixels + p0);
-          const V gd = V::loadu(g_dep + p0);
-          V gv = (((zero + gr * cr) + gg * cg) + gb * cbl) + gd * vdep + V::loadu(g_alpha + p0);
-          if (lane_feat) {
-            V d = zero;
-            for (int64_t c = 0; c < C; ++c) {
-              const V gc = V::loadu(g_feat + c * kTilePixels + p0);
-              d = d + gc * V(fg[c]);
-              float* al = acc_lanes + c * L;
-              (V::loadu(al) + select(ok, w * gc, zero)).store(al);
+        const int start = in.tile_offsets[t];
+        const int* gid = in.gaussian_ids + start;  // list position k -> Gaussian
+        const uint64_t all = tile_chunks(tile);
+        int tile_last = 0;
+        for (int p = 0; p < kTilePixels; ++p) tile_last = last[p] > tile_last ? (int)last[p] : tile_last;
+        if (gemm) {
+          // The (chunk, k) pairs that blend a pixel, in the loop's order, with their
+          // Gaussian values G (the loop below reads them instead of evaluating the exp
+          // again; which lanes blend does not depend on the loop's state), then their
+          // D = dL/dout . f, chunk by chunk.
+          lists.clear();
+          grads.reset(tile_last, C, args->sink);
+          for (int k = tile_last - 1; k >= 0; --k) {
+            if (k >= kPrefetch) __builtin_prefetch(in.packed + gid[k - kPrefetch]);
+            const PackedGaussian& P = in.packed[gid[k]];
+            const CullSplat cs = unpack_cull(P);
+            const V ca(P.ca), cb(P.cb), cc(P.cc), vo(P.opacity), vk((float)k);
+            uint64_t kept = 0;
+            for (uint64_t chunks = live_chunks(tile, all, cs, cull); chunks; chunks &= chunks - 1) {
+              const int idx = __builtin_ctzll(chunks);
+              const V behind = V::loadu(last + idx * L) > vk;
+              if (!lanes(behind)) continue;
+              const ChunkSplat sp = eval_chunk(tile, idx, P.mx, P.my, ca, cb, cc, vo);
+              const V ok = behind & sp.ok;
+              const unsigned ok_bits = lanes(ok);
+              if (!ok_bits) continue;
+              lists.add_backward(idx, k, select(ok, sp.G, V(0.f)), ok_bits);
+              kept |= (uint64_t)1 << idx;
             }
-            gv = gv + d;
-          } else if (gemm) {
-            gv = gv + V::loadu(lists.dots(lj) + (w_slot - lists.weights(lj)));
-            select(ok, w, zero).store(w_slot);
+            grads.chunks[k] = kept;
           }
-          a_r = a_r + select(ok, w * gr, zero);
-          a_g = a_g + select(ok, w * gg, zero);
-          a_b = a_b + select(ok, w * gb, zero);
-          a_dep = a_dep + select(ok, w * gd, zero);
-          const V Qv = V::loadu(Q + p0);
-          const V d_alpha = Tf * gv - Qv / one_minus;
-          select(ok, Qv + w * gv, Qv).store(Q + p0);
-          // f3d::eval_splat_backward, for the lanes whose alpha was not clamped.
-          const V grad = ok & (s.alpha_raw <= V(kAlphaMax));
-          const V d_power = d_alpha * vo * s.G;
-          a_op = a_op + select(grad, d_alpha * s.G, zero);
-          a_ca = a_ca + select(grad, V(-0.5f) * s.dx * s.dx * d_power, zero);
-          a_cb = a_cb + select(grad, s.dx.neg() * s.dy * d_power, zero);
-          a_cc = a_cc + select(grad, V(-0.5f) * s.dy * s.dy * d_power, zero);
-          a_mx = a_mx + select(grad, d_power * (ca * s.dx + cb * s.dy), zero);
-          a_my = a_my + select(grad, d_power * (cb * s.dx + cc * s.dy), zero);
+          for (int j = 0; j < kTileLists; ++j) {
+            if (!lists.size(j)) continue;
+            const int p0 = block_state(j);
+            for (int64_t c = 0; c < C; ++c)
+#pragma GCC unroll 2
+              for (int v = 0; v < kListRows; ++v)
+                V::loadu(Gc + c * kTilePixels + p0 + v * kChunkRowStride).store(Gt + c * kListLanes + v * L);
+            chunk_feature_dots(lists, j, gid, in.features, C, Gt);
+          }
         }
-        if (!touched) continue;
-        if (lane_feat)
-          for (int64_t c = 0; c < C; ++c) acc_f[c] = lane_sum(V::loadu(acc_lanes + c * L));
-        const float geom[kPairGeomValues] = {lane_sum(a_mx), lane_sum(a_my), lane_sum(a_ca),
-                                             lane_sum(a_cb), lane_sum(a_cc), lane_sum(a_op),
-                                             lane_sum(a_r),  lane_sum(a_g),  lane_sum(a_b),
-                                             lane_sum(a_dep)};
-        if (gemm) {  // emitted once dL/dF is known, below
-          memcpy(grads.geom.data() + (int64_t)k * kPairGeomValues, geom, sizeof(geom));
-          grads.touched[k] = 1;
-        } else {
-          emit_pair_grad(args->sink, start + k, g, geom, acc_f, C);
+        for (int k = tile_last - 1; k >= 0; --k) {
+          if (k >= kPrefetch) {
+            const int ahead = gid[k - kPrefetch];
+            __builtin_prefetch(in.packed + ahead);
+            if (lane_feat && C > 0) __builtin_prefetch(in.features + (int64_t)ahead * C);
+          }
+          const int g = gid[k];
+          const PackedGaussian& P = in.packed[g];
+          const float mx = P.mx, my = P.my;
+          const CullSplat cs = unpack_cull(P);
+          uint64_t chunks = gemm ? grads.chunks[k] : live_chunks(tile, all, cs, cull);
+          if (!chunks) continue;
+          const V ca(P.ca), cb(P.cb), cc(P.cc), vo(P.opacity), vk((float)k);
+          const V cr(P.r), cg(P.g), cbl(P.b), vdep(P.depth);
+          const float* fg = C > 0 ? in.features + (int64_t)g * C : nullptr;
+          // Lane partial sums, in the order of kernels_api.h's kPairGeomValues.
+          V a_mx(0.f), a_my(0.f), a_ca(0.f), a_cb(0.f), a_cc(0.f), a_op(0.f), a_r(0.f), a_g(0.f),
+              a_b(0.f), a_dep(0.f);
+          bool touched = false;
+          const V zero(0.f);
+          while (chunks) {
+            const int idx = __builtin_ctzll(chunks);
+            chunks &= chunks - 1;
+            const int p0 = idx * L;
+            ChunkSplat s;
+            V ok;
+            float* w_slot = nullptr;
+            int lj = 0;  // gemm: the list block of the chunk
+            if (gemm) {  // a blending pair (first pass): its G, in the slot of its weights
+              lj = list_of(idx);
+              w_slot = lists.weights(lj) + (int64_t)lists.find(lj, k) * kListLanes + vector_of(idx) * L;
+              s = chunk_from_G(tile, idx, mx, my, vo, V::loadu(w_slot));
+              ok = s.ok;
+            } else {
+              const V behind = V::loadu(last + p0) > vk;  // this Gaussian is before the pixel's last
+              if (!lanes(behind)) continue;
+              s = eval_chunk(tile, idx, mx, my, ca, cb, cc, vo);
+              ok = behind & s.ok;
+              if (!lanes(ok)) continue;
+            }
+            if (!touched) {
+              touched = true;
+              if (lane_feat) memset(acc_lanes, 0, sizeof(float) * C * L);
+            }
+            const V one_minus = V(1.f) - s.alpha;
+            const V Tv = V::loadu(T + p0);
+            const V Tf = Tv / one_minus;  // transmittance in front of this Gaussian
+            select(ok, Tf, Tv).store(T + p0);
+            const V w = s.alpha * Tf;
+            const V gr = V::loadu(g_rgb + p0), gg = V::loadu(g_rgb + kTilePixels + p0),
+                    gb = V::loadu(g_rgb + 2 * kTilePixels + p0);
+            const V gd = V::loadu(g_dep + p0);
+            V gv = (((zero + gr * cr) + gg * cg) + gb * cbl) + gd * vdep + V::loadu(g_alpha + p0);
+            if (lane_feat) {
+              V d = zero;
+              for (int64_t c = 0; c < C; ++c) {
+                const V gc = V::loadu(g_feat + c * kTilePixels + p0);
+                d = d + gc * V(fg[c]);
+                float* al = acc_lanes + c * L;
+                (V::loadu(al) + select(ok, w * gc, zero)).store(al);
+              }
+              gv = gv + d;
+            } else if (gemm) {
+              gv = gv + V::loadu(lists.dots(lj) + (w_slot - lists.weights(lj)));
+              select(ok, w, zero).store(w_slot);
+            }
+            a_r = a_r + select(ok, w * gr, zero);
+            a_g = a_g + select(ok, w * gg, zero);
+            a_b = a_b + select(ok, w * gb, zero);
+            a_dep = a_dep + select(ok, w * gd, zero);
+            const V Qv = V::loadu(Q + p0);
+            const V d_alpha = Tf * gv - Qv / one_minus;
+            select(ok, Qv + w * gv, Qv).store(Q + p0);
+            // f3d::eval_splat_backward, for the lanes whose alpha was not clamped.
+            const V grad = ok & (s.alpha_raw <= V(kAlphaMax));
+            const V d_power = d_alpha * vo * s.G;
+            a_op = a_op + select(grad, d_alpha * s.G, zero);
+            a_ca = a_ca + select(grad, V(-0.5f) * s.dx * s.dx * d_power, zero);
+            a_cb = a_cb + select(grad, s.dx.neg() * s.dy * d_power, zero);
+            a_cc = a_cc + select(grad, V(-0.5f) * s.dy * s.dy * d_power, zero);
+            a_mx = a_mx + select(grad, d_power * (ca * s.dx + cb * s.dy), zero);
+            a_my = a_my + select(grad, d_power * (cb * s.dx + cc * s.dy), zero);
+          }
+          if (!touched) continue;
+          if (lane_feat)
+            for (int64_t c = 0; c < C; ++c) acc_f[c] = lane_sum(V::loadu(acc_lanes + c * L));
+          const float geom[kPairGeomValues] = {lane_sum(a_mx), lane_sum(a_my), lane_sum(a_ca),
+                                               lane_sum(a_cb), lane_sum(a_cc), lane_sum(a_op),
+                                               lane_sum(a_r),  lane_sum(a_g),  lane_sum(a_b),
+                                               lane_sum(a_dep)};
+          if (gemm) {  // emitted once dL/dF is known, below
+            memcpy(grads.geom.data() + (int64_t)k * kPairGeomValues, geom, sizeof(geom));
+            grads.touched[k] = 1;
+          } else {
+            emit_pair_grad(args->sink, rows, g, geom, acc_f, C);
+          }
         }
-      }
-      if (gemm) {
-        for (int j = 0; j < kTileLists; ++j) {
-          if (!lists.size(j)) continue;
-          chunk_feature_grads(lists, j, g_feat + (int64_t)block_state(j) * C, C, grads);
+        if (gemm) {
+          if (grads.in_sink)  // each touched position's row: dL/dF is stored into a fresh one, else added
+            for (int k = tile_last - 1; k >= 0; --k)
+              if (grads.touched[k]) {
+                bool fresh;
+                grads.row[k] = rows.row(gid[k], fresh);
+                grads.fresh[k] = fresh;
+                grads.seen[k] = !fresh;
+              }
+          for (int j = 0; j < kTileLists; ++j) {
+            if (!lists.size(j)) continue;
+            chunk_feature_grads(lists, j, g_feat + (int64_t)block_state(j) * C, C, grads);
+          }
+          for (int k = tile_last - 1; k >= 0; --k) {
+            if (!grads.touched[k]) continue;
+            const float* geom = grads.geom.data() + (int64_t)k * kPairGeomValues;
+            if (grads.in_sink)
+              emit_pair_geom(args->sink, grads.row[k], grads.fresh[k], gid[k], geom);
+            else
+              emit_pair_grad(args->sink, rows, gid[k], geom, grads.feat_row(k), C);
+          }
         }
-        for (int k = tile_last - 1; k >= 0; --k)
-          if (grads.touched[k])
-            emit_pair_grad(args->sink, start + k, gid[k], grads.geom.data() + (int64_t)k * kPairGeomValues,
-                           grads.feat + (int64_t)k * C, C);
       }
     }
   }

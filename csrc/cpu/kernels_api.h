@@ -12,14 +12,16 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "f3d/cull.h"
 
 namespace f3d {
 
-constexpr int kCpuKernelsAbi = 9;
+constexpr int kCpuKernelsAbi = 10;
 
 // Values of one (tile, Gaussian) pair's partial gradient, in this order.
 constexpr int kPairGeomValues = 10;  // means2d x, y; conic a, b, c; opacity; rgb; depth
@@ -116,23 +118,77 @@ struct CpuForwardArgs {
   CpuBlendStats* stats;  // null: no counting
 };
 
-// Where a tile's partial gradients go. Deterministic mode: pair i (a position in
-// gaussian_ids) of the current wave writes row i - pair_begin of pair_geom /
-// pair_feat and sets touched[i - pair_begin]; rasterize.cpp sums them per Gaussian
-// in tile order. Atomic mode (kept to measure the cost of determinism): atomic adds
-// straight into the gradients, in an order that depends on the thread schedule.
+// The backward's fold groups: runs of up to kFoldTiles consecutive tiles of one tile row.
+// In deterministic mode one thread takes a group's tiles in order, and the pairs of one
+// Gaussian in a group share one row of partial gradients (about half as many rows to sum
+// on the benchmark scene as one row per pair). The groups depend on the image size only,
+// so the sums are the same bits for any thread count.
+constexpr int kFoldTiles = 8;
+
+// One past the last tile of the fold group of tile t (grid_x tiles per row).
+inline int fold_group_end(int t, int grid_x) {
+  const int tx = t % grid_x;
+  return t - tx + std::min(grid_x, (tx / kFoldTiles + 1) * kFoldTiles);
+}
+
+// Where a tile's partial gradients go. Deterministic mode: the pairs of fold group
+// [t0, t1) of the current wave own rows tile_offsets[t0] - pair_begin onwards of
+// pair_geom / pair_feat, one per Gaussian with a contribution, taken in the order the
+// kernel first emits into them (PairRows); a used row r has touched[r] = 1 and
+// row_gid[r] = its Gaussian. rasterize.cpp sums the rows per Gaussian in row order.
+// Atomic mode (kept to measure the cost of determinism): atomic adds straight into the
+// gradients, in an order that depends on the thread schedule.
 struct CpuGradSink {
   int atomic;
   int64_t pair_begin;
   float* pair_geom;          // (wave pairs, kPairGeomValues)
   float* pair_feat;          // (wave pairs, C)
   unsigned char* touched;    // (wave pairs)
+  int32_t* row_gid;          // (wave pairs): the Gaussian of each touched row
   float* g_means2d;          // atomic mode: (N, 2)
   float* g_conics;           // (N, 3)
   float* g_colors;           // (N, 3)
   float* g_opacities;        // (N,)
   float* g_depths;           // (N,)
   float* g_features;         // (N, C)
+};
+
+// Per thread, the rows of the fold group it is working on: Gaussian -> row, an open
+// addressing table sized for the group's pairs.
+class PairRows {
+ public:
+  // The group owns rows [first_row, first_row + pairs) of the sink.
+  void begin_group(int64_t first_row, int64_t pairs) {
+    first_ = first_row;
+    used_ = 0;
+    bits_ = 4;
+    while ((int64_t(1) << bits_) < 2 * pairs) ++bits_;
+    const size_t n = size_t(1) << bits_;
+    if (keys_.size() < n) keys_.resize(n), rows_.resize(n);
+    std::fill(keys_.begin(), keys_.begin() + n, -1);
+  }
+  // The row of Gaussian g; fresh: g had no row in this group yet (it gets the next one).
+  int64_t row(int g, bool& fresh) {
+    const uint32_t mask = (uint32_t(1) << bits_) - 1;
+    for (uint32_t h = (uint32_t(g) * 2654435761u) >> (32 - bits_);; h = (h + 1) & mask) {
+      if (keys_[h] == g) {
+        fresh = false;
+        return rows_[h];
+      }
+      if (keys_[h] < 0) {
+        keys_[h] = g;
+        rows_[h] = first_ + used_++;
+        fresh = true;
+        return rows_[h];
+      }
+    }
+  }
+
+ private:
+  std::vector<int32_t> keys_;
+  std::vector<int64_t> rows_;
+  int64_t first_ = 0, used_ = 0;
+  int bits_ = 4;
 };
 
 struct CpuBackwardArgs {
@@ -143,7 +199,12 @@ struct CpuBackwardArgs {
   const float* dl_feat;      // (C, H, W)
   const float* dl_depth;     // (H, W)
   const float* dl_alpha;     // (H, W)
-  int tile_begin, tile_end;  // the wave of tiles to process
+  // The wave's fold groups: group i is tiles [group_tiles[i], group_tiles[i + 1]), taken
+  // by one thread in order. The threads take the groups in group_order (largest first,
+  // so that the wave ends with small ones; the order does not change any result).
+  const int* group_tiles;    // (groups + 1,)
+  const int* group_order;    // (groups,)
+  int groups;
   CpuGradSink sink;
 };
 
@@ -175,8 +236,22 @@ inline double measure_gflops(double seconds, Step step) {
   return flops / (omp_get_wtime() - t0) / 1e9;
 }
 
-// The partial gradient of one (tile, Gaussian) pair.
-inline void emit_pair_grad(const CpuGradSink& s, int64_t pair, int g, const float* geom,
+// Deterministic mode: the geometry values of a pair into row r of its fold group (set if
+// the row is fresh, else added).
+inline void emit_pair_geom(const CpuGradSink& s, int64_t r, bool fresh, int g, const float* geom) {
+  float* pg = s.pair_geom + r * kPairGeomValues;
+  if (fresh) {
+    for (int v = 0; v < kPairGeomValues; ++v) pg[v] = geom[v];
+    s.touched[r] = 1;
+    s.row_gid[r] = g;
+  } else {
+    for (int v = 0; v < kPairGeomValues; ++v) pg[v] += geom[v];
+  }
+}
+
+// The partial gradient of one (tile, Gaussian) pair: into the row of its Gaussian in the
+// current fold group (rows; deterministic mode) or atomically into the gradients.
+inline void emit_pair_grad(const CpuGradSink& s, PairRows& rows, int g, const float* geom,
                            const float* feat, int64_t C) {
   if (s.atomic) {
     float* dst[kPairGeomValues] = {s.g_means2d + 2 * (int64_t)g,     s.g_means2d + 2 * (int64_t)g + 1,
@@ -195,20 +270,14 @@ inline void emit_pair_grad(const CpuGradSink& s, int64_t pair, int g, const floa
     }
     return;
   }
-  // A pair may be emitted more than once (the SIMD kernels emit one partial per band
-  // of rows, in band order): the first write sets, later ones add.
-  const int64_t r = pair - s.pair_begin;
-  float* pg = s.pair_geom + r * kPairGeomValues;
+  bool fresh;
+  const int64_t r = rows.row(g, fresh);
+  emit_pair_geom(s, r, fresh, g, geom);
   float* pf = s.pair_feat + r * C;
-  if (!s.touched[r]) {
-    for (int v = 0; v < kPairGeomValues; ++v) pg[v] = geom[v];
-    if (feat != pf)  // the GEMM backward writes dL/dF in place (blend_simd.h TileGrads)
-      for (int64_t c = 0; c < C; ++c) pf[c] = feat[c];
-    s.touched[r] = 1;
-  } else {
-    for (int v = 0; v < kPairGeomValues; ++v) pg[v] += geom[v];
+  if (fresh)
+    for (int64_t c = 0; c < C; ++c) pf[c] = feat[c];
+  else
     for (int64_t c = 0; c < C; ++c) pf[c] += feat[c];
-  }
 }
 
 }  // namespace f3d

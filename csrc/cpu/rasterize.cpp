@@ -367,7 +367,6 @@ RasterizeGrads rasterize_backward_cpu(
                           zeros_like(opacities), zeros_like(depths), zeros_like(features)};
   auto& [g_means2d, g_conics, g_colors, g_opacities, g_depths, g_features] = grads;
   const int* off = tile_offsets.data_ptr<int>();
-  const int* id = gaussian_ids.data_ptr<int>();
   const CpuKernels k = kernels_for_lists(selected_cpu_kernels(), off, grid.count());
   const bool deterministic = cpu_deterministic_enabled();
 
@@ -401,8 +400,11 @@ RasterizeGrads rasterize_backward_cpu(
     sink.g_opacities = o_opa;
     sink.g_depths = o_dep;
     sink.g_features = o_feat;
-    args.tile_begin = 0;
-    args.tile_end = T;
+    std::vector<int> tiles(T + 1);  // one tile per task: atomics need no fold groups
+    for (int t = 0; t <= T; ++t) tiles[t] = t;
+    args.group_tiles = tiles.data();
+    args.group_order = tiles.data();
+    args.groups = T;
     k.backward(&args);
     return grads;
   }
@@ -421,16 +423,18 @@ RasterizeGrads rasterize_backward_cpu(
   const int64_t cap = std::max<int64_t>(max_tile_list(off, T), wave_pairs);
   const int64_t M = gaussian_ids.numel();
   const int64_t rows = std::min(cap, M);
-  // Uninitialised: a pair's first emit writes its rows (emit_pair_grad), and the sum
-  // below reads only pairs marked in `touched`, which is cleared per wave.
+  // Uninitialised: a row's first emit writes it (emit_pair_geom, and dL/dF's first store),
+  // and the sum below reads only rows marked in `touched`, which is cleared per wave.
   const CachedScratch s_geom(sizeof(float) * rows * kPairGeomValues), s_feat(sizeof(float) * rows * C),
-      s_touched(rows);
+      s_touched(rows), s_row_gid(sizeof(int32_t) * rows);
   float* pair_geom = s_geom.as<float>();
   float* pair_feat = s_feat.as<float>();
   unsigned char* touched = s_touched.as<unsigned char>();
+  int32_t* row_gid = s_row_gid.as<int32_t>();
   sink.pair_geom = pair_geom;
   sink.pair_feat = pair_feat;
   sink.touched = touched;
+  sink.row_gid = row_gid;
   // The sums below take the Gaussians in blocks of 2^shift consecutive indices, small
   // enough that a block's output rows (C + kPairGeomValues floats each) stay in L2
   // while its pairs are added into them: at most 512 KiB, or one row; and at most
@@ -441,15 +445,28 @@ RasterizeGrads rasterize_backward_cpu(
   while (shift < 30 && ((N + (int64_t(1) << shift) - 1) >> shift) > kMaxSumBlocks) ++shift;
   const int64_t blocks = (N + (int64_t(1) << shift) - 1) >> shift;
   const int max_threads = omp_get_max_threads();
-  // Per wave: each block's touched pairs, in pair order (a stable counting sort), as
-  // offsets from the wave's first pair; block b's at list[begin[b], begin[b + 1]).
+  // Per wave: each block's touched rows, in row order (a stable counting sort), as
+  // offsets from the wave's first row; block b's at list[begin[b], begin[b + 1]).
   const CachedScratch s_list(sizeof(int32_t) * rows);
   int32_t* list = s_list.as<int32_t>();
   std::vector<int64_t> counts((size_t)max_threads * blocks), begin(blocks + 1);
-  constexpr int kSumAhead = 8;  // the block's pairs ahead that the ordered sums prefetch
+  constexpr int kSumAhead = 8;  // the block's rows ahead that the ordered sums prefetch
+  std::vector<int> group_tiles, group_order;
   for (int t0 = 0; t0 < T;) {
-    int t1 = t0 + 1;
-    while (t1 < T && off[t1 + 1] - off[t0] <= cap) ++t1;
+    // Whole fold groups while their pairs fit the buffer; a group larger than the buffer
+    // alone is cut at tiles (its parts are then folded apart).
+    int t1 = fold_group_end(t0, grid.gx);
+    group_tiles.assign(1, t0);
+    if (off[t1] - off[t0] > cap) {
+      const int group_end = t1;
+      t1 = t0 + 1;
+      while (t1 < group_end && off[t1 + 1] - off[t0] <= cap) ++t1;
+      group_tiles.push_back(t1);
+    } else {
+      group_tiles.push_back(t1);
+      for (int next; t1 < T && off[next = fold_group_end(t1, grid.gx)] - off[t0] <= cap; t1 = next)
+        group_tiles.push_back(next);
+    }
     const int64_t pb = off[t0], pe = off[t1];
     if (pe == pb) {
       t0 = t1;
@@ -457,19 +474,24 @@ RasterizeGrads rasterize_backward_cpu(
     }
     std::memset(touched, 0, pe - pb);
     sink.pair_begin = pb;
-    args.tile_begin = t0;
-    args.tile_end = t1;
+    args.group_tiles = group_tiles.data();
+    args.groups = (int)group_tiles.size() - 1;
+    group_order.resize(args.groups);
+    std::iota(group_order.begin(), group_order.end(), 0);
+    const auto pairs_of = [&](int i) { return off[group_tiles[i + 1]] - off[group_tiles[i]]; };
+    std::stable_sort(group_order.begin(), group_order.end(), [&](int a, int b) { return pairs_of(a) > pairs_of(b); });
+    args.group_order = group_order.data();
     k.backward(&args);
 #pragma omp parallel
     {
-      // Each thread sorts one slice of the wave's pairs into the blocks' lists (its
-      // slots follow those of the slices before it, so every list is in pair order).
+      // Each thread sorts one slice of the wave's rows into the blocks' lists (its
+      // slots follow those of the slices before it, so every list is in row order).
       const int th = omp_get_thread_num(), nth = omp_get_num_threads();
-      const int64_t lo = pb + (pe - pb) * th / nth, hi = pb + (pe - pb) * (th + 1) / nth;
+      const int64_t n_rows = pe - pb, lo = n_rows * th / nth, hi = n_rows * (th + 1) / nth;
       int64_t* cnt = counts.data() + (int64_t)th * blocks;
       std::fill(cnt, cnt + blocks, int64_t(0));
-      for (int64_t i = lo; i < hi; ++i)
-        if (touched[i - pb]) ++cnt[id[i] >> shift];
+      for (int64_t r = lo; r < hi; ++r)
+        if (touched[r]) ++cnt[row_gid[r] >> shift];
 #pragma omp barrier
 #pragma omp single
       {
@@ -484,13 +506,13 @@ RasterizeGrads rasterize_backward_cpu(
         }
         begin[blocks] = at;
       }
-      for (int64_t i = lo; i < hi; ++i)
-        if (touched[i - pb]) list[cnt[id[i] >> shift]++] = (int32_t)(i - pb);
+      for (int64_t r = lo; r < hi; ++r)
+        if (touched[r]) list[cnt[row_gid[r] >> shift]++] = (int32_t)r;
 #pragma omp barrier
-      // Sum per Gaussian in pair order (= tile order), one block per task. The pair rows
-      // are a sparse subsequence of the wave's, which the hardware prefetchers do not
-      // follow, and a block's output rows are read once into L2: both are prefetched
-      // kSumAhead pairs ahead.
+      // Sum per Gaussian in row order (= tile order of the groups), one block per task.
+      // The rows are a sparse subsequence of the wave's, which the hardware prefetchers
+      // do not follow, and a block's output rows are read once into L2: both are
+      // prefetched kSumAhead rows ahead.
 #pragma omp for schedule(dynamic, 1)
       for (int64_t b = 0; b < blocks; ++b) {
         const int32_t* lb = list + begin[b];
@@ -498,7 +520,7 @@ RasterizeGrads rasterize_backward_cpu(
         for (int64_t q = 0; q < n; ++q) {
           if (q + kSumAhead < n) {
             // In the loop's body: GCC 12 dropped these from a helper function.
-            const int64_t ra = lb[q + kSumAhead], ga = id[pb + ra];
+            const int64_t ra = lb[q + kSumAhead], ga = row_gid[ra];
             __builtin_prefetch(pair_geom + ra * kPairGeomValues);
             __builtin_prefetch(o_m2d + 2 * ga, 1);
             __builtin_prefetch(o_con + 3 * ga, 1);
@@ -511,7 +533,7 @@ RasterizeGrads rasterize_backward_cpu(
             }
           }
           const int64_t r = lb[q];
-          const int64_t g = id[pb + r];
+          const int64_t g = row_gid[r];
           const float* v = &pair_geom[r * kPairGeomValues];
           o_m2d[2 * g] += v[0];
           o_m2d[2 * g + 1] += v[1];
