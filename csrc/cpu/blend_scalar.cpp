@@ -124,13 +124,8 @@ void backward(const CpuBackwardArgs* args) {
     PairRows rows;
 #pragma omp for schedule(dynamic, 1)
     for (int q = 0; q < args->groups; ++q) {
-      const int group = args->group_order[q];
-      const int group_end = args->group_tiles[group + 1];
-      if (!args->sink.atomic) {
-        const int64_t first = in.tile_offsets[args->group_tiles[group]];
-        rows.begin_group(first - args->sink.pair_begin, in.tile_offsets[group_end] - first);
-      }
-      for (int t = args->group_tiles[group]; t < group_end; ++t) {
+      const TileRange tiles = start_fold_group(*args, q, rows);
+      for (int t = tiles.begin; t < tiles.end; ++t) {
         const TilePixels tile(in, t);
         const int np = tile.count();
         int max_last = 0;

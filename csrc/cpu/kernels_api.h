@@ -208,6 +208,21 @@ struct CpuBackwardArgs {
   CpuGradSink sink;
 };
 
+// The tiles [begin, end) of the q-th fold group that a thread takes (in group_order); in
+// deterministic mode it also starts the group's rows.
+struct TileRange {
+  int begin, end;
+};
+inline TileRange start_fold_group(const CpuBackwardArgs& a, int q, PairRows& rows) {
+  const int group = a.group_order[q];
+  const TileRange r{a.group_tiles[group], a.group_tiles[group + 1]};
+  if (!a.sink.atomic) {
+    const int64_t first = a.in.tile_offsets[r.begin];
+    rows.begin_group(first - a.sink.pair_begin, a.in.tile_offsets[r.end] - first);
+  }
+  return r;
+}
+
 // One instruction set's kernels. forward / backward run the OpenMP loop over the
 // tiles themselves.
 struct CpuKernels {
